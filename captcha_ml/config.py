@@ -1,0 +1,204 @@
+"""Run configuration: dataclasses, YAML loading, dotted overrides, flat dict for logging.
+
+A config file has up to four sections (``data``, ``model``, ``train``, ``tracking``); every key
+is optional and falls back to the defaults below. Overrides use dotted keys:
+``train.lr=3e-4 data.height=32``. Unknown keys are an error that lists the valid ones, so a typo
+never silently trains with a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used as given."""
+
+
+@dataclass
+class DataConfig:
+    # Where training / validation images come from: "synthetic" generates them on the fly,
+    # anything else is a folder of labeled images or a manifest CSV (path,label).
+    train: str = "synthetic"
+    valid: str = "synthetic"
+    charset: str = "2345678bcdefgmnpwxy"
+    min_len: int = 5
+    max_len: int = 5
+    # The one preprocessing (data.transforms) resizes every image to height x width.
+    height: int = 50
+    width: int = 200
+    channels: int = 1
+    # Synthetic data: style preset, virtual epoch sizes (images are generated per index).
+    style: str = "real"
+    synthetic_train_size: int = 100_000
+    synthetic_valid_size: int = 10_000
+    augment: bool = False
+    skip_bad: bool = False
+    num_workers: int = 2
+
+
+@dataclass
+class ModelConfig:
+    depth: str = "layer3"  # "layer3" or "layer4": how much of ResNet-18 to keep
+    head: str = "linear"  # "linear" or "lstm" (a bidirectional LSTM before the classifier)
+    hidden: int = 256
+    dropout: float = 0.1
+    imagenet_weights: str = ""  # local file with torchvision resnet18 weights; never downloaded
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "pretrain"
+    output_dir: str = "outputs/pretrain"
+    init_from: str = ""  # checkpoint path or MLflow model URI to start from
+    seed: int = 0
+    epochs: int = 10
+    max_steps: int = 0  # 0: epochs decide; otherwise stop after this many optimizer steps
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    schedule: str = "onecycle"  # "onecycle", "cosine" or "constant" (all with linear warmup)
+    warmup_frac: float = 0.1
+    grad_clip: float = 5.0
+    grad_accum: int = 1
+    mixed_precision: str = "no"  # "no", "fp16", "bf16"
+    eval_every: int = 0  # optimizer steps between evaluations; 0: once per epoch
+    save_every: int = 0  # optimizer steps between resumable states; 0: at each evaluation
+    early_stop_patience: int = 0  # evaluations without improvement before stopping; 0: off
+    log_every: int = 10
+
+
+@dataclass
+class TrackingConfig:
+    tracking_uri: str = ""  # empty: MLflow's default (MLFLOW_TRACKING_URI or sqlite:///mlflow.db)
+    experiment: str = "captcha_ml"
+    run_name: str = ""
+    log_model: bool = True
+    registered_model: str = ""
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"train.lr": 0.001, ...}``: the resolved config as MLflow params."""
+        return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+_SECTION_TYPES = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
+                  "tracking": TrackingConfig}
+
+
+def valid_keys() -> list[str]:
+    return sorted(Config().flat())
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Convert a YAML or command-line value to the type of the field's default."""
+    kind = type(default)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    try:
+        if kind is bool:
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("false", "0", "no", "off", ""):
+                return False
+            raise ValueError
+        if kind is int:
+            as_float = float(value)
+            if as_float != int(as_float):
+                raise ValueError
+            return int(as_float)
+        if kind is float:
+            return float(value)
+        if kind is str:
+            return "" if value is None else str(value)
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
+
+
+def _set(cfg: Config, key: str, value: Any) -> None:
+    section, _, name = key.partition(".")
+    sec = getattr(cfg, section, None) if section in _SECTION_TYPES else None
+    if sec is None or not name or not hasattr(sec, name):
+        raise ConfigError(f"unknown config key {key!r}; valid keys are: {', '.join(valid_keys())}")
+    setattr(sec, name, _coerce(key, value, getattr(sec, name)))
+
+
+def parse_overrides(items: Iterable[str]) -> list[tuple[str, str]]:
+    """``["train.lr=1e-3", ...]`` -> ``[("train.lr", "1e-3"), ...]``; blank items are ignored."""
+    pairs = []
+    for item in items:
+        for token in item.split():
+            key, sep, value = token.partition("=")
+            if not sep:
+                raise ConfigError(f"override {token!r} is not of the form section.key=value")
+            pairs.append((key.strip(), value.strip()))
+    return pairs
+
+
+def load(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Defaults <- YAML file <- overrides; validated."""
+    cfg = Config()
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist; see experiments/ for examples")
+        raw = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: expected a mapping of sections, got {type(raw).__name__}")
+        for section, values in raw.items():
+            if section not in _SECTION_TYPES or not isinstance(values, dict):
+                raise ConfigError(f"{p}: unknown section {section!r}; valid sections: "
+                                  f"{', '.join(_SECTION_TYPES)}")
+            for name, value in values.items():
+                _set(cfg, f"{section}.{name}", value)
+    for key, value in parse_overrides(overrides):
+        _set(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    d, m, t = cfg.data, cfg.model, cfg.train
+    problems = []
+    if not 1 <= d.min_len <= d.max_len:
+        problems.append(f"data.min_len={d.min_len} and data.max_len={d.max_len}: need 1 <= min <= max")
+    if d.channels not in (1, 3):
+        problems.append(f"data.channels={d.channels}: use 1 (grey) or 3 (RGB)")
+    if d.height < 16 or d.width < 16:
+        problems.append(f"data.height x data.width = {d.height}x{d.width}: both must be >= 16")
+    if len(set(d.charset)) != len(d.charset) or not d.charset:
+        problems.append(f"data.charset={d.charset!r}: must be non-empty without repeated symbols")
+    if m.depth not in ("layer3", "layer4"):
+        problems.append(f"model.depth={m.depth!r}: use layer3 or layer4")
+    if m.head not in ("linear", "lstm"):
+        problems.append(f"model.head={m.head!r}: use linear or lstm")
+    if t.schedule not in ("onecycle", "cosine", "constant"):
+        problems.append(f"train.schedule={t.schedule!r}: use onecycle, cosine or constant")
+    if t.mixed_precision not in ("no", "fp16", "bf16"):
+        problems.append(f"train.mixed_precision={t.mixed_precision!r}: use no, fp16 or bf16")
+    if t.batch_size < 1 or t.grad_accum < 1 or t.lr <= 0:
+        problems.append("train.batch_size, train.grad_accum must be >= 1 and train.lr > 0")
+    if t.epochs < 1 and t.max_steps < 1:
+        problems.append("set train.epochs or train.max_steps to at least 1")
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

@@ -1,0 +1,118 @@
+"""The one preprocessing used by training, evaluation and prediction, plus safe image loading.
+
+``Preprocess`` travels inside every checkpoint and logged model, so a reader always feeds the
+network exactly what it was trained on.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Union
+
+import torch
+from PIL import Image, ImageEnhance
+
+# Refuse images above this many pixels (decompression bombs); captchas are tiny.
+MAX_PIXELS = 4096 * 4096
+
+ImageSource = Union[str, Path, bytes, Image.Image]
+
+
+class ImageError(ValueError):
+    """An input that is not a readable image."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    height: int = 50
+    width: int = 200
+    channels: int = 1
+    mean: float = 0.5
+    std: float = 0.5
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        """PIL image of any mode and size -> float tensor (channels, height, width)."""
+        img = img.convert("L" if self.channels == 1 else "RGB")
+        if img.size != (self.width, self.height):
+            img = img.resize((self.width, self.height), Image.BILINEAR)
+        data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+        x = data.view(self.height, self.width, self.channels).permute(2, 0, 1).float()
+        return (x / 255.0 - self.mean) / self.std
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        return cls(**{k: d[k] for k in ("height", "width", "channels", "mean", "std") if k in d})
+
+
+def _flatten_alpha(img: Image.Image) -> Image.Image:
+    """Composite transparent images on white, so an alpha channel never turns text black."""
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img
+
+
+def load_image(src: ImageSource, name: str | None = None) -> Image.Image:
+    """Open a path, bytes or PIL image fully; raise ImageError naming the input on any problem."""
+    label = name or (str(src) if isinstance(src, (str, Path)) else type(src).__name__)
+    if isinstance(src, Image.Image):
+        img = src
+    else:
+        try:
+            fp = io.BytesIO(src) if isinstance(src, bytes) else open(src, "rb")
+        except OSError as e:
+            raise ImageError(f"{label}: cannot open ({e.strerror or e}); check the path") from e
+        with fp:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    img = Image.open(fp)
+                    _check_size(img, label)
+                    img.load()
+            except ImageError:
+                raise
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+                raise ImageError(f"{label}: image is too large to be a captcha ({e})") from e
+            except Exception as e:  # PIL raises many types for corrupt data
+                raise ImageError(f"{label}: not a readable image ({type(e).__name__}: {e}); "
+                                 "remove or replace the file") from e
+    _check_size(img, label)
+    return _flatten_alpha(img)
+
+
+def _check_size(img: Image.Image, label: str) -> None:
+    w, h = img.size
+    if w < 1 or h < 1:
+        raise ImageError(f"{label}: empty image ({w}x{h})")
+    if w * h > MAX_PIXELS:
+        raise ImageError(f"{label}: {w}x{h} pixels is above the limit of {MAX_PIXELS}; "
+                         "captchas are small, so this input is refused")
+
+
+def augment(img: Image.Image, rng: random.Random, strength: float = 1.0) -> Image.Image:
+    """Mild geometric and photometric jitter for real training images (deterministic per rng)."""
+    w, h = img.size
+    angle = math.radians(rng.uniform(-4, 4) * strength)
+    scale = 1 + rng.uniform(-0.06, 0.06) * strength
+    shear = rng.uniform(-0.15, 0.15) * strength
+    tx, ty = rng.uniform(-0.04, 0.04) * w * strength, rng.uniform(-0.08, 0.08) * h * strength
+    cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
+    cx, cy = w / 2, h / 2
+    # Inverse affine map (output -> input) about the centre.
+    a, b = cos, sin + shear
+    d, e = -sin, cos
+    c = cx - a * (cx + tx) - b * (cy + ty)
+    f = cy - d * (cx + tx) - e * (cy + ty)
+    fill = (255,) * len(img.getbands()) if img.mode != "P" else 0
+    out = img.transform((w, h), Image.AFFINE, (a, b, c, d, e, f), Image.BILINEAR, fillcolor=fill)
+    out = ImageEnhance.Contrast(out).enhance(1 + rng.uniform(-0.3, 0.3) * strength)
+    return ImageEnhance.Brightness(out).enhance(1 + rng.uniform(-0.15, 0.15) * strength)

@@ -1,0 +1,470 @@
+"""The one training loop (pretrain and finetune differ only in config) and evaluate().
+
+The only module that touches Accelerate. Runs as a plain process or under `accelerate launch`
+(several GPUs, nodes or CPU processes); only the main process writes files and talks to MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from functools import partial
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from . import checkpoint, metrics, tracking
+from .charset import Charset
+from .config import Config
+from .data import datasets, real, synthetic
+from .data.transforms import Preprocess
+from .model import build_model
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (NaN loss, incompatible init checkpoint, ...)."""
+
+
+@dataclass
+class Progress:
+    """Loop position and model-selection state; saved with every resumable state."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best: list = field(default_factory=list)  # _score() of the best evaluation
+    best_step: int = 0
+    stale_evals: int = 0
+    history: list = field(default_factory=list)
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
+@dataclass
+class Data:
+    charset: Charset
+    preprocess: Preprocess
+    train: Dataset
+    valid: Dataset
+    sources: dict[str, str]
+
+
+def build_data(cfg: Config) -> Data:
+    """Datasets for the configured sources: 'synthetic' or a labeled folder / manifest."""
+    d = cfg.data
+    charset = Charset(d.charset)
+    pre = Preprocess(d.height, d.width, d.channels)
+
+    def make(source: str, size: int, train: bool) -> Dataset:
+        if source == "synthetic":
+            spec = synthetic.preset(d.style, width=d.width, height=d.height, charset=d.charset,
+                                    min_len=d.min_len, max_len=d.max_len)
+            return datasets.SyntheticImages(spec, size, pre, seed=cfg.train.seed,
+                                            stream="train" if train else "valid")
+        labeled = real.read_labeled(source, charset=charset, min_len=d.min_len,
+                                    max_len=d.max_len, skip_bad=d.skip_bad)
+        return datasets.LabeledImages(labeled.samples, pre, augment=train and d.augment,
+                                      seed=cfg.train.seed)
+
+    return Data(charset, pre, make(d.train, d.synthetic_train_size, True),
+                make(d.valid, d.synthetic_valid_size, False), {"train": d.train, "valid": d.valid})
+
+
+def collate(batch: list[tuple[torch.Tensor, str]], charset: Charset) -> dict[str, Any]:
+    images = torch.stack([img for img, _ in batch])
+    labels = [label for _, label in batch]
+    encoded = [charset.encode(label) for label in labels]
+    return {"images": images, "targets": torch.tensor([i for e in encoded for i in e]),
+            "target_lengths": torch.tensor([len(e) for e in encoded]), "labels": labels}
+
+
+def ctc_loss(log_probs: torch.Tensor, batch: dict[str, Any], reduction: str = "mean") -> torch.Tensor:
+    """CTC loss of (B, T, C) float32 log-probabilities against the batch's encoded labels."""
+    b, t, _ = log_probs.shape
+    input_lengths = torch.full((b,), t, dtype=torch.long)
+    return nn.functional.ctc_loss(log_probs.transpose(0, 1), batch["targets"], input_lengths,
+                                  batch["target_lengths"], blank=0, reduction=reduction,
+                                  zero_infinity=True)
+
+
+def make_loader(ds: Dataset, cfg: Config, charset: Charset, train: bool) -> DataLoader:
+    workers = cfg.data.num_workers
+    return DataLoader(ds, batch_size=cfg.train.batch_size if train else cfg.train.eval_batch_size,
+                      shuffle=train, num_workers=workers, drop_last=False,
+                      collate_fn=partial(collate, charset=charset), persistent_workers=False,
+                      prefetch_factor=4 if workers else None)
+
+
+def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """AdamW; weight decay on weights of convolutions and linear maps, not on biases and norms."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.lr)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: Config, total: int):
+    """Linear warmup to train.lr, then one-cycle (cosine to ~0), cosine, or constant."""
+    warmup = max(1, int(cfg.train.warmup_frac * total))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.train.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        floor = 1e-3 if cfg.train.schedule == "onecycle" else 1e-2
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, accelerator: Accelerator,
+             charset: Charset) -> tuple[dict[str, float], list[str], list[str]]:
+    """Read every image once across all ranks; returns metrics, predictions and labels."""
+    model.eval()
+    preds, labels, losses = [], [], []
+    for batch in loader:
+        log_probs = model(batch["images"])
+        texts, _ = charset.ctc_decode(log_probs)
+        loss = ctc_loss(log_probs, batch, reduction="none")
+        preds += accelerator.gather_for_metrics(texts)
+        labels += accelerator.gather_for_metrics(batch["labels"])
+        losses.append(accelerator.gather_for_metrics(loss.detach()).float().cpu())
+    model.train()
+    result = metrics.summary(preds, labels)
+    result["loss"] = float(torch.cat(losses).mean()) if losses else float("nan")
+    return result, preds, labels
+
+
+def init_weights(model: nn.Module, uri: str, charset: Charset) -> dict[str, str]:
+    """Start from a checkpoint or MLflow model; a different charset re-initialises the classifier."""
+    path = tracking.download_checkpoint(uri)
+    payload = checkpoint.load_payload(path)
+    state = payload["state_dict"]
+    same_charset = payload["charset"]["symbols"] == charset.symbols
+    if not same_charset:
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    mine = model.state_dict()
+    clash = [k for k, v in state.items() if k in mine and mine[k].shape != v.shape]
+    if clash or set(state) - set(mine):
+        raise TrainingError(f"{uri}: its network does not match model.* of this config "
+                            f"(model there: {payload['model']}); use the same model.depth/head")
+    model.load_state_dict(state, strict=False)
+    return {"init_from": uri, "init_run_id": payload.get("run_id", ""),
+            "init_same_charset": str(same_charset)}
+
+
+@dataclass
+class Loop:
+    """What the training loop works on, prepared by Accelerate."""
+
+    cfg: Config
+    accelerator: Accelerator
+    data: Data
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: Any
+    train_dl: DataLoader
+    valid_dl: DataLoader
+    total: int
+    progress: Progress
+    tracker: tracking.Tracker | None
+    out: Path
+
+
+def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
+    """Train (pretrain or finetune, by config) and return the best validation metrics and files."""
+    t = cfg.train
+    accelerator = Accelerator(
+        mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=t.seed))
+    tracking.check_reachable(cfg.tracking.tracking_uri)  # every rank, before any work
+    out = Path(t.output_dir)
+    state_dir = out / "state"
+    if resume and not (state_dir / "progress.json").is_file():
+        raise TrainingError(f"--resume: no saved state in {state_dir}; run without --resume "
+                            "to start, or point train.output_dir at the interrupted run")
+    tracker = None
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        tracker = tracking.Tracker(cfg, run_id=_previous_run(state_dir) if resume else None)
+    try:
+        loop = _prepare(cfg, accelerator, tracker, out)
+        if resume:
+            _load_state(loop, state_dir)
+        result = _run(loop)
+    except BaseException as e:
+        if tracker:
+            tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    if tracker:
+        tracker.end()
+    accelerator.end_training()
+    return result
+
+
+def _prepare(cfg: Config, accelerator: Accelerator, tracker, out: Path) -> Loop:
+    t = cfg.train
+    set_seed(t.seed)  # same initial weights on every rank
+    data = build_data(cfg)
+    model = build_model(cfg.model, data.charset.num_classes, cfg.data.channels)
+    init_tags = init_weights(model, t.init_from, data.charset) if t.init_from else {}
+    opt = make_optimizer(model, cfg)
+    train_dl = make_loader(data.train, cfg, data.charset, train=True)
+    valid_dl = make_loader(data.valid, cfg, data.charset, train=False)
+    model, opt, train_dl, valid_dl = accelerator.prepare(model, opt, train_dl, valid_dl)
+    total = t.max_steps or t.epochs * math.ceil(len(train_dl) / t.grad_accum)
+    # The scheduler is stepped by us once per optimizer step (not prepared: Accelerate would
+    # step it once per process).
+    sched = make_scheduler(opt, cfg, total)
+    progress = Progress()
+    accelerator.register_for_checkpointing(sched)
+    if tracker:
+        _log_start(tracker, cfg, data, init_tags, total, out)
+    return Loop(cfg, accelerator, data, model, opt, sched, train_dl, valid_dl, total, progress,
+                tracker, out)
+
+
+def _run(loop: Loop) -> dict[str, Any]:
+    cfg, acc, p = loop.cfg, loop.accelerator, loop.progress
+    bar = tqdm(total=loop.total, initial=p.step, desc=cfg.train.stage, unit="step",
+               disable=not acc.is_local_main_process, dynamic_ncols=True)
+    window = _Window()
+    last_eval, stop = -1, False
+    loop.model.train()
+    while p.step < loop.total and not stop:
+        loop.data.train.set_epoch(p.epoch)
+        loop.train_dl.set_epoch(p.epoch)
+        batches = (acc.skip_first_batches(loop.train_dl, p.batch_in_epoch)
+                   if p.batch_in_epoch else loop.train_dl)
+        for batch in batches:
+            if not _train_batch(loop, batch, window):
+                continue  # accumulating gradients: no optimizer step yet
+            bar.update(1)
+            if p.step % cfg.train.log_every == 0 or p.step == loop.total:
+                bar.set_postfix(_log_train(loop, window))
+            if cfg.train.eval_every and p.step % cfg.train.eval_every == 0:
+                stop, last_eval = _validate(loop), p.step
+            if _save_due(cfg, p.step, last_eval):
+                _save_state(loop)
+            if p.step >= loop.total or stop:
+                break
+        else:
+            p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+            if not cfg.train.eval_every and p.step < loop.total:
+                stop, last_eval = _validate(loop), p.step
+                _save_state(loop)
+    bar.close()
+    if last_eval != p.step:
+        _validate(loop)
+        _save_state(loop)
+    return _finish(loop)
+
+
+def _save_due(cfg: Config, step: int, last_eval: int) -> bool:
+    every = cfg.train.save_every
+    return step % every == 0 if every else last_eval == step
+
+
+def _train_batch(loop: Loop, batch: dict[str, Any], window: "_Window") -> bool:
+    """Forward/backward one batch; returns True when an optimizer step was taken."""
+    acc, p, t = loop.accelerator, loop.progress, loop.cfg.train
+    # Dropout noise is a pure function of (seed, position, rank): a resumed run draws the same.
+    torch.manual_seed(hash((t.seed, p.epoch, p.batch_in_epoch, acc.process_index)) % 2**62)
+    with acc.accumulate(loop.model):
+        with acc.autocast():
+            log_probs = loop.model(batch["images"])
+        loss = ctc_loss(log_probs, batch)
+        acc.backward(loss)
+        if acc.sync_gradients and t.grad_clip:
+            acc.clip_grad_norm_(loop.model.parameters(), t.grad_clip)
+        loop.opt.step()
+        loop.opt.zero_grad(set_to_none=True)
+    p.batch_in_epoch += 1
+    window.add(loss.detach(), len(batch["labels"]))
+    if not acc.sync_gradients:
+        return False
+    loop.sched.step()
+    p.step += 1
+    _check_finite(loop, loss)
+    return True
+
+
+def _check_finite(loop: Loop, loss: torch.Tensor) -> None:
+    acc = loop.accelerator
+    bad = torch.tensor(0.0 if torch.isfinite(loss).item() else 1.0, device=acc.device)
+    if acc.reduce(bad, "sum").item() > 0:
+        raise TrainingError(
+            f"loss is not finite at step {loop.progress.step} (epoch {loop.progress.epoch}); "
+            f"training stopped. The last good files are kept: {loop.out / 'best.pt'}, "
+            f"{loop.out / 'last.pt'} and the resumable state {loop.out / 'state'}. "
+            "Lower train.lr, keep train.grad_clip > 0, or set train.mixed_precision=no")
+
+
+class _Window:
+    """Running loss and throughput between two log lines."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss, self.batches, self.images, self.start = 0.0, 0, 0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor, images: int) -> None:
+        self.loss += float(loss)
+        self.batches += 1
+        self.images += images
+
+
+def _log_train(loop: Loop, window: _Window) -> dict[str, str]:
+    acc = loop.accelerator
+    loss = acc.reduce(torch.tensor(window.loss / max(1, window.batches), device=acc.device), "mean")
+    elapsed = time.perf_counter() - window.start
+    values = {"train/loss": float(loss), "train/lr": float(loop.sched.get_last_lr()[0]),
+              "train/images_per_s": window.images * acc.num_processes / max(elapsed, 1e-9),
+              "train/epoch": float(loop.progress.epoch)}
+    window.reset()
+    if loop.tracker:
+        loop.tracker.log_metrics(values, step=loop.progress.step)
+    return {"loss": f"{values['train/loss']:.4f}", "img/s": f"{values['train/images_per_s']:.1f}"}
+
+
+def _score(result: dict[str, float]) -> list[float]:
+    """Model selection key on validation only: sequence accuracy, then lower CER, then loss."""
+    return [result["seq_acc"], -result["cer"], -result["loss"]]
+
+
+def _validate(loop: Loop) -> bool:
+    """Evaluate on the validation set, keep best/last checkpoints; True to stop early."""
+    acc, p, cfg = loop.accelerator, loop.progress, loop.cfg
+    result, preds, labels = evaluate(loop.model, loop.valid_dl, acc, loop.data.charset)
+    improved = not p.best or _score(result) > p.best
+    if improved:
+        p.best, p.best_step, p.stale_evals = _score(result), p.step, 0
+    else:
+        p.stale_evals += 1
+    p.history.append({"step": p.step, **{k: round(v, 6) for k, v in result.items()}})
+    if acc.is_main_process:
+        extra = {"step": p.step, "val": result, "run_id": loop.tracker.run_id if loop.tracker else ""}
+        model = acc.unwrap_model(loop.model)
+        checkpoint.save(loop.out / "last.pt", model, loop.data.charset, loop.data.preprocess,
+                        cfg.model, extra)
+        if improved:
+            checkpoint.save(loop.out / "best.pt", model, loop.data.charset,
+                            loop.data.preprocess, cfg.model, extra)
+        if loop.tracker:
+            loop.tracker.log_metrics({f"val/{k}": v for k, v in result.items() if k != "count"},
+                                     step=p.step)
+            tqdm.write(f"step {p.step}: val seq_acc {result['seq_acc']:.4f} cer "
+                       f"{result['cer']:.4f} loss {result['loss']:.4f}"
+                       f"{' (best)' if improved else ''}")
+    patience = cfg.train.early_stop_patience
+    return bool(patience and p.stale_evals >= patience)
+
+
+def _save_state(loop: Loop) -> None:
+    """Resumable state (model, optimizer, scheduler, loop position), replaced atomically."""
+    acc, state = loop.accelerator, loop.out / "state"
+    tmp = loop.out / "state.tmp"
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        info = {**loop.progress.state_dict(), "run_id": loop.tracker.run_id if loop.tracker else ""}
+        (tmp / "progress.json").write_text(json.dumps(info, indent=1))
+        old = loop.out / "state.old"
+        if state.exists():
+            state.rename(old)
+        tmp.rename(state)
+        shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+
+
+def _load_state(loop: Loop, state: Path) -> None:
+    loop.accelerator.load_state(str(state))
+    loop.progress.load_state_dict(
+        {k: v for k, v in json.loads((state / "progress.json").read_text()).items()
+         if k != "run_id"})
+    if loop.accelerator.is_main_process:
+        tqdm.write(f"resumed from {state} at step {loop.progress.step} "
+                   f"(epoch {loop.progress.epoch}, batch {loop.progress.batch_in_epoch})")
+
+
+def _previous_run(state: Path) -> str | None:
+    try:
+        return json.loads((state / "progress.json").read_text()).get("run_id") or None
+    except (OSError, ValueError):
+        return None
+
+
+def _log_start(tracker: tracking.Tracker, cfg: Config, data: Data, init_tags: dict[str, str],
+               total: int, out: Path) -> None:
+    tracker.log_params({**cfg.flat(), "total_steps": total})
+    tags = dict(init_tags)
+    if init_tags.get("init_run_id"):
+        tags["pretrain_run_id"] = init_tags["init_run_id"]
+    tracker.set_tags(tags)
+    tracker.log_dict(cfg.to_dict(), "config.yaml")
+    tracker.log_dict(data.charset.to_dict(), "charset.json")
+    for context, source in (("training", data.sources["train"]), ("validation", data.sources["valid"])):
+        if source == "synthetic":
+            digest = tracking.text_digest(f"{cfg.data.style}:{cfg.train.seed}:{cfg.data.charset}")
+            tracker.log_dataset(f"synthetic-{cfg.data.style}", "", digest, context)
+        else:
+            tracker.log_dataset(Path(source).name, str(Path(source).resolve()),
+                                tracking.path_digest(source), context)
+
+
+def _finish(loop: Loop) -> dict[str, Any]:
+    """Log the best checkpoint, sample predictions and the model; summarise the run."""
+    acc, p = loop.accelerator, loop.progress
+    best = loop.out / "best.pt"
+    result = {"best_checkpoint": str(best), "best_step": p.best_step, "steps": p.step,
+              "val": next((h for h in p.history if h["step"] == p.best_step), {}),
+              "run_id": loop.tracker.run_id if loop.tracker else None}
+    acc.wait_for_everyone()
+    if loop.tracker:
+        model, charset, pre, _ = checkpoint.load(best)
+        loop.tracker.log_file(best, "checkpoints")
+        loop.tracker.log_metrics({f"best/val_{k}": v for k, v in result["val"].items()
+                                  if k not in ("step", "count")}, step=p.step)
+        loop.tracker.log_image(_sample_grid(model, charset, pre, loop.data.valid), "samples.png")
+        if loop.cfg.tracking.log_model:
+            example = torch.stack([loop.data.valid[i][0] for i in range(2)]).numpy()
+            result["model_uri"] = loop.tracker.log_model(model, best, example)
+    return result
+
+
+def _sample_grid(model: nn.Module, charset: Charset, pre: Preprocess, ds: Dataset, n: int = 16):
+    """A picture of the first n validation images with their predicted and true texts."""
+    from PIL import Image, ImageDraw
+
+    n = min(n, len(ds))
+    items = [ds[i] for i in range(n)]
+    with torch.no_grad():
+        texts, _ = charset.ctc_decode(model(torch.stack([x for x, _ in items])))
+    cols, cell_h = 4, pre.height + 14
+    grid = Image.new("RGB", (cols * pre.width, math.ceil(n / cols) * cell_h), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, ((x, label), text) in enumerate(zip(items, texts)):
+        img = ((x * pre.std + pre.mean).clamp(0, 1) * 255).byte().permute(1, 2, 0).squeeze(-1)
+        pos = ((i % cols) * pre.width, (i // cols) * cell_h)
+        grid.paste(Image.fromarray(img.numpy()), pos)
+        colour = (0, 128, 0) if text == label else (200, 0, 0)
+        draw.text((pos[0] + 2, pos[1] + pre.height), f"{text} / {label}", fill=colour)
+    return grid

@@ -1,0 +1,95 @@
+"""ResNet-18 feature extractor + CTC sequence head. A plain nn.Module: no accelerate, no mlflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import resnet18
+
+from .config import ModelConfig
+
+
+class CaptchaNet(nn.Module):
+    """Image (B, C, H, W) -> per-column log-probabilities (B, T, num_classes), blank = 0.
+
+    The ResNet-18 stem and layer1/layer2 keep their strides; layer3 (and layer4) downsample only
+    the height, so a 200-pixel-wide input leaves 25 horizontal positions for CTC, enough for
+    long labels with repeated symbols. The remaining height is averaged away.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 1, depth: str = "layer3",
+                 head: str = "linear", hidden: int = 256, dropout: float = 0.1):
+        super().__init__()
+        net = resnet18(weights=None)
+        if in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        layers = [net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3]
+        if depth == "layer4":
+            layers.append(net.layer4)
+        for layer in layers[6:]:
+            _height_only_stride(layer)
+        self.features = nn.Sequential(*layers)
+        channels = 512 if depth == "layer4" else 256
+        self.dropout = nn.Dropout(dropout)
+        self.rnn = None
+        if head == "lstm":
+            self.rnn = nn.LSTM(channels, hidden, batch_first=True, bidirectional=True)
+            channels = 2 * hidden
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x).mean(dim=2)  # (B, C, T)
+        f = self.dropout(f.transpose(1, 2))  # (B, T, C)
+        if self.rnn is not None:
+            f, _ = self.rnn(f)
+        # float32 log_softmax: CTC is unstable in half precision.
+        return self.classifier(f).float().log_softmax(dim=-1)
+
+    def output_length(self, width: int) -> int:
+        """Number of CTC time steps for an input of this width."""
+        for _ in range(3):  # conv1, maxpool, layer2 each halve the width (ceil)
+            width = (width + 1) // 2
+        return width
+
+
+def _height_only_stride(layer: nn.Sequential) -> None:
+    """Make a ResNet stage downsample height by 2 but keep the width."""
+    block = layer[0]
+    block.conv1.stride = (2, 1)
+    if block.downsample is not None:
+        block.downsample[0].stride = (2, 1)
+
+
+def build_model(cfg: ModelConfig, num_classes: int, in_channels: int) -> CaptchaNet:
+    model = CaptchaNet(num_classes, in_channels, cfg.depth, cfg.head, cfg.hidden, cfg.dropout)
+    if cfg.imagenet_weights:
+        load_imagenet(model, cfg.imagenet_weights)
+    return model
+
+
+def load_imagenet(model: CaptchaNet, path: str | Path) -> None:
+    """Initialise the feature extractor from a local torchvision resnet18 state dict."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"ImageNet weights {p} not found; download resnet18 weights "
+                                "(torchvision resnet18-f37072fd.pth) on a machine with internet "
+                                "or set model.imagenet_weights to empty")
+    state = torch.load(p, map_location="cpu", weights_only=True)
+    conv1 = state.get("conv1.weight")
+    first = model.features[0]
+    if conv1 is not None and first.in_channels == 1:
+        # Grey input: sum the RGB filters, which keeps the response to a grey image.
+        state["conv1.weight"] = conv1.sum(dim=1, keepdim=True)
+    names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+    mapped = {}
+    for key, value in state.items():
+        head, _, rest = key.partition(".")
+        if head in names and names.index(head) < len(model.features):
+            mapped[f"features.{names.index(head)}.{rest}"] = value
+    missing, _ = model.load_state_dict(mapped, strict=False)
+    missing_features = [k for k in missing if k.startswith("features.")]
+    if missing_features:
+        raise ValueError(f"{p}: not a torchvision resnet18 state dict "
+                         f"(missing {missing_features[:3]}...)")

@@ -1,0 +1,184 @@
+"""Everything MLflow: the run, params, metrics, datasets, artifacts, the logged model, lookups.
+
+Only the main process creates a ``Tracker``; other ranks never call mlflow, so they never open
+stray runs (see DESIGN.md, traps).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+from mlflow.tracking import MlflowClient
+
+from .config import Config
+
+CHECKPOINT_NAME = "captcha_ml_checkpoint.pt"
+PARENT_ENV = "CAPTCHA_ML_PARENT_RUN_ID"
+
+
+class TrackingError(RuntimeError):
+    """The tracking server or a run/model URI cannot be used."""
+
+
+def resolve_uri(uri: str = "") -> str:
+    """The tracking URI in effect: the config's, else MLFLOW_TRACKING_URI, else MLflow's default."""
+    if uri:
+        mlflow.set_tracking_uri(uri)
+    return mlflow.get_tracking_uri()
+
+
+def check_reachable(uri: str = "", timeout: float = 5.0) -> str:
+    """Fail fast (before any training) when an HTTP tracking server does not answer."""
+    uri = resolve_uri(uri)
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+                r.read()
+        except (urllib.error.URLError, OSError) as e:
+            raise TrackingError(
+                f"MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)}); start it "
+                "(`mlflow server --host 127.0.0.1 --port 5000`) or set tracking.tracking_uri / "
+                "MLFLOW_TRACKING_URI to a reachable server, or unset it for ./mlflow.db") from e
+    return uri
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def path_digest(path: str | Path) -> str:
+    """Short digest of a manifest's bytes, or of a folder's sorted file names and sizes."""
+    p = Path(path)
+    if p.is_file():
+        return hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+    listing = sorted(f"{f.relative_to(p)} {f.stat().st_size}" for f in p.rglob("*") if f.is_file())
+    return text_digest("\n".join(listing))
+
+
+class Tracker:
+    """One MLflow run for one stage; attaches to MLFLOW_RUN_ID when started by `mlflow run`."""
+
+    def __init__(self, cfg: Config, run_id: str | None = None):
+        self.cfg = cfg
+        check_reachable(cfg.tracking.tracking_uri)
+        attached = os.environ.get("MLFLOW_RUN_ID")
+        if not attached:
+            mlflow.set_experiment(cfg.tracking.experiment)
+        tags = {"stage": cfg.train.stage, "git_commit": git_commit()}
+        parent = os.environ.get(PARENT_ENV)
+        if parent:
+            tags["mlflow.parentRunId"] = parent
+        if run_id and not attached:  # resuming: keep logging into the interrupted run
+            self.run = mlflow.start_run(run_id=run_id)
+        else:
+            self.run = mlflow.start_run(run_name=cfg.tracking.run_name or None, tags=tags)
+        self.run_id = self.run.info.run_id
+        self.client = MlflowClient()
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Log params once; keys already on the run (e.g. `mlflow run -P` ones) are left alone."""
+        existing = self.client.get_run(self.run_id).data.params
+        fresh = {k: str(v) for k, v in params.items() if k not in existing}
+        if fresh:
+            mlflow.log_params(fresh)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        mlflow.set_tags(tags)
+
+    def log_dataset(self, name: str, source: str, digest: str, context: str) -> None:
+        from mlflow.data.artifact_dataset_sources import LocalArtifactDatasetSource
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+        from mlflow.data.meta_dataset import MetaDataset
+
+        """Record a dataset: a local path (folder or manifest), or generated when source is ''."""
+        if source:
+            src = LocalArtifactDatasetSource(source)
+        else:
+            src = CodeDatasetSource(tags={"generator": "captcha_ml.data.synthetic"})
+        mlflow.log_input(MetaDataset(src, name=name, digest=digest), context=context)
+
+    def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
+        mlflow.log_artifact(str(path), artifact_path)
+
+    def log_dict(self, data: dict, name: str) -> None:
+        mlflow.log_dict(data, name)
+
+    def log_image(self, image, name: str) -> None:
+        mlflow.log_image(image, name)
+
+    def log_model(self, model, checkpoint: str | Path, input_example) -> str:
+        """Log the network with mlflow.pytorch (pt2) and our checkpoint inside it; returns its URI."""
+        import mlflow.pytorch
+        from mlflow.models import infer_signature
+
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = Path(tmp) / CHECKPOINT_NAME
+            ckpt.write_bytes(Path(checkpoint).read_bytes())
+            with torch.no_grad():
+                out = model(torch.from_numpy(input_example)).numpy()
+            info = mlflow.pytorch.log_model(
+                model, name="model", input_example=input_example,
+                signature=infer_signature(input_example, out), extra_files=[str(ckpt)],
+                pip_requirements=_requirements())
+        return info.model_uri
+
+    def end(self, status: str = "FINISHED") -> None:
+        mlflow.end_run(status=status)
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+    return [f"{p}=={version(p)}" for p in ("torch", "torchvision", "mlflow", "pillow")]
+
+
+def download_checkpoint(uri: str) -> Path:
+    """A local captcha_ml checkpoint for a path or an MLflow model URI (runs:/, models:/, ...)."""
+    if "://" not in uri and ":/" not in uri:
+        return Path(uri)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except Exception as e:
+        raise TrackingError(f"cannot download model {uri!r} from {mlflow.get_tracking_uri()} "
+                            f"({type(e).__name__}: {e}); check the run id / model name and "
+                            "MLFLOW_TRACKING_URI") from e
+    found = sorted(local.rglob(CHECKPOINT_NAME)) if local.is_dir() else [local]
+    if not found:
+        raise TrackingError(f"{uri}: no {CHECKPOINT_NAME} inside; was it logged by captcha_ml?")
+    return found[0]
+
+
+def runs_table(experiment: str, max_results: int = 50) -> list[dict[str, Any]]:
+    """Runs of an experiment, newest first, with key params and last metrics."""
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        raise TrackingError(f"no experiment {experiment!r} at {mlflow.get_tracking_uri()}; "
+                            "train first or pass --experiment")
+    rows = []
+    for run in MlflowClient().search_runs([exp.experiment_id], max_results=max_results,
+                                          order_by=["attributes.start_time DESC"]):
+        rows.append({"run_id": run.info.run_id, "name": run.info.run_name,
+                     "status": run.info.status, "stage": run.data.tags.get("stage", ""),
+                     **{k: v for k, v in run.data.params.items()},
+                     **{k: v for k, v in run.data.metrics.items()}})
+    return rows
