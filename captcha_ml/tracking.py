@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -107,13 +108,15 @@ class Tracker:
         mlflow.set_tags(tags)
 
     def log_dataset(self, name: str, source: str, digest: str, context: str) -> None:
-        from mlflow.data.artifact_dataset_sources import LocalArtifactDatasetSource
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.code_dataset_source import CodeDatasetSource
         from mlflow.data.meta_dataset import MetaDataset
 
         """Record a dataset: a local path (folder or manifest), or generated when source is ''."""
         if source:
-            src = LocalArtifactDatasetSource(source)
+            with warnings.catch_warnings():  # "can be interpreted in multiple ways": all local
+                warnings.simplefilter("ignore", UserWarning)
+                src = resolve_dataset_source(source)
         else:
             src = CodeDatasetSource(tags={"generator": "captcha_ml.data.synthetic"})
         mlflow.log_input(MetaDataset(src, name=name, digest=digest), context=context)
