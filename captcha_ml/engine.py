@@ -83,12 +83,16 @@ def build_data(cfg: Config) -> Data:
                 make(d.valid, d.synthetic_valid_size, False), {"train": d.train, "valid": d.valid})
 
 
-def collate(batch: list[tuple[torch.Tensor, str]], charset: Charset) -> dict[str, Any]:
-    images = torch.stack([img for img, _ in batch])
-    labels = [label for _, label in batch]
+def collate(batch: list[tuple], charset: Charset) -> dict[str, Any]:
+    """(image, label[, index]) items -> images, CTC targets, labels (and ids)."""
+    images = torch.stack([item[0] for item in batch])
+    labels = [item[1] for item in batch]
     encoded = [charset.encode(label) for label in labels]
-    return {"images": images, "targets": torch.tensor([i for e in encoded for i in e]),
-            "target_lengths": torch.tensor([len(e) for e in encoded]), "labels": labels}
+    out = {"images": images, "targets": torch.tensor([i for e in encoded for i in e]),
+           "target_lengths": torch.tensor([len(e) for e in encoded]), "labels": labels}
+    if len(batch[0]) > 2:
+        out["ids"] = torch.tensor([item[2] for item in batch])
+    return out
 
 
 def ctc_loss(log_probs: torch.Tensor, batch: dict[str, Any], reduction: str = "mean") -> torch.Tensor:
@@ -133,22 +137,24 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: Config, total: int):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, accelerator: Accelerator,
-             charset: Charset) -> tuple[dict[str, float], list[str], list[str]]:
-    """Read every image once across all ranks; returns metrics, predictions and labels."""
+def evaluate(model: nn.Module, loader: DataLoader, accelerator: Accelerator, charset: Charset,
+             with_ids: bool = False) -> tuple:
+    """Read every image once across all ranks; returns metrics, predictions, labels (and ids)."""
     model.eval()
-    preds, labels, losses = [], [], []
+    preds, labels, ids, losses = [], [], [], []
     for batch in loader:
         log_probs = model(batch["images"])
         texts, _ = charset.ctc_decode(log_probs)
         loss = ctc_loss(log_probs, batch, reduction="none")
         preds += accelerator.gather_for_metrics(texts)
         labels += accelerator.gather_for_metrics(batch["labels"])
+        if with_ids:
+            ids += accelerator.gather_for_metrics(batch["ids"].tolist())
         losses.append(accelerator.gather_for_metrics(loss.detach()).float().cpu())
     model.train()
     result = metrics.summary(preds, labels)
     result["loss"] = float(torch.cat(losses).mean()) if losses else float("nan")
-    return result, preds, labels
+    return (result, preds, labels, ids) if with_ids else (result, preds, labels)
 
 
 def init_weights(model: nn.Module, uri: str, charset: Charset) -> dict[str, str]:
@@ -423,8 +429,9 @@ def _log_start(tracker: tracking.Tracker, cfg: Config, data: Data, init_tags: di
     tracker.log_dict(data.charset.to_dict(), "charset.json")
     for context, source in (("training", data.sources["train"]), ("validation", data.sources["valid"])):
         if source == "synthetic":
-            digest = tracking.text_digest(f"{cfg.data.style}:{cfg.train.seed}:{cfg.data.charset}")
-            tracker.log_dataset(f"synthetic-{cfg.data.style}", "", digest, context)
+            spec = f"{cfg.data.style}:{cfg.train.seed}:{context}:{cfg.data.charset}"
+            tracker.log_dataset(f"synthetic-{cfg.data.style}-{context}", "",
+                                tracking.text_digest(spec), context)
         else:
             tracker.log_dataset(Path(source).name, str(Path(source).resolve()),
                                 tracking.path_digest(source), context)
@@ -468,3 +475,63 @@ def _sample_grid(model: nn.Module, charset: Charset, pre: Preprocess, ds: Datase
         colour = (0, 128, 0) if text == label else (200, 0, 0)
         draw.text((pos[0] + 2, pos[1] + pre.height), f"{text} / {label}", fill=colour)
     return grid
+
+
+class _Indexed(Dataset):
+    """Adds the item index, so evaluation can name the files it misread."""
+
+    def __init__(self, ds: Dataset):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        return (*self.ds[i], i)
+
+
+def evaluate_model(cfg: Config, model_uri: str, data_path: str, split: str = "test",
+                   log: bool = True) -> dict[str, Any]:
+    """Read a labeled folder or manifest with a trained model; full report, logged to MLflow."""
+    accelerator = Accelerator()
+    tracking.check_reachable(cfg.tracking.tracking_uri)
+    with accelerator.main_process_first():
+        path = tracking.download_checkpoint(model_uri)
+    model, charset, pre, payload = checkpoint.load(path)
+    labeled = real.read_labeled(data_path, charset=charset, skip_bad=cfg.data.skip_bad)
+    samples = labeled.samples
+    ds = datasets.LabeledImages(samples, pre)
+    loader = make_loader(_Indexed(ds), cfg, charset, train=False)
+    model, loader = accelerator.prepare(model, loader)
+    result, preds, labels, ids = evaluate(model, loader, accelerator, charset, with_ids=True)
+    report = {"model": model_uri, "data": str(data_path), "split": split, "metrics": result,
+              "per_position": metrics.per_position_accuracy(preds, labels),
+              "confusions": [{"true": t, "pred": p, "count": n}
+                             for (t, p), n in metrics.confusions(preds, labels).most_common(20)],
+              "misread": [{"path": samples[i][0], "label": y, "pred": p}
+                          for i, y, p in zip(ids, labels, preds) if y != p],
+              "skipped": [{"path": p, "reason": r} for p, r in labeled.skipped]}
+    if accelerator.is_main_process and log:
+        report["run_id"] = _log_evaluation(cfg, report, payload)
+    return report
+
+
+def _log_evaluation(cfg: Config, report: dict[str, Any], payload: dict[str, Any]) -> str:
+    cfg.train.stage = "evaluate"
+    tracker = tracking.Tracker(cfg)
+    try:
+        tracker.log_params({"model_uri": report["model"], "eval.data": report["data"],
+                            "eval.split": report["split"]})
+        tracker.set_tags({"evaluated_run_id": payload.get("run_id", "")})
+        tracker.log_dataset(Path(report["data"]).name, str(Path(report["data"]).resolve()),
+                            tracking.path_digest(report["data"]), report["split"])
+        split = report["split"]
+        values = {f"{split}/{k}": v for k, v in report["metrics"].items()}
+        values.update({f"{split}/pos{i}_acc": v for i, v in enumerate(report["per_position"])})
+        tracker.log_metrics(values, step=0)
+        tracker.log_dict(report, f"{split}_report.json")
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end()
+    return tracker.run_id

@@ -1,0 +1,106 @@
+"""Command line: parses options and calls one function per command; no logic of its own."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from captcha_ml.charset import LabelError
+from captcha_ml.config import ConfigError, DataConfig
+from captcha_ml.data.real import DataError
+from captcha_ml.data.transforms import ImageError
+
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, LabelError, ImageError, DataError)
+
+app = typer.Typer(help="Train, track and serve captcha readers.", rich_markup_mode="rich",
+                  no_args_is_help=True)
+data_app = typer.Typer(help="Fetch, split, generate and inspect data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def friendly_errors(fn: Callable) -> Callable:
+    """Turn the project's input errors into a red one-line message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as e:
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@data_app.command("fetch")
+@friendly_errors
+def data_fetch(
+    dest: Path = typer.Option(Path("data/captcha_images_v2"), help="Folder to create."),
+    source: Optional[str] = typer.Option(None, "--from", help="Local folder, .zip or URL "
+                                         "instead of the public download."),
+) -> None:
+    """Download the 1040-image real set and verify its checksum."""
+    from captcha_ml.data.real import fetch
+
+    typer.echo(f"ready: {fetch(dest, source)}")
+
+
+@data_app.command("split")
+@friendly_errors
+def data_split(
+    source: Path = typer.Argument(..., help="Folder of labeled images or a path,label CSV."),
+    out: Path = typer.Option(Path("data/splits"), help="Folder for train/valid/test.csv."),
+    seed: int = typer.Option(0),
+    test: int = typer.Option(400, help="Test images."),
+    valid: int = typer.Option(120, help="Validation images."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unusable files and report them."),
+) -> None:
+    """Deterministic train/valid/test split by image content and seed."""
+    from captcha_ml.data.real import make_splits
+
+    paths, data = make_splits(source, out, seed=seed, test=test, valid=valid, skip_bad=skip_bad)
+    for name, path in paths.items():
+        typer.echo(f"{name}: {path}")
+    if data.skipped:
+        typer.echo(f"skipped {len(data.skipped)} bad file(s)")
+
+
+@data_app.command("generate")
+@friendly_errors
+def data_generate(
+    out: Path = typer.Option(Path("data/synthetic"), help="Folder for train/ and valid/."),
+    train: int = typer.Option(100_000, help="Training images."),
+    valid: int = typer.Option(10_000, help="Validation images."),
+    style: str = typer.Option("real", help="Style preset: real or captcha."),
+    charset: str = typer.Option(DataConfig.charset, help="Symbols to draw labels from."),
+    length: Optional[int] = typer.Option(None, help="Fixed label length (sets min and max)."),
+    min_len: int = typer.Option(DataConfig.min_len),
+    max_len: int = typer.Option(DataConfig.max_len),
+    width: int = typer.Option(DataConfig.width),
+    height: int = typer.Option(DataConfig.height),
+    seed: int = typer.Option(0),
+    workers: int = typer.Option(os.cpu_count() or 1, help="Processes that render images."),
+) -> None:
+    """Write synthetic captchas to disk (resumable); training can also render them on the fly."""
+    from captcha_ml.data.synthetic import generate_sets, preset
+
+    lo, hi = (length, length) if length else (min_len, max_len)
+    spec = preset(style, charset=charset, min_len=lo, max_len=hi, width=width, height=height)
+    for name, path in generate_sets(out, train, valid, spec, seed=seed, workers=workers).items():
+        typer.echo(f"{name}: {path}")
+
+
+@data_app.command("inspect")
+@friendly_errors
+def data_inspect(path: Path = typer.Argument(..., help="Folder of labeled images or a CSV.")) -> None:
+    """Counts, charset, label lengths and image sizes."""
+    from captcha_ml.data.real import describe
+
+    for key, value in describe(path).items():
+        typer.echo(f"{key}: {value}")

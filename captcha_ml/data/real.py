@@ -1,0 +1,331 @@
+"""Real labeled images: fetch (download + checksum), folders and manifests, deterministic split.
+
+A labeled folder holds images named ``<label>.png`` or ``<label>_<anything>.png``; a manifest is
+a CSV with header ``path,label`` whose relative paths are resolved against the CSV's folder.
+Bad input stops with a message naming the file and the fix, or, with ``skip_bad``, is skipped
+and reported in ``LabeledSet.skipped``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import http.client
+import io
+import logging
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from PIL import Image
+
+from captcha_ml.charset import Charset
+from captcha_ml.data.transforms import ImageError, load_image
+
+log = logging.getLogger(__name__)
+
+REAL_URL = "https://github.com/AakashKumarNain/CaptchaCracker/raw/master/captcha_images_v2.zip"
+REAL_DIGEST = "69b70dcc3b482122df31325af8cea103eb4fd5308f240c444b3b6e70a7b9cbc8"
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp"})
+# Documentation that may sit next to images (e.g. SOURCE.md); ignored, never an error.
+IGNORED_SUFFIXES = frozenset({".md", ".txt", ".csv", ".json", ".yaml", ".yml"})
+SKIP_HINT = "fix or remove it, or pass --skip-bad to skip bad files and report them"
+
+
+class DataError(ValueError):
+    """Data that cannot be used as given: missing, corrupt, mislabeled or failing a checksum."""
+
+
+@dataclass
+class LabeledSet:
+    """Validated ``(path, label)`` samples, the files skipped with why, and the charset used."""
+
+    samples: list[tuple[str, str]]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    charset: Charset | None = None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+# ----------------------------------------------------------------------------- checksums
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def content_digest(folder: str | Path) -> str:
+    """sha256 over the sorted lines ``"<filename> <sha256 of file>"`` of the folder's images."""
+    lines = sorted(f"{p.name} {file_sha256(p)}" for p in _image_files(Path(folder)))
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- fetch
+
+def fetch(dest: str | Path, source: str | None = None,
+          expected_digest: str = REAL_DIGEST) -> Path:
+    """Get the real set into ``dest`` from its public URL, or from a local folder, zip or URL.
+
+    The files are staged in a temporary folder next to ``dest`` and renamed to ``dest`` only
+    after their content digest matches, so ``dest`` is either absent or complete and verified.
+    """
+    dest = Path(dest)
+    if dest.exists():
+        if dest.is_dir() and content_digest(dest) == expected_digest:
+            log.info("%s already holds a verified copy (sha256 %s)", dest, expected_digest[:12])
+            return dest
+        raise DataError(f"{dest} exists but does not hold a verified copy of the data; "
+                        "delete it or choose another --dest")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    try:
+        stage = _stage(source or REAL_URL, work)
+        digest = content_digest(stage)
+        if digest != expected_digest:
+            raise DataError(f"{source or REAL_URL}: content digest {digest} does not match the "
+                            f"expected {expected_digest}; the source is not the expected data set "
+                            "(get a fresh copy, or pass the right --from)")
+        os.rename(stage, dest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("fetched %d images into %s (sha256 verified)", len(_image_files(dest)), dest)
+    return dest
+
+
+def _stage(source: str, work: Path) -> Path:
+    """Put the source's images, flat, into ``work/images`` and return that folder."""
+    src = Path(source)
+    if source.startswith(("http://", "https://")):
+        src = _download(source, work / "download.zip")
+    elif not src.exists():
+        raise DataError(f"{source}: no such file or folder; pass a folder, a .zip or a URL to --from")
+    if src.is_dir():
+        found = _image_files(src)
+    else:
+        found = _extract_images(src, work / "extract")
+    if not found:
+        raise DataError(f"{source}: no images found; expected a folder or zip of PNG captchas")
+    stage = work / "images"
+    stage.mkdir()
+    for p in found:
+        if (stage / p.name).exists():
+            raise DataError(f"{source}: image name {p.name} occurs twice; expected one flat folder")
+        shutil.copyfile(p, stage / p.name)
+    return stage
+
+
+def _download(url: str, target: Path) -> Path:
+    from tqdm import tqdm
+
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp:
+            total = int(resp.headers.get("Content-Length") or 0)
+            got = 0
+            with open(target, "wb") as f, tqdm(total=total or None, unit="B", unit_scale=True,
+                                               desc="download", leave=False) as bar:
+                for block in iter(lambda: resp.read(1 << 16), b""):
+                    f.write(block)
+                    got += len(block)
+                    bar.update(len(block))
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise DataError(f"{url}: download failed ({reason}); check the network, or download the "
+                        "zip by hand and pass it with --from PATH") from e
+    if total and got != total:
+        raise DataError(f"{url}: download truncated ({got} of {total} bytes); run fetch again")
+    return target
+
+
+def _extract_images(archive: Path, out: Path) -> list[Path]:
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            bad = zf.testzip()
+            if bad is not None:
+                raise DataError(f"{archive}: member {bad} is corrupt; download the zip again")
+            zf.extractall(out)
+    except (zipfile.BadZipFile, EOFError, OSError) as e:
+        raise DataError(f"{archive}: not a readable zip ({e}); the file is broken or truncated, "
+                        "download it again") from e
+    folders = sorted({p.parent for p in out.rglob("*")
+                      if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                      and "__MACOSX" not in p.parts and not p.name.startswith(".")})
+    if len(folders) > 1:
+        names = ", ".join(str(f.relative_to(out)) for f in folders[:5])
+        raise DataError(f"{archive}: images are spread over several folders ({names}); "
+                        "expected one folder of captchas")
+    return _image_files(folders[0]) if folders else []
+
+
+# ----------------------------------------------------------------------------- readers
+
+def label_from_name(path: str | Path) -> str:
+    """``226md.png`` -> ``226md``; ``226md_0000007.png`` -> ``226md`` (before the first _ or .)."""
+    return Path(path).name.split("_", 1)[0].split(".", 1)[0]
+
+
+def read_folder(path: str | Path, charset: Charset | None = None, min_len: int | None = None,
+                max_len: int | None = None, skip_bad: bool = False) -> LabeledSet:
+    """Images of a folder, labeled by file name, validated."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder; check the path")
+    rows, other = [], []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or p.suffix.lower() in IGNORED_SUFFIXES or p.is_dir():
+            continue
+        (rows if p.suffix.lower() in IMAGE_SUFFIXES else other).append((str(p), label_from_name(p)))
+    if not rows and not other:
+        raise DataError(f"{folder}: no images (png, jpg, jpeg, gif, bmp, webp) in this folder")
+    pre_skipped = [(p, f"not an image file (extension {Path(p).suffix or 'none'})") for p, _ in other]
+    return _validate(rows, pre_skipped, charset, min_len, max_len, skip_bad)
+
+
+def read_manifest(csv_path: str | Path, charset: Charset | None = None, min_len: int | None = None,
+                  max_len: int | None = None, skip_bad: bool = False) -> LabeledSet:
+    """A ``path,label`` CSV; relative paths are resolved against the CSV's folder."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path}: no such manifest file; check the path")
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
+            raise DataError(f"{csv_path}: a manifest needs the header 'path,label' "
+                            f"(found {reader.fieldnames})")
+        rows = [((csv_path.parent / r["path"]).as_posix() if not os.path.isabs(r["path"] or "")
+                 else r["path"], r["label"] or "") for r in reader]
+    if not rows:
+        raise DataError(f"{csv_path}: the manifest lists no images")
+    return _validate(rows, [], charset, min_len, max_len, skip_bad)
+
+
+def read_labeled(path: str | Path, charset: Charset | None = None, min_len: int | None = None,
+                 max_len: int | None = None, skip_bad: bool = False) -> LabeledSet:
+    """A folder of labeled images or a ``.csv`` manifest."""
+    p = Path(path)
+    if p.suffix.lower() == ".csv":
+        return read_manifest(p, charset, min_len, max_len, skip_bad)
+    if not p.exists():
+        raise DataError(f"{p}: no such folder or manifest; check the path (or run "
+                        "'captcha-ml data fetch' for the real set)")
+    return read_folder(p, charset, min_len, max_len, skip_bad)
+
+
+def _problem(path: str, label: str, charset: Charset | None, min_len: int | None,
+             max_len: int | None) -> str | None:
+    """Why a sample is bad, or None."""
+    if charset is not None and (why := charset.check(label)):
+        return f"label {label!r}: {why}"
+    if min_len is not None and len(label) < min_len or max_len is not None and len(label) > max_len:
+        return f"label {label!r} has length {len(label)}, expected {min_len}..{max_len}"
+    try:
+        load_image(path)
+    except ImageError as e:
+        msg = str(e)
+        return msg[len(path) + 2:] if msg.startswith(f"{path}: ") else msg
+    return None
+
+
+def _validate(rows: list[tuple[str, str]], skipped: list[tuple[str, str]], charset: Charset | None,
+              min_len: int | None, max_len: int | None, skip_bad: bool) -> LabeledSet:
+    """Check every sample; stop at the first bad one, or skip and report them all."""
+    if skipped and not skip_bad:
+        raise DataError(f"{skipped[0][0]}: {skipped[0][1]}; {SKIP_HINT}")
+    if charset is None:
+        labels = [label for _, label in rows if label]
+        charset = Charset.from_labels(labels) if labels else None
+    samples = []
+    for path, label in rows:
+        why = "empty label" if not label else _problem(path, label, charset, min_len, max_len)
+        if why is None:
+            samples.append((path, charset.normalize(label) if charset else label))
+        elif skip_bad:
+            skipped.append((path, why))
+        else:
+            raise DataError(f"{path}: {why}; {SKIP_HINT}")
+    if skipped:
+        log.warning("skipped %d bad file(s), e.g. %s: %s", len(skipped), *skipped[0])
+    if not samples:
+        raise DataError("no usable images left after skipping bad files; check the data")
+    return LabeledSet(sorted(samples), skipped, charset)
+
+
+def describe(path: str | Path) -> dict:
+    """Counts, charset, label lengths and image sizes of a folder or manifest (bad files skipped)."""
+    data = read_labeled(path, skip_bad=True)
+    sizes: Counter = Counter()
+    for p, _ in data.samples:
+        with Image.open(p) as im:
+            sizes[f"{im.size[0]}x{im.size[1]}"] += 1
+    return {"path": str(path), "images": len(data), "skipped": len(data.skipped),
+            "charset": data.charset.symbols if data.charset else "",
+            "lengths": dict(sorted(Counter(len(l) for _, l in data.samples).items())),
+            "sizes": dict(sizes.most_common()),
+            "labels_unique": len({l for _, l in data.samples})}
+
+
+# ----------------------------------------------------------------------------- split
+
+SPLITS = ("train", "valid", "test")
+
+
+def split(samples: Iterable[tuple[str, str]], out_dir: str | Path, seed: int = 0,
+          test: int = 400, valid: int = 120) -> dict[str, Path]:
+    """Write train/valid/test manifests; assignment depends only on image content and seed.
+
+    Each distinct content (sha256 of the file) gets the key sha256(f"{seed}:{hash}"); groups
+    are ordered by key and fill test, then valid, then train. Identical files share a group, so
+    duplicates never straddle splits. Manifest paths are absolute and resolved; rows are sorted
+    by path, so a rerun writes byte-identical files.
+    """
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for path, label in samples:
+        groups.setdefault(file_sha256(path), []).append((str(Path(path).resolve()), label))
+    if len(groups) < test + valid + 1:
+        raise DataError(f"{len(groups)} distinct images cannot fill test={test} + valid={valid} "
+                        f"+ at least 1 train image; need at least {test + valid + 1}, "
+                        "or lower --test/--valid")
+    order = sorted(groups, key=lambda h: hashlib.sha256(f"{seed}:{h}".encode()).hexdigest())
+    parts: dict[str, list[tuple[str, str]]] = {s: [] for s in SPLITS}
+    for h in order:
+        name = ("test" if len(parts["test"]) < test
+                else "valid" if len(parts["valid"]) < valid else "train")
+        parts[name].extend(groups[h])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return {name: write_manifest(out / f"{name}.csv", sorted(rows)) for name, rows in parts.items()}
+
+
+def write_manifest(path: str | Path, rows: Iterable[tuple[str, str]]) -> Path:
+    """Write a ``path,label`` CSV atomically (temp file + os.replace)."""
+    path = Path(path)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "label"])
+    writer.writerows(rows)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(buf.getvalue(), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def make_splits(source: str | Path, out_dir: str | Path, seed: int = 0, test: int = 400,
+                valid: int = 120, skip_bad: bool = False) -> tuple[dict[str, Path], LabeledSet]:
+    """Read a folder or manifest, validate it, and split it (what ``data split`` runs)."""
+    data = read_labeled(source, skip_bad=skip_bad)
+    return split(data.samples, out_dir, seed=seed, test=test, valid=valid), data

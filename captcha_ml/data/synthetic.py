@@ -1,0 +1,318 @@
+"""Synthetic captchas from the ``captcha`` library: seeded rendering, style presets, parallel writer.
+
+captcha's ``ImageCaptcha`` draws with the ``secrets`` module, which cannot be seeded. We extend
+it rather than replace it: ``seeded_secrets`` swaps ``captcha.image.secrets`` for a shim backed
+by a seeded ``random.Random`` while one image is drawn, so an image and its label are a pure
+function of (spec, seed, index): the same on any machine (with the same Pillow/FreeType) and
+for any worker count. The swap is per process and not thread-safe; DataLoader and Pool
+workers are processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import captcha.image as captcha_image
+from captcha.image import ImageCaptcha
+from PIL import Image, ImageChops, ImageDraw, ImageFilter
+
+from captcha_ml.config import DataConfig
+from captcha_ml.data.real import DataError, write_manifest
+
+CAPTCHA_FONT = os.path.join(captcha_image.DATA_DIR, "DroidSansMono.ttf")
+STYLES = ("captcha", "real")
+
+
+def dejavu_bold_oblique() -> str:
+    """DejaVuSans-BoldOblique from matplotlib's fonts (DejaVu license ships there), else captcha's."""
+    try:
+        import matplotlib
+
+        path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans-BoldOblique.ttf"
+        return str(path) if path.is_file() else CAPTCHA_FONT
+    except ImportError:
+        return CAPTCHA_FONT
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """Everything that decides how synthetic captchas look. Colour ranges are inclusive 0..255."""
+
+    style: str = "real"
+    width: int = 200
+    height: int = 50
+    charset: str = "2345678bcdefgmnpwxy"
+    min_len: int = 5
+    max_len: int = 5
+    fonts: tuple[str, ...] = ()  # empty: the style's default font
+    font_sizes: tuple[int, ...] = (34, 36, 38)
+    background: tuple[int, int] = (180, 255)  # "real": gradient from the low to the high end
+    foreground: tuple[int, int] = (0, 40)
+    dots: int = 0
+    curves: int = 1
+    strikes: tuple[int, int] = (1, 2)  # min, max dark lines drawn across the text
+    blur: tuple[float, float] = (0.3, 0.7)  # Gaussian blur radius range; (0, 0): none
+    grey: bool = True
+
+    def __post_init__(self) -> None:
+        if self.style not in STYLES:
+            raise DataError(f"unknown synthetic style {self.style!r}; use one of {', '.join(STYLES)}")
+        if not self.charset or not 1 <= self.min_len <= self.max_len:
+            raise DataError(f"synthetic spec needs a charset and 1 <= min_len <= max_len "
+                            f"(got {self.charset!r}, {self.min_len}, {self.max_len})")
+
+    @property
+    def font_files(self) -> tuple[str, ...]:
+        return self.fonts or ((dejavu_bold_oblique(),) if self.style == "real" else (CAPTCHA_FONT,))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_PRESETS: dict[str, dict] = {
+    # The library's own look: colour glyphs on a light background, dots and a curve.
+    "captcha": dict(style="captcha", font_sizes=(42, 50, 56), background=(238, 255),
+                    foreground=(10, 200), dots=30, curves=1, strikes=(0, 0), blur=(0, 0), grey=False),
+    # Resembles captcha_images_v2: grey gradient, black bold oblique overlapping glyphs,
+    # 1-2 dark strike-through lines, slight blur.
+    "real": dict(style="real"),
+}
+
+
+def preset(name: str, **overrides) -> SyntheticSpec:
+    """A named spec (``captcha`` or ``real``) with any fields overridden."""
+    if name not in _PRESETS:
+        raise DataError(f"unknown synthetic style {name!r}; use one of {', '.join(_PRESETS)}")
+    tuples = {k: tuple(v) for k, v in overrides.items() if isinstance(v, list)}
+    return SyntheticSpec(**{**_PRESETS[name], **overrides, **tuples})
+
+
+def spec_from_config(data: DataConfig, **overrides) -> SyntheticSpec:
+    """The style preset of a DataConfig with its charset, lengths and image size."""
+    return preset(data.style, **{"charset": data.charset, "min_len": data.min_len,
+                                 "max_len": data.max_len, "width": data.width,
+                                 "height": data.height, **overrides})
+
+
+# ----------------------------------------------------------------------------- seeding
+
+class _SeededSecrets:
+    """The part of ``secrets`` that captcha uses, drawn from a seeded ``random.Random``."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+
+    def randbelow(self, n: int) -> int:
+        return self._rng.randrange(n)
+
+    def randbits(self, k: int) -> int:
+        return self._rng.getrandbits(k)
+
+    def choice(self, seq):
+        return self._rng.choice(seq)
+
+
+@contextlib.contextmanager
+def seeded_secrets(rng: random.Random) -> Iterator[None]:
+    """Make captcha.image draw its randomness from ``rng`` inside the block."""
+    saved = captcha_image.secrets
+    captcha_image.secrets = _SeededSecrets(rng)
+    try:
+        yield
+    finally:
+        captcha_image.secrets = saved
+
+
+def item_rng(seed: int | str, index: int) -> random.Random:
+    """A generator that depends only on (seed, index), via sha256: stable across machines."""
+    digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:16], "big"))
+
+
+# ----------------------------------------------------------------------------- styles
+
+class SpecCaptcha(ImageCaptcha):
+    """ImageCaptcha configured from a SyntheticSpec; ``draw`` uses the spec's colours and noise."""
+
+    def __init__(self, spec: SyntheticSpec) -> None:
+        super().__init__(spec.width, spec.height, list(spec.font_files), tuple(spec.font_sizes))
+        self.spec = spec
+
+    def draw(self, chars: str, rng: random.Random) -> Image.Image:
+        s = self.spec
+        bg = tuple(rng.randint(*s.background) for _ in range(3))
+        fg = tuple(rng.randint(*s.foreground) for _ in range(3)) + (rng.randint(220, 255),)
+        im = self.create_captcha_image(chars, fg, bg)
+        if s.dots:
+            self.create_noise_dots(im, fg, number=s.dots)
+        for _ in range(s.curves):
+            self.create_noise_curve(im, fg)
+        return im.filter(ImageFilter.SMOOTH)
+
+
+class RealCaptcha(SpecCaptcha):
+    """The look of captcha_images_v2: text on the left 3/4 over a horizontal grey gradient."""
+
+    character_rotate = (-12, 12)
+    character_offset_dy = (0, 3)
+    character_warp_dx = (0.05, 0.15)
+    character_warp_dy = (0.05, 0.15)
+    word_space_probability = 1.0  # never insert spaces: glyphs touch and overlap
+    word_offset_dx = 0.3
+
+    def __init__(self, spec: SyntheticSpec) -> None:
+        super().__init__(spec)
+        self._text_width = int(spec.width * 0.68)  # the library fills this box, then we place it
+
+    def draw(self, chars: str, rng: random.Random) -> Image.Image:
+        s, (w, h) = self.spec, (self.spec.width, self.spec.height)
+        ink = rng.randint(*s.foreground)
+        full, self._width = self._width, self._text_width
+        try:
+            # The library masks glyphs by their brightness: draw white on black, then invert.
+            text = self.create_captcha_image(chars, (255, 255, 255, 255), (0, 0, 0))
+        finally:
+            self._width = full
+        text = text.point(lambda v: 255 - (255 - ink) * v // 255)
+        canvas = Image.new("RGB", (w, h), (255, 255, 255))
+        x, y = rng.randint(int(0.08 * w), int(0.16 * w)), h // 10 + rng.randint(-h // 16, h // 16)
+        canvas.paste(text, (x, y))
+        out = ImageChops.darker(_gradient(w, h, rng, s.background), canvas)
+        for _ in range(s.curves):
+            self.create_noise_curve(out, (ink, ink, ink))
+        _strike(out, rng, rng.randint(*s.strikes), ink)
+        if s.dots:
+            self.create_noise_dots(out, (ink, ink, ink), width=1, number=s.dots)
+        radius = rng.uniform(*s.blur)
+        return out.filter(ImageFilter.GaussianBlur(radius)) if radius > 0 else out
+
+
+def _gradient(w: int, h: int, rng: random.Random, levels: tuple[int, int]) -> Image.Image:
+    """Left-to-right grey ramp from about the low level to about the high level."""
+    lo = rng.randint(levels[0], min(levels[0] + 20, levels[1]))
+    hi = rng.randint(max(levels[1] - 10, lo), levels[1])
+    row = Image.linear_gradient("L").rotate(90).resize((w, 1))  # 0 at left -> 255 at right
+    ramp = row.point(lambda v: lo + (hi - lo) * v // 255).resize((w, h))
+    return ramp.convert("RGB")
+
+
+def _strike(im: Image.Image, rng: random.Random, count: int, ink: int) -> None:
+    """Dark lines from the left edge across the text, like the real set's strike-throughs."""
+    w, h = im.size
+    draw = ImageDraw.Draw(im)
+    for _ in range(count):
+        x0, y0 = rng.randint(0, w // 6), rng.randint(0, h // 2)
+        x1, y1 = rng.randint(w * 3 // 4, w - 5), rng.randint(h // 3, h * 4 // 5)
+        draw.line((x0, y0, x1, y1), fill=(ink, ink, ink), width=rng.choice((2, 2, 3)))
+
+
+@functools.lru_cache(maxsize=8)
+def _captcha_for(spec: SyntheticSpec) -> SpecCaptcha:
+    """One drawer per spec and process (fonts load once)."""
+    return (RealCaptcha if spec.style == "real" else SpecCaptcha)(spec)
+
+
+def render(spec: SyntheticSpec, seed: int | str, index: int) -> tuple[Image.Image, str]:
+    """Image and label of item ``index``: a pure function of (spec, seed, index)."""
+    rng = item_rng(seed, index)
+    label = "".join(rng.choice(spec.charset) for _ in range(rng.randint(spec.min_len, spec.max_len)))
+    with seeded_secrets(rng):
+        im = _captcha_for(spec).draw(label, rng)
+    if im.size != (spec.width, spec.height):
+        im = im.resize((spec.width, spec.height), Image.BILINEAR)
+    return (im.convert("L") if spec.grey else im.convert("RGB")), label
+
+
+# ----------------------------------------------------------------------------- writer
+
+_DONE = re.compile(r"^(?P<label>[^_.]+)_(?P<index>\d{7})\.png$")
+
+
+def _write_chunk(args: tuple[SyntheticSpec, str, str, list[int]]) -> list[tuple[int, str, str]]:
+    """Render and write some indices; each file appears atomically (temp + os.replace)."""
+    spec, seed, out_dir, indices = args
+    rows = []
+    for i in indices:
+        im, label = render(spec, seed, i)
+        name = f"{label}_{i:07d}.png"
+        tmp = os.path.join(out_dir, f".{name}.tmp-{os.getpid()}")
+        im.save(tmp, format="PNG")
+        os.replace(tmp, os.path.join(out_dir, name))
+        rows.append((i, name, label))
+    return rows
+
+
+def _scan(out: Path, n: int) -> dict[int, tuple[str, str]]:
+    """Finished files (index -> name, label) and removal of stale temp files."""
+    done = {}
+    for p in out.iterdir():
+        if p.name.startswith(".") and ".tmp-" in p.name:
+            p.unlink(missing_ok=True)
+        elif (m := _DONE.match(p.name)) and int(m["index"]) < n:
+            done[int(m["index"])] = (p.name, m["label"])
+    return done
+
+
+def _check_meta(out: Path, meta: dict) -> None:
+    """Refuse to mix images of another spec or seed into an existing folder."""
+    path = out / "generate.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if {k: old.get(k) for k in ("spec", "seed")} != {k: meta[k] for k in ("spec", "seed")}:
+            raise DataError(f"{out} holds images made with another spec or seed (see {path}); "
+                            "choose another --out or delete the folder")
+    tmp = out / f".generate.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, path)
+
+
+def generate(out_dir: str | Path, n: int, spec: SyntheticSpec, seed: int | str = 0,
+             workers: int | None = None, chunk: int = 64) -> Path:
+    """Write ``n`` images ``<label>_<index>.png`` and ``labels.csv``; a rerun resumes.
+
+    Indices whose final files exist are skipped, stale temp files are removed, and the result
+    is byte-identical to an uninterrupted run for any worker count.
+    """
+    from multiprocessing import get_context
+
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_meta(out, {"spec": json.loads(json.dumps(spec.to_dict())), "seed": str(seed), "n": n})
+    done = _scan(out, n)
+    todo = [i for i in range(n) if i not in done]
+    jobs = [(spec, str(seed), str(out), todo[k:k + chunk]) for k in range(0, len(todo), chunk)]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
+    pool = get_context().Pool(workers) if workers > 1 else None
+    results = pool.imap_unordered(_write_chunk, jobs) if pool else map(_write_chunk, jobs)
+    try:
+        with tqdm(total=n, initial=n - len(todo), unit="img", desc=f"generate {out.name}") as bar:
+            for rows in results:
+                done.update({i: (name, label) for i, name, label in rows})
+                bar.update(len(rows))
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
+    return write_manifest(out / "labels.csv", [done[i] for i in range(n)])
+
+
+def generate_sets(out_dir: str | Path, train: int, valid: int, spec: SyntheticSpec,
+                  seed: int = 0, workers: int | None = None) -> dict[str, Path]:
+    """``train/`` and ``valid/`` under ``out_dir``, from disjoint seed streams (what the CLI runs)."""
+    out = Path(out_dir)
+    sets = {"train": train, "valid": valid}
+    return {name: generate(out / name, n, spec, f"{seed}/{name}", workers)
+            for name, n in sets.items() if n > 0}

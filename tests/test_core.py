@@ -1,0 +1,138 @@
+"""Config, charset, metrics, preprocessing and the network: the pieces below the training loop."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from PIL import Image
+
+from captcha_ml import config, metrics
+from captcha_ml.charset import Charset, LabelError
+from captcha_ml.config import ConfigError
+from captcha_ml.data.transforms import ImageError, Preprocess, load_image
+from captcha_ml.model import CaptchaNet, load_imagenet
+
+
+def test_config_layers_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1.0e-4\n  epochs: 3\ndata:\n  height: 32\n")
+    cfg = config.load(path, ["train.lr=0.5", "data.augment=true model.depth=layer4"])
+    assert (cfg.train.lr, cfg.train.epochs, cfg.data.height) == (0.5, 3, 32)
+    assert cfg.data.augment is True and cfg.model.depth == "layer4"
+    assert cfg.flat()["train.lr"] == 0.5
+
+
+def test_config_unknown_key_lists_valid_keys(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key 'train.learning_rate'.*train.lr"):
+        config.load(None, ["train.learning_rate=1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trian:\n  lr: 1\n")
+    with pytest.raises(ConfigError, match="unknown section 'trian'"):
+        config.load(bad)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=two", "expected int"),
+    ("data.channels=2", "data.channels=2"),
+    ("model.depth=layer9", "layer3 or layer4"),
+    ("data.min_len=6", "min <= max"),
+])
+def test_config_rejects_bad_values(override, message):
+    with pytest.raises(ConfigError, match=message):
+        config.load(None, [override])
+
+
+def test_config_missing_file_names_it(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml does not exist"):
+        config.load(tmp_path / "nope.yaml")
+
+
+def test_charset_encode_decode_and_ctc_collapse():
+    cs = Charset("abc")
+    assert cs.encode("cab") == [3, 1, 2]
+    assert cs.num_classes == 4
+    # frames: a a _ a b b _ -> "aab"
+    ids = torch.tensor([[1, 1, 0, 1, 2, 2, 0]])
+    log_probs = torch.nn.functional.one_hot(ids, 4).float().mul(10).log_softmax(-1)
+    texts, conf = cs.ctc_decode(log_probs)
+    assert texts == ["aab"] and 0.99 < conf[0] <= 1.0
+    with pytest.raises(LabelError, match="'z'.*not in the charset"):
+        cs.encode("az")
+    assert Charset("ab", case_sensitive=False).encode("AB") == [1, 2]
+    assert Charset.from_labels(["ba", "ca"]).symbols == "abc"
+
+
+def test_metrics():
+    s = metrics.summary(["abc", "abd", "ab"], ["abc", "abc", "abc"])
+    assert s["seq_acc"] == pytest.approx(1 / 3)
+    assert s["cer"] == pytest.approx(2 / 9)
+    assert s["char_acc"] == pytest.approx(7 / 9)
+    assert metrics.edit_distance("kitten", "sitting") == 3
+    assert metrics.per_position_accuracy(["abd"], ["abc"]) == [1.0, 1.0, 0.0]
+    assert metrics.confusions(["abd"], ["abc"]) == {("c", "d"): 1}
+
+
+def test_preprocess_any_mode_and_size():
+    pre = Preprocess(height=20, width=40, channels=1)
+    for mode in ("RGBA", "P", "L", "RGB", "1", "I;16"):
+        x = pre(Image.new(mode, (73, 31)))
+        assert x.shape == (1, 20, 40) and x.dtype == torch.float32
+    assert Preprocess(height=20, width=40, channels=3)(Image.new("L", (5, 5))).shape == (3, 20, 40)
+    white = pre(Image.new("L", (40, 20), 255))
+    assert torch.allclose(white, torch.ones_like(white))
+
+
+def test_load_image_errors_name_the_input(tmp_path):
+    with pytest.raises(ImageError, match="nothere.png: cannot open"):
+        load_image(tmp_path / "nothere.png")
+    with pytest.raises(ImageError, match="upload: not a readable image"):
+        load_image(b"definitely not a png", name="upload")
+    buf = io.BytesIO()
+    Image.new("L", (50, 50)).save(buf, "PNG")
+    with pytest.raises(ImageError, match="truncated.png: not a readable image"):
+        load_image(buf.getvalue()[:60], name="truncated.png")
+
+
+def test_load_image_refuses_decompression_bombs(monkeypatch):
+    from captcha_ml.data import transforms
+    monkeypatch.setattr(transforms, "MAX_PIXELS", 100 * 100)
+    buf = io.BytesIO()
+    Image.new("L", (200, 200)).save(buf, "PNG")
+    with pytest.raises(ImageError, match="above the limit"):
+        load_image(buf.getvalue(), name="bomb")
+
+
+def test_transparent_images_composite_on_white():
+    img = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert load_image(img).convert("L").getpixel((0, 0)) == 255
+
+
+@pytest.mark.parametrize("depth", ["layer3", "layer4"])
+@pytest.mark.parametrize("size", [(50, 200), (30, 90), (80, 300)])
+def test_model_output_positions(depth, size):
+    h, w = size
+    net = CaptchaNet(num_classes=20, in_channels=1, depth=depth).eval()
+    out = net(torch.randn(2, 1, h, w))
+    assert out.shape == (2, net.output_length(w), 20)
+    assert net.output_length(200) == 25  # enough CTC steps for long labels with repeats
+    assert torch.allclose(out.exp().sum(-1), torch.ones(2, out.shape[1]), atol=1e-5)
+
+
+def test_model_lstm_head_and_rgb():
+    net = CaptchaNet(num_classes=63, in_channels=3, head="lstm").eval()
+    assert net(torch.randn(1, 3, 50, 200)).shape == (1, 25, 63)
+
+
+def test_imagenet_init_from_local_file(tmp_path):
+    from torchvision.models import resnet18
+    ref = resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(ref.state_dict(), path)
+    net = CaptchaNet(num_classes=5, in_channels=1, depth="layer4")
+    load_imagenet(net, path)
+    assert torch.equal(net.features[0].weight, ref.conv1.weight.sum(1, keepdim=True))
+    assert torch.equal(net.features[7][0].conv1.weight, ref.layer4[0].conv1.weight)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_imagenet(net, tmp_path / "missing.pth")

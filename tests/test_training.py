@@ -1,0 +1,132 @@
+"""The training loop in-process: outputs, MLflow logging, resume, and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from captcha_ml import checkpoint, engine
+from captcha_ml.checkpoint import CheckpointError
+from captcha_ml.tracking import TrackingError
+from helpers import tiny_config, write_manifests
+
+
+def _client(tmp_path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def test_pretrain_writes_checkpoints_and_logs_run(tmp_path):
+    cfg = tiny_config(tmp_path, "train.eval_every=3", "train.epochs=1")
+    result = engine.train(cfg)
+    out = tmp_path / "out"
+    assert (out / "best.pt").is_file() and (out / "last.pt").is_file()
+    assert (out / "state" / "progress.json").is_file()
+    model, charset, pre, payload = checkpoint.load(out / "best.pt")
+    assert charset.symbols == cfg.data.charset and (pre.height, pre.width) == (32, 96)
+    run = _client(tmp_path).get_run(result["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["stage"] == "pretrain"
+    assert run.data.params["train.lr"] == "0.001" and run.data.params["data.height"] == "32"
+    assert {"train/loss", "train/lr", "train/images_per_s", "val/seq_acc", "val/char_acc",
+            "val/cer", "val/loss"} <= set(run.data.metrics)
+    history = _client(tmp_path).get_metric_history(result["run_id"], "val/seq_acc")
+    assert [m.step for m in history] == [3, 6]  # 48 images / batch 8 = 6 steps, eval every 3
+    artifacts = {a.path for a in _client(tmp_path).list_artifacts(result["run_id"])}
+    assert {"config.yaml", "charset.json", "samples.png", "checkpoints"} <= artifacts
+    assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["synthetic-real-training",
+                                                                 "synthetic-real-validation"]
+    # The logged model reads images without captcha_ml's checkpoint code.
+    assert result["model_uri"].startswith("models:/")
+
+
+def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
+    overrides = ["train.epochs=2", "train.save_every=2", "train.eval_every=4", "data.augment=true"]
+    full = engine.train(tiny_config(tmp_path / "a", *overrides))
+    save = engine._save_state
+
+    def interrupt_after_step_4(loop):
+        save(loop)
+        if loop.progress.step == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "_save_state", interrupt_after_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(tiny_config(tmp_path / "b", *overrides))
+    monkeypatch.setattr(engine, "_save_state", save)
+    resumed = engine.train(tiny_config(tmp_path / "b", *overrides), resume=True)
+    assert resumed["steps"] == full["steps"] == 12 and resumed["run_id"] is not None
+    a = torch.load(tmp_path / "a/out/last.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b/out/last.pt", weights_only=True)["state_dict"]
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
+    # The resumed run continues the interrupted MLflow run: one value per logged step.
+    client = _client(tmp_path / "b")
+    steps = [m.step for m in client.get_metric_history(resumed["run_id"], "train/loss")]
+    assert steps == sorted(set(steps)) == [2, 4, 6, 8, 10, 12]
+
+
+def test_resume_without_state_is_refused(tmp_path):
+    with pytest.raises(engine.TrainingError, match="no saved state"):
+        engine.train(tiny_config(tmp_path), resume=True)
+
+
+def test_finetune_from_checkpoint_on_real_manifests(tmp_path, real_dir):
+    pre = engine.train(tiny_config(tmp_path / "pre", "train.epochs=1",
+                                   "data.charset=2345678bcdefgmnpwxy", "data.min_len=5",
+                                   "data.max_len=5", "tracking.log_model=false"))
+    m = write_manifests(real_dir, tmp_path / "splits")
+    cfg = tiny_config(tmp_path / "pre", "train.stage=finetune", f"data.train={m['train']}",
+                      f"data.valid={m['valid']}", "data.charset=2345678bcdefgmnpwxy",
+                      "data.min_len=5", "data.max_len=5", "data.augment=true",
+                      f"train.init_from={pre['best_checkpoint']}",
+                      f"train.output_dir={tmp_path / 'ft'}", "tracking.log_model=false")
+    result = engine.train(cfg)
+    assert result["val"]["count"] == 15
+    run = _client(tmp_path / "pre").get_run(result["run_id"])
+    assert run.data.tags["pretrain_run_id"] == pre["run_id"]
+    assert run.data.tags["stage"] == "finetune"
+    assert {i.dataset.name for i in run.inputs.dataset_inputs} == {"train.csv", "valid.csv"}
+
+
+def test_missing_init_checkpoint_is_named(tmp_path):
+    cfg = tiny_config(tmp_path, f"train.init_from={tmp_path / 'nope.pt'}")
+    with pytest.raises(CheckpointError, match="nope.pt not found"):
+        engine.train(cfg)
+
+
+def test_unknown_mlflow_model_uri_is_reported(tmp_path):
+    cfg = tiny_config(tmp_path, "train.init_from=runs:/0123456789abcdef/checkpoints/best.pt")
+    with pytest.raises(TrackingError, match="cannot download model"):
+        engine.train(cfg)
+
+
+def test_unreachable_tracking_server_fails_before_training(tmp_path):
+    cfg = tiny_config(tmp_path, "tracking.tracking_uri=http://127.0.0.1:9")
+    with pytest.raises(TrackingError, match="http://127.0.0.1:9 is unreachable"):
+        engine.train(cfg)
+    assert not (tmp_path / "out" / "last.pt").exists()
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    real_loss = engine.ctc_loss
+    calls = {"n": 0}
+
+    def loss_turning_nan(log_probs, batch, reduction="mean"):
+        loss = real_loss(log_probs, batch, reduction)
+        if reduction == "mean":  # training steps only, not evaluation
+            calls["n"] += 1
+        return loss * math.nan if calls["n"] > 4 else loss
+
+    monkeypatch.setattr(engine, "ctc_loss", loss_turning_nan)
+    cfg = tiny_config(tmp_path, "train.eval_every=2", "train.epochs=2")
+    with pytest.raises(engine.TrainingError, match="not finite at step 5.*best.pt"):
+        engine.train(cfg)
+    good = checkpoint.load(tmp_path / "out" / "best.pt")[3]
+    assert good["step"] == 4
+    assert all(torch.isfinite(v).all() for v in good["state_dict"].values() if v.is_floating_point())
+    run = _client(tmp_path).search_runs([_client(tmp_path).get_experiment_by_name(
+        "captcha_ml_smoke").experiment_id])[0]
+    assert run.info.status == "FAILED"
