@@ -23,6 +23,15 @@ data_app = typer.Typer(help="Fetch, split, generate and inspect data.", no_args_
 app.add_typer(data_app, name="data")
 
 
+def _late_errors() -> tuple[type[Exception], ...]:
+    """Errors of the heavy modules (torch, accelerate, mlflow), imported only when needed."""
+    from captcha_ml.checkpoint import CheckpointError
+    from captcha_ml.engine import TrainingError
+    from captcha_ml.tracking import TrackingError
+
+    return (CheckpointError, TrackingError, TrainingError, FileNotFoundError)
+
+
 def friendly_errors(fn: Callable) -> Callable:
     """Turn the project's input errors into a red one-line message and exit code 2."""
 
@@ -31,7 +40,9 @@ def friendly_errors(fn: Callable) -> Callable:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         try:
             return fn(*args, **kwargs)
-        except USER_ERRORS as e:
+        except Exception as e:
+            if not isinstance(e, USER_ERRORS + _late_errors()):
+                raise
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
 
@@ -104,3 +115,91 @@ def data_inspect(path: Path = typer.Argument(..., help="Folder of labeled images
 
     for key, value in describe(path).items():
         typer.echo(f"{key}: {value}")
+
+
+OVERRIDES = typer.Option([], "--set", help="Config overrides: section.key=value (repeatable).")
+
+
+def _launched() -> bool:
+    """True inside a process started by accelerate launch / torchrun."""
+    return os.environ.get("LOCAL_RANK") is not None
+
+
+@app.command()
+@friendly_errors
+def train(
+    config_path: Path = typer.Argument(..., metavar="CONFIG", help="YAML file (experiments/)."),
+    overrides: list[str] = OVERRIDES,
+    resume: bool = typer.Option(False, help="Continue from <train.output_dir>/state."),
+    num_processes: int = typer.Option(1, help="Processes (GPUs, or CPU processes) to launch."),
+) -> None:
+    """Pretrain or finetune (the config decides), logging to MLflow."""
+    from captcha_ml import config, launch
+
+    cfg = config.load(config_path, overrides)  # fail on a bad config before launching anything
+    if num_processes > 1 and not _launched():
+        args = ["train", str(config_path), *[f"--set={o}" for o in overrides if o.strip()]]
+        raise typer.Exit(launch.run(num_processes, args + (["--resume"] if resume else []),
+                                    cfg.train.mixed_precision))
+    from captcha_ml import engine
+
+    result = engine.train(cfg, resume=resume)
+    if result["run_id"]:
+        typer.echo(f"best validation {result['val']} at step {result['best_step']}")
+        typer.echo(f"checkpoint: {result['best_checkpoint']}  run: {result['run_id']}")
+
+
+@app.command()
+@friendly_errors
+def evaluate(
+    model: str = typer.Argument(..., help="Checkpoint path or MLflow URI (runs:/..., models:/...)."),
+    data: Path = typer.Argument(..., help="Labeled folder or path,label manifest."),
+    config_path: Optional[Path] = typer.Option(None, "--config", help="YAML for batch size, "
+                                               "workers and tracking."),
+    overrides: list[str] = OVERRIDES,
+    split: str = typer.Option("test", help="Metric prefix: test/seq_acc, ..."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+    log: bool = typer.Option(True, help="Log the evaluation to MLflow."),
+) -> None:
+    """Sequence and character accuracy, CER, per-position accuracy, confusions, misreads."""
+    import json
+
+    from captcha_ml import config, engine, report
+
+    cfg = config.load(config_path, overrides)
+    result = engine.evaluate_model(cfg, model, str(data), split=split, log=log)
+    typer.echo(json.dumps(result, indent=2) if as_json else report.evaluation_text(result))
+
+
+@app.command()
+@friendly_errors
+def runs(
+    experiment: str = typer.Option("captcha_ml", help="MLflow experiment name."),
+    tracking_uri: str = typer.Option("", help="Default: MLFLOW_TRACKING_URI or ./mlflow.db."),
+    columns: list[str] = typer.Option([], "--column", help="Extra param or metric to show."),
+    limit: int = typer.Option(20, help="Newest runs to list."),
+) -> None:
+    """Compare the runs of an experiment: key params and metrics as a table."""
+    from captcha_ml import report, tracking
+
+    tracking.resolve_uri(tracking_uri)
+    typer.echo(report.runs_text(tracking.runs_table(experiment, limit), columns))
+
+
+@app.command()
+@friendly_errors
+def pipeline(
+    data: str = typer.Option("data/captcha_images_v2", help="Real labeled images."),
+    splits: str = typer.Option("data/splits", help="Where split writes the manifests."),
+    pretrain_config: str = typer.Option("experiments/pretrain.yaml"),
+    finetune_config: str = typer.Option("experiments/finetune.yaml"),
+    overrides: list[str] = OVERRIDES,
+    num_processes: int = typer.Option(1),
+) -> None:
+    """split -> pretrain -> finetune -> evaluate, as MLflow child runs of one parent run."""
+    from captcha_ml import pipeline as steps
+
+    ids = steps.run(data, splits, pretrain_config, finetune_config, " ".join(overrides),
+                    num_processes)
+    for step, run_id in ids.items():
+        typer.echo(f"{step}: {run_id}")

@@ -454,6 +454,7 @@ def _finish(loop: Loop) -> dict[str, Any]:
         if loop.cfg.tracking.log_model:
             example = torch.stack([loop.data.valid[i][0] for i in range(2)]).numpy()
             result["model_uri"] = loop.tracker.log_model(model, best, example)
+            loop.tracker.set_tags({"model_uri": result["model_uri"]})
     return result
 
 
