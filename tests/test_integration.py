@@ -168,3 +168,41 @@ def test_logs_to_a_real_tracking_server_over_http(tmp_path, mlflow_server, monke
     assert (tmp_path / "artifacts").is_dir()
     mlflow.set_tracking_uri(mlflow_server)
     assert mlflow.pytorch.load_model(result["model_uri"]) is not None
+
+
+def test_mlproject_main_chains_steps_under_one_parent(tmp_path, real_dir):
+    env = _env(tmp_path)
+    configs = {}
+    for stage in ("pretrain", "finetune"):
+        configs[stage] = tmp_path / f"{stage}.yaml"
+        configs[stage].write_text(
+            SMOKE.read_text().replace("stage: pretrain", f"stage: {stage}")
+            .replace("output_dir: outputs/smoke", f"output_dir: {tmp_path / stage}"))
+    _mlflow_run("main", {"data": str(real_dir), "splits": str(tmp_path / "splits"),
+                         "pretrain_config": str(configs["pretrain"]),
+                         "finetune_config": str(configs["finetune"]),
+                         "overrides": f"{REAL} train.epochs=1 tracking.log_model=false "
+                                      "data.synthetic_train_size=16"}, env, experiment="main")
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = _runs_by_stage(client, "main")
+    assert sorted(runs) == ["evaluate", "finetune", "pipeline", "pretrain", "split"]
+    parent = runs["pipeline"][0]
+    for stage in ("split", "pretrain", "finetune", "evaluate"):
+        (run,) = runs[stage]
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert runs["evaluate"][0].data.metrics["test/count"] == 400
+    assert parent.data.metrics["test/count"] == 400
+    assert runs["finetune"][0].data.tags["pretrain_run_id"] == runs["pretrain"][0].info.run_id
+
+
+def test_conda_env_lists_the_same_packages_as_pyproject():
+    import re
+    import tomllib
+
+    import yaml
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    conda = yaml.safe_load((ROOT / "conda.yaml").read_text())["dependencies"]
+    pip = next(d["pip"] for d in conda if isinstance(d, dict))
+    assert sorted(deps) == sorted(p for p in pip if not p.startswith("-e"))
