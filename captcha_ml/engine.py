@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -193,10 +194,22 @@ class Loop:
     out: Path
 
 
+def new_accelerator(**kwargs: Any) -> Accelerator:
+    """An Accelerator with these settings, also when one with others ran in this process before.
+
+    Accelerate keeps its settings in process-wide singletons; a second run in the same
+    process (a notebook, a test session) with another precision would be refused. The
+    process-group state (PartialState) is kept, so this is safe under `accelerate launch`.
+    """
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    return Accelerator(**kwargs)
+
+
 def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     """Train (pretrain or finetune, by config) and return the best validation metrics and files."""
     t = cfg.train
-    accelerator = Accelerator(
+    accelerator = new_accelerator(
         mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=t.seed))
     tracking.check_reachable(cfg.tracking.tracking_uri)  # every rank, before any work
@@ -454,7 +467,9 @@ def _finish(loop: Loop) -> dict[str, Any]:
         if loop.cfg.tracking.log_model:
             example = torch.stack([loop.data.valid[i][0] for i in range(2)]).numpy()
             result["model_uri"] = loop.tracker.log_model(model, best, example)
-            loop.tracker.set_tags({"model_uri": result["model_uri"]})
+            result["reader_uri"] = loop.tracker.log_reader(best)
+            loop.tracker.set_tags({"model_uri": result["model_uri"],
+                                   "reader_uri": result["reader_uri"]})
     return result
 
 
@@ -494,7 +509,7 @@ class _Indexed(Dataset):
 def evaluate_model(cfg: Config, model_uri: str, data_path: str, split: str = "test",
                    log: bool = True) -> dict[str, Any]:
     """Read a labeled folder or manifest with a trained model; full report, logged to MLflow."""
-    accelerator = Accelerator()
+    accelerator = new_accelerator()
     tracking.check_reachable(cfg.tracking.tracking_uri)
     with accelerator.main_process_first():
         path = tracking.download_checkpoint(model_uri)

@@ -130,3 +130,40 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     run = _client(tmp_path).search_runs([_client(tmp_path).get_experiment_by_name(
         "captcha_ml_smoke").experiment_id])[0]
     assert run.info.status == "FAILED"
+
+
+def test_early_stopping_after_patience(tmp_path, monkeypatch):
+    flat = {"seq_acc": 0.5, "char_acc": 0.5, "cer": 0.5, "count": 16.0, "loss": 1.0}
+    monkeypatch.setattr(engine, "evaluate", lambda *a, **k: (dict(flat), [], []))
+    cfg = tiny_config(tmp_path, "train.eval_every=1", "train.early_stop_patience=2",
+                      "train.epochs=2", "tracking.log_model=false")
+    result = engine.train(cfg)
+    assert result["best_step"] == 1 and result["steps"] == 3  # best at 1, two stale, stop
+
+
+def test_bf16_and_gradient_accumulation_on_cpu(tmp_path):
+    cfg = tiny_config(tmp_path, "train.mixed_precision=bf16", "train.grad_accum=2",
+                      "train.epochs=1", "tracking.log_model=false")
+    result = engine.train(cfg)
+    assert result["steps"] == 3  # 6 batches, an optimizer step every 2
+    assert math.isfinite(result["val"]["loss"])
+
+
+def test_cli_train_runs_and_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from captcha_ml.cli import app
+    from helpers import SMOKE
+
+    runner = CliRunner()
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ok = runner.invoke(app, ["train", str(SMOKE), "--set", f"train.output_dir={tmp_path / 'o'}",
+                             "--set", f"tracking.tracking_uri={db}", "--set", "train.epochs=1",
+                             "--set", "tracking.log_model=false"])
+    assert ok.exit_code == 0, ok.output
+    listed = runner.invoke(app, ["runs", "--experiment", "captcha_ml_smoke", "--tracking-uri", db])
+    assert listed.exit_code == 0 and "pretrain" in listed.output and "FINISHED" in listed.output
+    bad = runner.invoke(app, ["train", str(SMOKE), "--set", "train.learning_rate=1"])
+    assert bad.exit_code == 2 and "valid keys are" in bad.output
+    missing = runner.invoke(app, ["evaluate", str(tmp_path / "none.pt"), str(tmp_path)])
+    assert missing.exit_code == 2 and "none.pt not found" in missing.output
