@@ -37,7 +37,9 @@ def friendly_errors(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        # Our own messages at INFO; libraries (accelerate, mlflow) only when they warn.
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        logging.getLogger("captcha_ml").setLevel(logging.INFO)
         try:
             return fn(*args, **kwargs)
         except Exception as e:
@@ -203,3 +205,73 @@ def pipeline(
                     num_processes)
     for step, run_id in ids.items():
         typer.echo(f"{step}: {run_id}")
+
+
+@app.command()
+@friendly_errors
+def predict(
+    model: str = typer.Argument(..., help="Checkpoint, MLflow URI (runs:/..., models:/...) or "
+                                "an exported .onnx file (with --engine onnx)."),
+    inputs: list[str] = typer.Argument(..., help="Image files, folders, globs, or - for image "
+                                       "bytes on stdin."),
+    engine: str = typer.Option("torch", help="torch or onnx."),
+    batch_size: int = typer.Option(32, min=1, help="Images per forward pass."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON list."),
+) -> None:
+    """Read captchas: prints path<TAB>text<TAB>confidence; exit 1 if any input failed."""
+    import json
+    import sys
+
+    from captcha_ml.reader import ReadError, predict as read_inputs
+
+    results = read_inputs(model, inputs, engine, batch_size, stdin=sys.stdin.buffer.read)
+    rows = []
+    for name, r in results:
+        if isinstance(r, ReadError):
+            typer.secho(f"error: {r.message}", fg=typer.colors.RED, err=True)
+            rows.append({"path": name, "text": None, "confidence": None, "error": r.message})
+        else:
+            rows.append({"path": name, "text": r.text, "confidence": r.confidence, "error": None})
+            if not as_json:
+                typer.echo(f"{name}\t{r.text}\t{r.confidence:.4f}")
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1))
+    if any(row["error"] for row in rows):
+        raise typer.Exit(1)
+
+
+export_app = typer.Typer(help="Export a trained model to other formats.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("onnx")
+@friendly_errors
+def export_onnx(
+    model: str = typer.Argument(..., help="Checkpoint path or MLflow URI."),
+    out: Path = typer.Argument(..., help="The .onnx file to write."),
+) -> None:
+    """ONNX with a dynamic batch axis; charset and preprocessing ride in its metadata."""
+    from captcha_ml.reader import export_onnx as export
+
+    typer.echo(f"wrote {export(model, out)}")
+
+
+@app.command()
+@friendly_errors
+def register(
+    run_id: str = typer.Argument(..., help="The training run whose reader to register."),
+    name: str = typer.Option(..., "--name", help="Registered model name."),
+    metric: str = typer.Option("test/seq_acc", help="Higher is better; the run's own or its "
+                               "evaluate run's (tag evaluated_run_id)."),
+    tracking_uri: str = typer.Option("", help="Default: MLFLOW_TRACKING_URI or ./mlflow.db."),
+) -> None:
+    """Register the run's reader as a new version; move the alias `champion` if it is better."""
+    from captcha_ml import tracking
+
+    tracking.resolve_uri(tracking_uri)
+    r = tracking.register(run_id, name, metric)
+    prev = r["previous"]
+    held = f"v{prev['version']} ({metric} {prev['score']:.4f})" if prev else "nobody"
+    verdict = "now holds" if r["moved"] else "does not beat"
+    typer.echo(f"registered {r['name']} v{r['version']} ({metric} {r['score']:.4f}); "
+               f"{verdict} '{r['alias']}' " + (f"(was {held})" if r["moved"] else f"{held}"))

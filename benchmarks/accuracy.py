@@ -1,0 +1,131 @@
+"""Test-split accuracy and wall time of the default recipe, its ablations and the label curve.
+
+    python benchmarks/accuracy.py --seeds 0 1 2                      # the README's main table
+    python benchmarks/accuracy.py --seeds 0 --labels 50 100 200 all  # the label-count curve
+    python benchmarks/accuracy.py --styles real captcha --seeds 0    # which synthetic style helps
+
+Recipes (all from experiments/, overridden only where said):
+  pretrain+finetune  experiments/pretrain.yaml, then experiments/finetune.yaml from its best.pt
+  finetune only      experiments/finetune.yaml from scratch (no init), same steps
+  pretrain only      the pretrained model reading the real test split zero-shot
+The label curve finetunes on the first N images of a seeded shuffle of train.csv, with the same
+number of optimizer steps for every N. Model selection uses valid.csv; test.csv is read only by
+the final evaluation. Results go to benchmarks/results/accuracy.json and a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import random
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from captcha_ml import config, engine
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def subset(train_csv: Path, n: int | None, seed: int, out: Path) -> Path:
+    """The first n rows of a seeded shuffle of the manifest (all rows when n is None)."""
+    with open(train_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if n is None:
+        return train_csv
+    random.Random(seed).shuffle(rows)
+    path = out / f"train_{n}_seed{seed}.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, ["path", "label"])
+        w.writeheader()
+        w.writerows(rows[:n])
+    return path
+
+
+def run_stage(name: str, overrides: list[str], work: Path, uri: str) -> tuple[dict, float]:
+    cfg = config.load(ROOT / "experiments" / f"{name}.yaml",
+                      [f"tracking.tracking_uri={uri}", "tracking.experiment=benchmark_accuracy",
+                       "tracking.log_model=false", *overrides])
+    start = time.perf_counter()
+    result = engine.train(cfg)
+    return result, time.perf_counter() - start
+
+
+def test_metrics(checkpoint: str, test_csv: Path, uri: str) -> dict:
+    cfg = config.load(ROOT / "experiments" / "evaluate.yaml",
+                      [f"tracking.tracking_uri={uri}", "tracking.experiment=benchmark_accuracy"])
+    return engine.evaluate_model(cfg, checkpoint, str(test_csv), log=False)["metrics"]
+
+
+def one_seed(seed: int, labels: list[str], style: str, args, uri: str) -> list[dict]:
+    work = args.work / f"{style}_seed{seed}"
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    pre, pre_time = run_stage("pretrain", [f"train.seed={seed}", f"data.style={style}",
+                                           f"train.output_dir={work / 'pretrain'}"], work, uri)
+    zero = test_metrics(pre["best_checkpoint"], args.splits / "test.csv", uri)
+    zero_valid = test_metrics(pre["best_checkpoint"], args.splits / "valid.csv", uri)
+    rows.append({"recipe": "pretrain only", "style": style, "labels": 0, "seed": seed,
+                 "minutes": pre_time / 60, "valid_seq_acc": zero_valid["seq_acc"], **zero})
+    for n in labels:
+        count = None if n == "all" else int(n)
+        train_csv = subset(args.splits / "train.csv", count, seed, work)
+        data = [f"data.train={train_csv}", f"data.valid={args.splits / 'valid.csv'}",
+                f"train.seed={seed}", f"train.max_steps={args.finetune_steps}"]
+        for recipe, init in (("pretrain+finetune", pre["best_checkpoint"]), ("finetune only", "")):
+            if recipe == "finetune only" and not args.scratch:
+                continue
+            out = work / f"{recipe.replace(' ', '_').replace('+', '_')}_{n}"
+            ft, ft_time = run_stage("finetune", data + [f"train.init_from={init}",
+                                                        f"train.output_dir={out}"], work, uri)
+            minutes = (ft_time + (pre_time if init else 0)) / 60
+            rows.append({"recipe": recipe, "style": style, "labels": count or 520, "seed": seed,
+                         "minutes": minutes, **test_metrics(ft["best_checkpoint"],
+                                                            args.splits / "test.csv", uri)})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["recipe"], r["style"], r["labels"]), []).append(r)
+    lines = ["| recipe | style | real labels | seeds | test seq acc mean (worst) | char acc | CER "
+             "| minutes per seed |", "|---|---|---|---|---|---|---|---|"]
+    for (recipe, style, n), rs in groups.items():
+        acc = [r["seq_acc"] for r in rs]
+        lines.append(f"| {recipe} | {style} | {n} | {len(rs)} | {statistics.mean(acc):.4f} "
+                     f"({min(acc):.4f}) | {statistics.mean(r['char_acc'] for r in rs):.4f} | "
+                     f"{statistics.mean(r['cer'] for r in rs):.4f} | "
+                     f"{statistics.mean(r['minutes'] for r in rs):.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--labels", nargs="+", default=["all"], help="real training images: N or all")
+    p.add_argument("--styles", nargs="+", default=["real"])
+    p.add_argument("--splits", type=Path, default=ROOT / "data" / "splits")
+    p.add_argument("--work", type=Path, default=ROOT / "outputs" / "benchmark_accuracy")
+    p.add_argument("--finetune-steps", type=int, default=990, help="same for every label count")
+    p.add_argument("--no-scratch", dest="scratch", action="store_false",
+                   help="skip the finetune-only (no pretraining) baseline")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "accuracy.json")
+    args = p.parse_args()
+    uri = f"sqlite:///{args.work / 'mlflow.db'}"
+    args.work.mkdir(parents=True, exist_ok=True)
+    rows = [r for style in args.styles for seed in args.seeds
+            for r in one_seed(seed, args.labels, style, args, uri)]
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
+    print(f"\nmachine: {machine}\n" + table(rows))
+
+
+if __name__ == "__main__":
+    main()
