@@ -27,6 +27,7 @@ class DataConfig:
     train: str = "synthetic"
     valid: str = "synthetic"
     charset: str = "2345678bcdefgmnpwxy"
+    case_sensitive: bool = True  # False: labels are lower-cased, the charset lists lower case
     min_len: int = 5
     max_len: int = 5
     # The one preprocessing (data.transforms) resizes every image to height x width.

@@ -66,22 +66,26 @@ class Data:
 def build_data(cfg: Config) -> Data:
     """Datasets for the configured sources: 'synthetic' or a labeled folder / manifest."""
     d = cfg.data
-    charset = Charset(d.charset)
+    charset = Charset(d.charset, d.case_sensitive)
     pre = Preprocess(d.height, d.width, d.channels)
 
     def make(source: str, size: int, train: bool) -> Dataset:
         if source == "synthetic":
-            spec = synthetic.preset(d.style, width=d.width, height=d.height, charset=d.charset,
-                                    min_len=d.min_len, max_len=d.max_len)
-            return datasets.SyntheticImages(spec, size, pre, seed=cfg.train.seed,
+            return datasets.SyntheticImages(synthetic.spec_from_config(d), size, pre,
+                                            seed=cfg.train.seed,
                                             stream="train" if train else "valid")
         labeled = real.read_labeled(source, charset=charset, min_len=d.min_len,
                                     max_len=d.max_len, skip_bad=d.skip_bad)
-        return datasets.LabeledImages(labeled.samples, pre, augment=train and d.augment,
-                                      seed=cfg.train.seed)
+        return datasets.LabeledImages(_normalized(labeled.samples, charset), pre,
+                                      augment=train and d.augment, seed=cfg.train.seed)
 
     return Data(charset, pre, make(d.train, d.synthetic_train_size, True),
                 make(d.valid, d.synthetic_valid_size, False), {"train": d.train, "valid": d.valid})
+
+
+def _normalized(samples: list[tuple[str, str]], charset: Charset) -> list[tuple[str, str]]:
+    """Labels as the charset reads them (lower case for a case-insensitive charset)."""
+    return [(path, charset.normalize(label)) for path, label in samples]
 
 
 def collate(batch: list[tuple], charset: Charset) -> dict[str, Any]:
@@ -515,7 +519,7 @@ def evaluate_model(cfg: Config, model_uri: str, data_path: str, split: str = "te
         path = tracking.download_checkpoint(model_uri)
     model, charset, pre, payload = checkpoint.load(path)
     labeled = real.read_labeled(data_path, charset=charset, skip_bad=cfg.data.skip_bad)
-    samples = labeled.samples
+    samples = _normalized(labeled.samples, charset)
     ds = datasets.LabeledImages(samples, pre)
     loader = make_loader(_Indexed(ds), cfg, charset, train=False)
     model, loader = accelerator.prepare(model, loader)

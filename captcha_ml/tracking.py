@@ -23,7 +23,6 @@ from mlflow.tracking import MlflowClient
 from .config import Config
 
 CHECKPOINT_NAME = "captcha_ml_checkpoint.pt"
-PARENT_ENV = "CAPTCHA_ML_PARENT_RUN_ID"
 
 
 class TrackingError(RuntimeError):
@@ -75,22 +74,26 @@ def path_digest(path: str | Path) -> str:
 
 
 class Tracker:
-    """One MLflow run for one stage; attaches to MLFLOW_RUN_ID when started by `mlflow run`."""
+    """One MLflow run for one stage.
+
+    Under `mlflow run` it attaches to MLFLOW_RUN_ID; inside an active run of this process
+    (`captcha-ml fit`, a notebook) it opens a child run; otherwise a new run in
+    ``tracking.experiment``.
+    """
 
     def __init__(self, cfg: Config, run_id: str | None = None):
         self.cfg = cfg
         check_reachable(cfg.tracking.tracking_uri)
         attached = os.environ.get("MLFLOW_RUN_ID")
-        if not attached:
+        parent = mlflow.active_run()
+        if not attached and parent is None:
             mlflow.set_experiment(cfg.tracking.experiment)
         tags = {"stage": cfg.train.stage, "git_commit": git_commit()}
-        parent = os.environ.get(PARENT_ENV)
-        if parent:
-            tags["mlflow.parentRunId"] = parent
         if run_id and not attached:  # resuming: keep logging into the interrupted run
-            self.run = mlflow.start_run(run_id=run_id)
+            self.run = mlflow.start_run(run_id=run_id, nested=parent is not None)
         else:
-            self.run = mlflow.start_run(run_name=cfg.tracking.run_name or None, tags=tags)
+            self.run = mlflow.start_run(run_name=cfg.tracking.run_name or cfg.train.stage,
+                                        tags=tags, nested=parent is not None)
         self.run_id = self.run.info.run_id
         self.client = MlflowClient()
 
@@ -146,6 +149,27 @@ class Tracker:
                 pip_requirements=_requirements())
         return info.model_uri
 
+    def log_reader(self, checkpoint_path: str | Path) -> str:
+        """Log the pyfunc reader (base64 images -> text, confidence, error) as "reader"; its URI."""
+        import mlflow.pyfunc
+        from mlflow.models import ModelSignature
+        from mlflow.types import ColSpec, Schema
+
+        from . import serving
+        from .data.transforms import Preprocess
+        from .checkpoint import load_payload
+
+        pre = Preprocess.from_dict(load_payload(checkpoint_path)["preprocess"])
+        signature = ModelSignature(
+            inputs=Schema([ColSpec("string", serving.COLUMN)]),
+            outputs=Schema([ColSpec("string", "text"), ColSpec("double", "confidence"),
+                            ColSpec("string", "error")]))
+        info = mlflow.pyfunc.log_model(
+            name="reader", python_model=serving.CaptchaReaderModel(),
+            artifacts={serving.ARTIFACT: str(checkpoint_path)}, signature=signature,
+            input_example=serving.example_input(pre), pip_requirements=_requirements())
+        return info.model_uri
+
     def end(self, status: str = "FINISHED") -> None:
         mlflow.end_run(status=status)
 
@@ -185,3 +209,64 @@ def runs_table(experiment: str, max_results: int = 50) -> list[dict[str, Any]]:
                      **{k: v for k, v in run.data.params.items()},
                      **{k: v for k, v in run.data.metrics.items()}})
     return rows
+
+
+def run_accuracy(client: MlflowClient, run_id: str, metric: str) -> tuple[float, str] | None:
+    """The run's own ``metric``, else the newest evaluate run's tagged evaluated_run_id=run_id."""
+    run = client.get_run(run_id)
+    if metric in run.data.metrics:
+        return run.data.metrics[metric], run_id
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    evals = client.search_runs(experiments, f"tags.evaluated_run_id = '{run_id}'",
+                               order_by=["attributes.start_time DESC"])
+    for ev in evals:
+        if metric in ev.data.metrics:
+            return ev.data.metrics[metric], ev.info.run_id
+    return None
+
+
+def register(run_id: str, name: str, metric: str = "test/seq_acc",
+             alias: str = "champion") -> dict[str, Any]:
+    """Register a run's reader as a new version; move ``alias`` only when it beats the holder."""
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except Exception as e:
+        raise TrackingError(f"run {run_id!r} not found at {mlflow.get_tracking_uri()} "
+                            f"({type(e).__name__}); check the id and MLFLOW_TRACKING_URI") from e
+    found = run_accuracy(client, run_id, metric)
+    if found is None:
+        raise TrackingError(f"run {run_id} has no {metric} metric and no evaluate run tagged "
+                            f"evaluated_run_id={run_id}; run `captcha-ml evaluate "
+                            f"runs:/{run_id}/checkpoints/best.pt data/splits/test.csv` first")
+    score, source_run = found
+    uri = run.data.tags.get("reader_uri") or f"runs:/{run_id}/reader"
+    try:
+        version = mlflow.register_model(uri, name, tags={metric: str(score),
+                                                         "metric_run_id": source_run})
+    except Exception as e:
+        raise TrackingError(f"cannot register {uri} as {name!r} ({type(e).__name__}: {e}); "
+                            "was the run trained with tracking.log_model=true?") from e
+    champion = _alias_holder(client, name, alias, metric)
+    best = champion is None or score > champion[1]
+    if best:
+        client.set_registered_model_alias(name, alias, version.version)
+    return {"name": name, "version": int(version.version), "run_id": run_id, "metric": metric,
+            "score": score, "alias": alias, "moved": best,
+            "previous": None if champion is None else
+            {"version": int(champion[0]), "score": champion[1]}}
+
+
+def _alias_holder(client: MlflowClient, name: str, alias: str,
+                  metric: str) -> tuple[str, float] | None:
+    """(version, score) of the version holding ``alias``, or None when no version holds it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    if metric in mv.tags:
+        return mv.version, float(mv.tags[metric])
+    found = run_accuracy(client, mv.run_id, metric) if mv.run_id else None
+    return mv.version, found[0] if found else float("-inf")

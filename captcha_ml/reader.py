@@ -1,0 +1,263 @@
+"""Read captchas with a trained model: a checkpoint, an MLflow URI or an exported ONNX file.
+
+``Reader`` owns the network and the preprocessing that came with it; nothing else decides how
+an image is fed. Batch reading never lets one bad item spoil the others: each item gets a
+``Reading`` or a ``ReadError`` naming it.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import checkpoint
+from .charset import Charset
+from .checkpoint import CheckpointError
+from .data.transforms import ImageError, ImageSource, Preprocess, load_image
+
+ONNX_FORMAT = "captcha_ml/onnx/1"
+INPUT_NAME, OUTPUT_NAME = "images", "log_probs"
+ENGINES = ("torch", "onnx")
+GRAPH_OPT = ("all", "extended", "basic", "none")
+
+
+@dataclass(frozen=True)
+class Reading:
+    text: str
+    confidence: float
+
+
+@dataclass(frozen=True)
+class ReadError:
+    """An item that could not be read; ``message`` names the item and says why."""
+
+    item: str
+    message: str
+
+
+Result = Union[Reading, ReadError]
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (cgroup/affinity aware where the OS says so)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class Reader:
+    """A trained captcha reader: ``read`` one image, ``read_many`` in batches."""
+
+    def __init__(self, forward: Callable[[np.ndarray], np.ndarray], charset: Charset,
+                 preprocess: Preprocess, engine: str, source: str):
+        self._forward = forward
+        self.charset, self.preprocess, self.engine, self.source = charset, preprocess, engine, source
+
+    @classmethod
+    def load(cls, path_or_uri: str | Path, engine: str = "torch", threads: int | None = None,
+             graph_opt: str = "all") -> "Reader":
+        """A checkpoint path, an MLflow model URI, or (engine="onnx") an exported .onnx file.
+
+        ``threads``: intra-op threads (default: the CPUs available to this process).
+        ``graph_opt``: ONNX Runtime graph optimisation level (all, extended, basic, none).
+        """
+        if engine not in ENGINES:
+            raise ValueError(f"engine {engine!r} is not one of {ENGINES}")
+        threads = threads or available_cpus()
+        src = str(path_or_uri)
+        if src.endswith(".onnx"):
+            if engine != "onnx":
+                raise CheckpointError(f"{src} is an ONNX file; read it with engine='onnx' "
+                                      "(--engine onnx)")
+            return cls._from_onnx_bytes(_read_onnx_file(src), src, threads, graph_opt)
+        from . import tracking
+
+        model, charset, pre, _ = checkpoint.load(tracking.download_checkpoint(src))
+        if engine == "onnx":
+            return cls._from_onnx_bytes(to_onnx_bytes(model, charset, pre), src, threads,
+                                        graph_opt)
+        return cls(_torch_forward(model, threads), charset, pre, "torch", src)
+
+    @classmethod
+    def _from_onnx_bytes(cls, data: bytes, src: str, threads: int, graph_opt: str) -> "Reader":
+        import onnx
+
+        meta = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
+        if meta.get("captcha_ml.format") != ONNX_FORMAT:
+            raise CheckpointError(f"{src}: ONNX model without captcha_ml metadata; export it "
+                                  "with `captcha-ml export onnx CHECKPOINT OUT.onnx`")
+        charset = Charset.from_dict(json.loads(meta["captcha_ml.charset"]))
+        pre = Preprocess.from_dict(json.loads(meta["captcha_ml.preprocess"]))
+        return cls(_onnx_forward(data, threads, graph_opt), charset, pre, "onnx", src)
+
+    def log_probs(self, images: np.ndarray) -> np.ndarray:
+        """(B, C, H, W) preprocessed float32 images -> (B, T, classes) log-probabilities."""
+        return self._forward(np.ascontiguousarray(images, dtype=np.float32))
+
+    def read(self, x: ImageSource) -> Reading:
+        """One image (PIL image, path or bytes); raises ImageError naming it when unreadable."""
+        result = self.read_many([x], batch_size=1)[0]
+        if isinstance(result, ReadError):
+            raise ImageError(result.message)
+        return result
+
+    def read_many(self, items: Sequence[Any], batch_size: int = 32,
+                  names: Sequence[str] | None = None) -> list[Result]:
+        """Read in batches; a bad item yields a ReadError in its place, the rest are read."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        names = list(names) if names is not None else [_name(x, i) for i, x in enumerate(items)]
+        results: list[Result] = []
+        for start in range(0, len(items), batch_size):
+            chunk = range(start, min(start + batch_size, len(items)))
+            results += self._read_batch([items[i] for i in chunk], [names[i] for i in chunk])
+        return results
+
+    def _read_batch(self, items: list[Any], names: list[str]) -> list[Result]:
+        out: list[Result | None] = [None] * len(items)
+        tensors, good = [], []
+        for i, (item, name) in enumerate(zip(items, names)):
+            try:
+                tensors.append(self.preprocess(_open(item, name)))
+                good.append(i)
+            except ImageError as e:
+                out[i] = ReadError(name, str(e))
+        if tensors:
+            log_probs = self.log_probs(torch.stack(tensors).numpy())
+            texts, confs = self.charset.ctc_decode(torch.from_numpy(log_probs))
+            for i, text, conf in zip(good, texts, confs):
+                out[i] = Reading(text, float(conf))
+        return out  # type: ignore[return-value]
+
+
+def _name(item: Any, index: int) -> str:
+    if isinstance(item, (str, Path)):
+        return str(item)
+    return f"item {index} ({type(item).__name__})"
+
+
+def _open(item: Any, name: str) -> Image.Image:
+    """load_image with the empty and wrong-type inputs named too."""
+    if item is None or (isinstance(item, (bytes, bytearray, str)) and len(item) == 0):
+        raise ImageError(f"{name}: empty input; pass image bytes, a path or a PIL image")
+    if isinstance(item, bytearray):
+        item = bytes(item)
+    if not isinstance(item, (bytes, str, Path, Image.Image)):
+        raise ImageError(f"{name}: cannot read a {type(item).__name__}; pass image bytes, "
+                         "a path or a PIL image")
+    return load_image(item, name)
+
+
+def _torch_forward(model: torch.nn.Module, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    model.eval()
+
+    def forward(images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(images)).numpy()
+
+    return forward
+
+
+def _onnx_forward(data: bytes, threads: int, graph_opt: str) -> Callable[[np.ndarray], np.ndarray]:
+    import onnxruntime as ort
+
+    if graph_opt not in GRAPH_OPT:
+        raise ValueError(f"graph_opt {graph_opt!r} is not one of {GRAPH_OPT}")
+    levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = levels[graph_opt]
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+
+    def forward(images: np.ndarray) -> np.ndarray:
+        return session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
+
+    return forward
+
+
+def _read_onnx_file(path: str) -> bytes:
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"ONNX model {p} not found; write one with "
+                              "`captcha-ml export onnx CHECKPOINT OUT.onnx`")
+    return p.read_bytes()
+
+
+def to_onnx_bytes(model: torch.nn.Module, charset: Charset, preprocess: Preprocess,
+                  opset: int = 17) -> bytes:
+    """The network as a checked ONNX model (dynamic batch) with charset and preprocessing inside."""
+    import onnx
+
+    buf = io.BytesIO()
+    example = torch.zeros(1, preprocess.channels, preprocess.height, preprocess.width)
+    with warnings.catch_warnings():  # the TorchScript exporter: no onnxscript needed
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model.eval(), (example,), buf, dynamo=False, opset_version=opset,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    proto = onnx.load_from_string(buf.getvalue())
+    meta = {"captcha_ml.format": ONNX_FORMAT,
+            "captcha_ml.charset": json.dumps(charset.to_dict()),
+            "captcha_ml.preprocess": json.dumps(preprocess.to_dict())}
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def export_onnx(model_uri: str | Path, out: str | Path) -> Path:
+    """Write a checkpoint / MLflow model as a self-contained .onnx file (tmp + rename)."""
+    from . import tracking
+
+    model, charset, pre, _ = checkpoint.load(tracking.download_checkpoint(str(model_uri)))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(to_onnx_bytes(model, charset, pre))
+    os.replace(tmp, out)
+    return out
+
+
+def expand_inputs(inputs: Iterable[str], stdin: Callable[[], bytes] | None = None
+                  ) -> list[tuple[str, Any]]:
+    """Command-line inputs -> (name, source): files, folders (their files), globs, '-' = stdin."""
+    found: list[tuple[str, Any]] = []
+    for arg in inputs:
+        p = Path(arg)
+        if arg == "-":
+            found.append(("-", stdin() if stdin else b""))
+        elif p.is_dir():
+            found += [(str(f), f) for f in sorted(p.iterdir())
+                      if f.is_file() and not f.name.startswith(".")]
+        elif not p.exists() and glob.has_magic(arg):
+            matches = sorted(glob.glob(arg))
+            found += [(m, Path(m)) for m in matches if Path(m).is_file()] or [(arg, p)]
+        else:
+            found.append((arg, p))  # a missing file is reported by read_many, by name
+    return found
+
+
+def predict(model: str, inputs: Iterable[str], engine: str = "torch", batch_size: int = 32,
+            stdin: Callable[[], bytes] | None = None) -> list[tuple[str, Result]]:
+    """Read every image named on a command line; (name, Reading | ReadError) per image."""
+    reader = Reader.load(model, engine)
+    named = expand_inputs(inputs, stdin)
+    results = reader.read_many([s for _, s in named], batch_size, [n for n, _ in named])
+    return [(n, r) for (n, _), r in zip(named, results)]
