@@ -47,7 +47,7 @@ def load_payload(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint {p} not found; pass the best.pt or last.pt written by "
-                              "`captcha-ml train`, or an MLflow model URI (runs:/<id>/model)")
+                              "`captcha-ml train`, or an MLflow URI (runs:/<run id>/checkpoints/best.pt)")
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:

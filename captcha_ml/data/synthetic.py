@@ -64,6 +64,7 @@ class SyntheticSpec:
     strikes: tuple[int, int] = (1, 2)  # min, max dark lines drawn across the text
     blur: tuple[float, float] = (0.3, 0.7)  # Gaussian blur radius range; (0, 0): none
     grey: bool = True
+    mixed_case: bool = False  # draw each letter in random case; the label keeps the charset's case
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -99,10 +100,73 @@ def preset(name: str, **overrides) -> SyntheticSpec:
 
 
 def spec_from_config(data: DataConfig, **overrides) -> SyntheticSpec:
-    """The style preset of a DataConfig with its charset, lengths and image size."""
-    return preset(data.style, **{"charset": data.charset, "min_len": data.min_len,
-                                 "max_len": data.max_len, "width": data.width,
-                                 "height": data.height, **overrides})
+    """The style of a DataConfig (preset name or style YAML) with its charset and lengths.
+
+    A preset renders at data.width x data.height; a style file keeps its own canvas size (the
+    sample's native size, which its font sizes belong to) and preprocessing resizes the images.
+    """
+    text = {"charset": data.charset, "min_len": data.min_len, "max_len": data.max_len}
+    if is_style_file(data.style):
+        return SyntheticSpec(**{**load_style(data.style), **text, **overrides})
+    return preset(data.style, **{**text, "width": data.width, "height": data.height,
+                                 **overrides})
+
+
+def is_style_file(style: str) -> bool:
+    return style.endswith((".yaml", ".yml"))
+
+
+def font_path(name: str) -> str:
+    """A font file by path, or by file name among captcha's and matplotlib's bundled fonts."""
+    if os.path.isfile(name):
+        return name
+    dirs = [captcha_image.DATA_DIR]
+    with contextlib.suppress(ImportError):
+        import matplotlib
+
+        dirs.append(os.path.join(matplotlib.get_data_path(), "fonts", "ttf"))
+    for folder in dirs:
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    raise DataError(f"font {name!r} not found as a path nor in {', '.join(dirs)}; "
+                    "give a .ttf path or a bundled name such as DejaVuSans.ttf")
+
+
+def load_style(path: str | Path) -> dict:
+    """SyntheticSpec fields from a style YAML (written by save_style / captcha-ml fit)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"style file {p} does not exist; give data.style as a preset "
+                        f"({', '.join(_PRESETS)}) or the path of a style YAML")
+    raw = yaml.safe_load(p.read_text()) or {}
+    known = {f.name for f in dataclasses.fields(SyntheticSpec)}
+    unknown = sorted(set(raw) - known) if isinstance(raw, dict) else ["(not a mapping)"]
+    if unknown:
+        raise DataError(f"{p}: unknown style keys {unknown}; valid keys: {', '.join(sorted(known))}")
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    fields["fonts"] = tuple(font_path(f) for f in fields.get("fonts", ()))
+    return fields
+
+
+def _font_name(path: str) -> str:
+    """The bare file name of a bundled font (portable across machines), else the path."""
+    try:
+        return os.path.basename(path) if font_path(os.path.basename(path)) == path else path
+    except DataError:
+        return path
+
+
+def save_style(spec: SyntheticSpec, path: str | Path, header: str = "") -> Path:
+    """Write a spec as an editable style YAML (fonts by file name when bundled)."""
+    import yaml
+
+    d = spec.to_dict()
+    d["fonts"] = [_font_name(f) for f in spec.fonts]
+    d = {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+    Path(path).write_text(header + yaml.safe_dump(d, sort_keys=False))
+    return Path(path)
 
 
 # ----------------------------------------------------------------------------- seeding
@@ -158,6 +222,8 @@ class SpecCaptcha(ImageCaptcha):
             self.create_noise_dots(im, fg, number=s.dots)
         for _ in range(s.curves):
             self.create_noise_curve(im, fg)
+        if s.strikes[1] > 0:
+            _strike(im, rng, rng.randint(*s.strikes), fg[:3])
         return im.filter(ImageFilter.SMOOTH)
 
 
@@ -207,14 +273,15 @@ def _gradient(w: int, h: int, rng: random.Random, levels: tuple[int, int]) -> Im
     return ramp.convert("RGB")
 
 
-def _strike(im: Image.Image, rng: random.Random, count: int, ink: int) -> None:
+def _strike(im: Image.Image, rng: random.Random, count: int, ink: int | tuple) -> None:
     """Dark lines from the left edge across the text, like the real set's strike-throughs."""
     w, h = im.size
     draw = ImageDraw.Draw(im)
     for _ in range(count):
         x0, y0 = rng.randint(0, w // 6), rng.randint(0, h // 2)
         x1, y1 = rng.randint(w * 3 // 4, w - 5), rng.randint(h // 3, h * 4 // 5)
-        draw.line((x0, y0, x1, y1), fill=(ink, ink, ink), width=rng.choice((2, 2, 3)))
+        fill = ink if isinstance(ink, tuple) else (ink, ink, ink)
+        draw.line((x0, y0, x1, y1), fill=fill, width=rng.choice((2, 2, 3)))
 
 
 @functools.lru_cache(maxsize=8)
@@ -227,8 +294,10 @@ def render(spec: SyntheticSpec, seed: int | str, index: int) -> tuple[Image.Imag
     """Image and label of item ``index``: a pure function of (spec, seed, index)."""
     rng = item_rng(seed, index)
     label = "".join(rng.choice(spec.charset) for _ in range(rng.randint(spec.min_len, spec.max_len)))
+    text = "".join(c.swapcase() if rng.random() < 0.5 else c for c in label) if spec.mixed_case \
+        else label
     with seeded_secrets(rng):
-        im = _captcha_for(spec).draw(label, rng)
+        im = _captcha_for(spec).draw(text, rng)
     if im.size != (spec.width, spec.height):
         im = im.resize((spec.width, spec.height), Image.BILINEAR)
     return (im.convert("L") if spec.grey else im.convert("RGB")), label
