@@ -275,3 +275,29 @@ def register(
     verdict = "now holds" if r["moved"] else "does not beat"
     typer.echo(f"registered {r['name']} v{r['version']} ({metric} {r['score']:.4f}); "
                f"{verdict} '{r['alias']}' " + (f"(was {held})" if r["moved"] else f"{held}"))
+
+
+@app.command()
+@friendly_errors
+def fit(
+    data: Path = typer.Argument(..., help="Folder of labeled images (label = file name before "
+                                "the first _ or .) or a path,label CSV."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: outputs/fit/<DATA name>)."),
+    case_insensitive: bool = typer.Option(False, "--case-insensitive",
+                                          help="Lower-case labels and charset."),
+    budget_minutes: float = typer.Option(15.0, min=0.5, help="Training time to aim for."),
+    config_path: Optional[Path] = typer.Option(None, "--config", help="An edited OUT/fit.yaml "
+                                               "to rerun with."),
+    name: str = typer.Option("", help="Registered model name (default: captcha-<OUT name>)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unusable files and report them."),
+    seed: int = typer.Option(0, help="Split and training seed."),
+    max_steps: int = typer.Option(0, hidden=True, help="Steps per stage (quick trials, tests)."),
+    tracking_uri: str = typer.Option("", help="Default: MLFLOW_TRACKING_URI or ./mlflow.db."),
+) -> None:
+    """Train a reader for a new captcha style from labeled examples: inspect, split, match the
+    style, pretrain on synthetic, finetune, test, register (one MLflow parent run "fit")."""
+    from captcha_ml import fit as fitting
+
+    fitting.run(data, out, not case_insensitive, budget_minutes,
+                str(config_path) if config_path else None, name, max_steps, tracking_uri, seed,
+                skip_bad, say=typer.echo)

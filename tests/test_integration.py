@@ -27,7 +27,8 @@ REAL = "data.charset=2345678bcdefgmnpwxy data.min_len=5 data.max_len=5"
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {**os.environ, "PATH": BIN + os.pathsep + os.environ.get("PATH", ""),
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", **extra}
-    env.pop("MLFLOW_RUN_ID", None)
+    for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        env.pop(leaked, None)  # set by MLflow in this process by earlier tests
     return env
 
 
