@@ -1,0 +1,82 @@
+"""`captcha-ml fit` on development styles that differ clearly from captcha_images_v2.
+
+    nice -n 10 python benchmarks/fit_styles.py                    # all styles, default budget
+    nice -n 10 python benchmarks/fit_styles.py --styles digits4 --budget-minutes 5
+
+Each style renders N labeled images (ground truth from the seed) with captcha_ml's synthetic
+generator, then runs the real `fit` on that folder, knowing nothing of how it was made (fit
+derives its own style from the pixels). Prints: style, images, charset size, lengths, size,
+test seq acc, char acc, minutes. Work goes to --work (default /tmp/fit_styles).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import string
+import time
+from pathlib import Path
+
+from captcha_ml import fit, report
+from captcha_ml.data import synthetic
+from captcha_ml.data.synthetic import SyntheticSpec
+
+
+def _font(name: str) -> str:
+    return synthetic.font_path(name)
+
+
+def styles() -> dict[str, SyntheticSpec]:
+    """(a) captcha library look, (b) 62 mixed-case symbols light-on-dark serif with dots,
+    (c) lowercase variable length, mono, grey with heavy strike lines."""
+    return {
+        "digits4": synthetic.preset("captcha", charset=string.digits, min_len=4, max_len=4,
+                                    width=160, height=60),
+        "alnum62": SyntheticSpec(style="captcha", width=240, height=70,
+                                 charset=string.digits + string.ascii_letters, min_len=6,
+                                 max_len=6, fonts=(_font("DejaVuSerif.ttf"),),
+                                 font_sizes=(44, 50), background=(0, 50), foreground=(190, 255),
+                                 dots=40, curves=0, strikes=(0, 0), blur=(0, 0), grey=False),
+        "lower4to7": SyntheticSpec(style="real", width=120, height=40,
+                                   charset=string.ascii_lowercase, min_len=4, max_len=7,
+                                   fonts=(_font("DejaVuSansMono.ttf"),), font_sizes=(24, 26, 28),
+                                   background=(170, 235), foreground=(0, 60), dots=0, curves=1,
+                                   strikes=(2, 4), blur=(0.2, 0.5), grey=True),
+    }
+
+
+def build(spec: SyntheticSpec, n: int, folder: Path, seed: str) -> Path:
+    """n labeled PNGs <label>_<index>.png (the generator's resumable writer)."""
+    return synthetic.generate(folder, n, spec, seed=seed, workers=1).parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--styles", nargs="*", default=list(styles()))
+    ap.add_argument("--images", type=int, default=500)
+    ap.add_argument("--budget-minutes", type=float, default=15.0)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/fit_styles"))
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    args.work = args.work.resolve()
+    args.work.mkdir(parents=True, exist_ok=True)
+    os.chdir(args.work)  # MLflow's artifact root (./mlruns) lands in the work folder
+    uri = f"sqlite:///{args.work / 'mlflow.db'}"
+    rows = []
+    for name in args.styles:
+        spec = styles()[name]
+        folder = build(spec, args.images, args.work / "data" / name, f"bench{args.seed}/{name}")
+        start = time.perf_counter()
+        r = fit.run(folder, args.work / "fit" / name, budget_minutes=args.budget_minutes,
+                    name=f"bench-{name}", tracking_uri=uri, seed=args.seed)
+        t = r["test"]
+        lens = f"{spec.min_len}" if spec.min_len == spec.max_len else f"{spec.min_len}-{spec.max_len}"
+        rows.append([name, args.images, len(spec.charset), lens, f"{spec.width}x{spec.height}",
+                     f"{t['seq_acc']:.4f}", f"{t['char_acc']:.4f}",
+                     f"{(time.perf_counter() - start) / 60:.1f}"])
+        print(report.table(rows, ["style", "images", "charset", "lengths", "size",
+                                  "test seq acc", "char acc", "minutes"]), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""captcha-ml fit: inspection, model input, style derivation and files, one tiny end-to-end run."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from PIL import Image, ImageDraw
+from typer.testing import CliRunner
+
+from captcha_ml import fit
+from captcha_ml.cli import app
+from captcha_ml.config import DataConfig
+from captcha_ml.data import synthetic
+from captcha_ml.data.real import DataError
+from captcha_ml.data.synthetic import SyntheticSpec
+from captcha_ml.model import CaptchaNet
+
+DIGITS = "0123456789"
+
+
+def _labels(n: int, length=4, charset=DIGITS) -> list[str]:
+    """n distinct labels, lengths cycling through ``length`` (int or tuple)."""
+    lengths = length if isinstance(length, tuple) else (length,)
+    out = []
+    for i in range(n):
+        k = lengths[i % len(lengths)]
+        out.append("".join(charset[(i * 7 + j * 3 + i // len(charset)) % len(charset)]
+                           for j in range(k)) + "")
+    return out
+
+
+def _write(folder: Path, labels: list[str], sizes=((80, 30),), bg=255, ink=0, mode="L") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, label in enumerate(labels):
+        size = sizes[i % len(sizes)]
+        colour = (bg, bg // 2, 0) if mode == "RGB" else bg
+        img = Image.new(mode, size, colour)
+        ImageDraw.Draw(img).text((3 + i % 7, 5), label, fill=(ink,) * 3 if mode == "RGB" else ink)
+        img.save(folder / f"{label}_{i:04d}.png")
+    return folder
+
+
+def test_inspect_sizes_lengths_rare_and_duplicates(tmp_path):
+    labels = _labels(70, length=(4, 5, 6)) + ["0z12"]
+    data = _write(tmp_path / "d", labels, sizes=((60, 20), (90, 30), (120, 40)))
+    shutil.copy(next(data.glob("0z12_*")), data / "9999_copy.png")  # same pixels, other label
+    insp = fit.inspect(data)
+    assert insp.size == (90, 30) and len(insp.sizes) == 3
+    assert (insp.min_len, insp.max_len) == (4, 6) and insp.channels == 1
+    assert len(insp.conflicts) == 1 and insp.conflicts[0]["labels"] == ["0z12", "9999"]
+    assert all(label not in ("0z12", "9999") for _, label in insp.samples)  # both copies dropped
+    assert "z" not in insp.charset  # only seen in the dropped noisy image
+    notes = "\n".join(fit.inspection_notes(insp))
+    assert "policy: treat all as the median size 90x30" in notes and "label noise" in notes
+
+
+def test_inspect_warns_on_rare_characters(tmp_path):
+    insp = fit.inspect(_write(tmp_path / "d", _labels(64) + ["12x4"]))
+    assert insp.rare == {"x": 1}
+    assert any(n.startswith("warning: characters seen fewer than 5") for n in fit.inspection_notes(insp))
+
+
+def test_too_small_folder_names_the_minimum(tmp_path):
+    with pytest.raises(DataError, match=r"30 usable .*at least 60"):
+        fit.inspect(_write(tmp_path / "d", _labels(30)))
+
+
+def test_case_insensitive_lowercases_labels_and_charset(tmp_path):
+    labels = [s.upper() if i % 2 else s for i, s in enumerate(_labels(64, 5, "abcdefgh234"))]
+    data = _write(tmp_path / "d", labels)
+    insp = fit.inspect(data, case_sensitive=False)
+    assert insp.charset == insp.charset.lower() and "A" not in insp.charset
+    assert all(label == label.lower() for _, label in insp.samples) and insp.mixed_case
+    assert "B" in fit.inspect(data).charset  # case-sensitive keeps both cases
+
+
+@pytest.mark.parametrize("size,max_len", [((90, 30), 8), ((300, 80), 6), ((160, 60), 4)])
+def test_model_input_gives_ctc_enough_steps(size, max_len):
+    h, w, _ = fit.model_input(size, max_len)
+    assert 32 <= h <= 64 and w % 8 == 0
+    assert CaptchaNet(11).output_length(w) == fit.output_length(w) >= 2 * max_len + 1
+
+
+def _styled(tmp_path: Path, name: str, spec: SyntheticSpec) -> fit.Inspection:
+    synthetic.generate(tmp_path / name, 60, spec, seed=name, workers=1)
+    return fit.inspect(tmp_path / name)
+
+
+def test_style_follows_polarity_and_colour(tmp_path):
+    dark_on_light = synthetic.preset("real", charset=DIGITS, min_len=4, max_len=4,
+                                     width=120, height=40)
+    light_on_dark = SyntheticSpec(style="captcha", width=120, height=40, charset=DIGITS,
+                                  min_len=4, max_len=4, background=(0, 40),
+                                  foreground=(200, 255), dots=20, grey=False)
+    a, notes_a = fit.derive_style(_styled(tmp_path, "a", dark_on_light))
+    b, notes_b = fit.derive_style(_styled(tmp_path, "b", light_on_dark))
+    assert a.grey and not b.grey
+    assert a.background[0] > a.foreground[1] and b.background[1] < b.foreground[0]
+    assert a.style == "real" and b.style == "captcha" and b.dots > a.dots
+    assert "dark glyphs on light" in notes_a[0] and "light glyphs on dark" in notes_b[0]
+
+
+def test_style_file_round_trip_and_config(tmp_path):
+    spec = SyntheticSpec(style="captcha", width=150, height=50, charset="abc",
+                         fonts=(synthetic.font_path("DejaVuSerif.ttf"),), mixed_case=True)
+    path = synthetic.save_style(spec, tmp_path / "style.yaml")
+    assert yaml.safe_load(path.read_text())["fonts"] == ["DejaVuSerif.ttf"]  # portable name
+    loaded = synthetic.spec_from_config(DataConfig(style=str(path), charset="xyz", width=96,
+                                                   height=32))
+    assert (loaded.width, loaded.height, loaded.charset) == (150, 50, "xyz")  # canvas kept
+    img, label = synthetic.render(loaded, 0, 0)
+    assert img.size == (150, 50) and set(label) <= set("xyz")
+    assert synthetic.spec_from_config(DataConfig(style="captcha")).style == "captcha"
+    path.write_text("colour: red\n")
+    with pytest.raises(DataError, match="unknown style keys"):
+        synthetic.load_style(path)
+
+
+def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MLflow's artifact root (./mlruns) goes under tmp_path
+    spec = synthetic.preset("captcha", charset=DIGITS, min_len=4, max_len=4, width=120, height=40)
+    synthetic.generate(tmp_path / "data", 60, spec, seed="e2e", workers=1)
+    out, uri = tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = CliRunner().invoke(app, ["fit", str(tmp_path / "data"), "--out", str(out),
+                                      "--max-steps", "2", "--tracking-uri", uri, "--name", "e2e"])
+    assert result.exit_code == 0, result.output
+    assert "zero-shot (pretrained only)" in result.output and "fit summary" in result.output
+    for name in ("fit.yaml", "style.yaml", "inspection.json", "style_samples.png",
+                 "fit_report.txt", "splits/train.csv", "splits/valid.csv", "splits/test.csv",
+                 "pretrain/best.pt", "finetune/best.pt"):
+        assert (out / name).is_file(), name
+    fit_yaml = yaml.safe_load((out / "fit.yaml").read_text())
+    assert fit_yaml["pretrain"]["data"]["style"] == str(out / "style.yaml")
+    assert fit_yaml["finetune"]["train"]["init_from"] == str(out / "pretrain" / "best.pt")
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("captcha_ml")
+    runs = client.search_runs([exp.experiment_id])
+    parent = next(r for r in runs if r.info.run_name == "fit")
+    children = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId")
+                == parent.info.run_id}
+    assert children == {"pretrain", "zero_shot", "finetune", "test"}
+    assert {"zero_shot/valid_seq_acc", "test/seq_acc"} <= set(parent.data.metrics)
+    assert parent.data.params["fit.charset"] == DIGITS
+    assert int(client.get_model_version_by_alias("e2e", "champion").version) == 1
+    # An edited fit.yaml is read back; a broken one names the file and the fix.
+    fit_yaml["finetune"]["train"]["lr"] = 5e-4
+    (out / "edited.yaml").write_text(yaml.safe_dump(fit_yaml))
+    assert fit.read_fit_yaml(out / "edited.yaml")[1].train.lr == 5e-4
+    (out / "broken.yaml").write_text(yaml.safe_dump({"pretrain": fit_yaml["pretrain"]}))
+    with pytest.raises(DataError, match="finetune"):
+        fit.read_fit_yaml(out / "broken.yaml")
