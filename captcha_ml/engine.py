@@ -446,9 +446,11 @@ def _log_start(tracker: tracking.Tracker, cfg: Config, data: Data, init_tags: di
     tracker.log_dict(data.charset.to_dict(), "charset.json")
     for context, source in (("training", data.sources["train"]), ("validation", data.sources["valid"])):
         if source == "synthetic":
-            spec = f"{cfg.data.style}:{cfg.train.seed}:{context}:{cfg.data.charset}"
-            tracker.log_dataset(f"synthetic-{cfg.data.style}-{context}", "",
-                                tracking.text_digest(spec), context)
+            style = Path(cfg.data.style)
+            # A style file is identified by its contents, a preset by its name.
+            spec = style.read_text() if style.is_file() else cfg.data.style
+            digest = tracking.text_digest(f"{spec}:{cfg.train.seed}:{context}:{cfg.data.charset}")
+            tracker.log_dataset(f"synthetic-{style.stem}-{context}", "", digest, context)
         else:
             tracker.log_dataset(Path(source).name, str(Path(source).resolve()),
                                 tracking.path_digest(source), context)
