@@ -1,8 +1,9 @@
 """Test-split accuracy and wall time of the default recipe, its ablations and the label curve.
 
     python benchmarks/accuracy.py --seeds 0 1 2 --scratch-seeds 0    # the README's main table
-    python benchmarks/accuracy.py --seeds 0 --labels 50 100 200 all  # the label-count curve
-    python benchmarks/accuracy.py --styles real captcha --seeds 0    # which synthetic style helps
+    python benchmarks/accuracy.py --seeds 0 1 2 --labels 50 100 200 --finetune-steps 500 \
+        --work outputs/benchmark_curve --out benchmarks/results/curve.json   # label-count curve
+    python benchmarks/accuracy.py --styles captcha --seeds 0 --labels     # zero-shot per style
 
 Recipes (all from experiments/, overridden only where said):
   pretrain+finetune  experiments/pretrain.yaml, then experiments/finetune.yaml from its best.pt
@@ -108,7 +109,8 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--labels", nargs="+", default=["all"], help="real training images: N or all")
+    p.add_argument("--labels", nargs="*", default=["all"],
+                   help="real training images: N or all; none: pretrain and zero-shot only")
     p.add_argument("--styles", nargs="+", default=["real"])
     p.add_argument("--splits", type=Path, default=ROOT / "data" / "splits")
     p.add_argument("--work", type=Path, default=ROOT / "outputs" / "benchmark_accuracy")
