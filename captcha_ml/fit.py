@@ -36,6 +36,7 @@ from .data import real, synthetic
 from .data.real import DataError
 from .data.synthetic import SyntheticSpec
 from .data.transforms import load_image
+from .model import output_length
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +153,6 @@ def inspection_notes(insp: Inspection) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- 2. model input
-
-def output_length(width: int) -> int:
-    """CTC time steps of the network for this input width (model.CaptchaNet.output_length)."""
-    return math.ceil(width / 8)
-
 
 def model_input(size: tuple[int, int], max_len: int) -> tuple[int, int, str]:
     """(height, width, why): height 32..MAX_HEIGHT keeping the aspect, width a multiple of 8

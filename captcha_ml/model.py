@@ -49,9 +49,12 @@ class CaptchaNet(nn.Module):
 
     def output_length(self, width: int) -> int:
         """Number of CTC time steps for an input of this width."""
-        for _ in range(3):  # conv1, maxpool, layer2 each halve the width (ceil)
-            width = (width + 1) // 2
-        return width
+        return output_length(width)
+
+
+def output_length(width: int) -> int:
+    """CTC time steps for an input width: conv1, maxpool and layer2 each halve it (ceil)."""
+    return -(-width // 8)
 
 
 def _height_only_stride(layer: nn.Sequential) -> None:
