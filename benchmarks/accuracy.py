@@ -56,6 +56,25 @@ def run_stage(name: str, overrides: list[str], work: Path, uri: str) -> tuple[di
     return result, time.perf_counter() - start
 
 
+def pretrain(seed: int, style: str, work: Path, uri: str) -> tuple[dict, float]:
+    """The pretrained model of (seed, style), reused from an earlier run in the same --work
+    folder when experiments/pretrain.yaml is unchanged (its wall time is the one measured then)."""
+    overrides = [f"train.seed={seed}", f"data.style={style}",
+                 f"train.output_dir={work / 'pretrain'}"]
+    recipe = (ROOT / "experiments" / "pretrain.yaml").read_text() + "\n".join(overrides)
+    cache = work / "pretrain_result.json"
+    if cache.exists():
+        saved = json.loads(cache.read_text())
+        if saved["recipe"] == recipe and Path(saved["result"]["best_checkpoint"]).is_file():
+            print(f"reusing {saved['result']['best_checkpoint']} "
+                  f"({saved['seconds'] / 60:.1f} min when trained)", flush=True)
+            return saved["result"], saved["seconds"]
+    result, seconds = run_stage("pretrain", overrides, work, uri)
+    keep = {k: v for k, v in result.items() if isinstance(v, (str, int, float, type(None)))}
+    cache.write_text(json.dumps({"recipe": recipe, "result": keep, "seconds": seconds}))
+    return result, seconds
+
+
 def test_metrics(checkpoint: str, test_csv: Path, uri: str) -> dict:
     cfg = config.load(ROOT / "experiments" / "evaluate.yaml",
                       [f"tracking.tracking_uri={uri}", "tracking.experiment=benchmark_accuracy"])
@@ -66,8 +85,7 @@ def one_seed(seed: int, labels: list[str], style: str, args, uri: str) -> list[d
     work = args.work / f"{style}_seed{seed}"
     work.mkdir(parents=True, exist_ok=True)
     rows = []
-    pre, pre_time = run_stage("pretrain", [f"train.seed={seed}", f"data.style={style}",
-                                           f"train.output_dir={work / 'pretrain'}"], work, uri)
+    pre, pre_time = pretrain(seed, style, work, uri)
     zero = test_metrics(pre["best_checkpoint"], args.splits / "test.csv", uri)
     zero_valid = test_metrics(pre["best_checkpoint"], args.splits / "valid.csv", uri)
     rows.append({"recipe": "pretrain only", "style": style, "labels": 0, "seed": seed,
@@ -114,13 +132,20 @@ def main() -> None:
     p.add_argument("--styles", nargs="+", default=["real"])
     p.add_argument("--splits", type=Path, default=ROOT / "data" / "splits")
     p.add_argument("--work", type=Path, default=ROOT / "outputs" / "benchmark_accuracy")
-    p.add_argument("--finetune-steps", type=int, default=990, help="same for every label count")
+    p.add_argument("--finetune-steps", type=int, default=None,
+                   help="same for every label count (default: the recipe's own steps on all of "
+                        "train.csv, epochs x batches)")
     p.add_argument("--scratch-seeds", type=int, nargs="*", default=None,
                    help="seeds that also run the finetune-only baseline (default: all seeds)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "accuracy.json")
     args = p.parse_args()
     if args.scratch_seeds is None:
         args.scratch_seeds = args.seeds
+    if args.finetune_steps is None:
+        t = config.load(ROOT / "experiments" / "finetune.yaml").train
+        with open(args.splits / "train.csv", newline="") as f:
+            n_train = sum(1 for _ in csv.DictReader(f))
+        args.finetune_steps = t.epochs * -(-n_train // t.batch_size)
     uri = f"sqlite:///{args.work / 'mlflow.db'}"
     args.work.mkdir(parents=True, exist_ok=True)
     rows = [r for style in args.styles for seed in args.seeds

@@ -249,11 +249,15 @@ app.add_typer(export_app, name="export")
 def export_onnx(
     model: str = typer.Argument(..., help="Checkpoint path or MLflow URI."),
     out: Path = typer.Argument(..., help="The .onnx file to write."),
+    int8: list[str] = typer.Option([], "--int8", help="Quantize to int8, calibrated on these "
+                                   "images (folder, glob or manifest .csv; repeatable)."),
+    calibration_count: int = typer.Option(128, help="Images drawn for int8 calibration."),
 ) -> None:
     """ONNX with a dynamic batch axis; charset and preprocessing ride in its metadata."""
     from captcha_ml.reader import export_onnx as export
 
-    typer.echo(f"wrote {export(model, out)}")
+    path = export(model, out, int8, calibration_count)
+    typer.echo(f"wrote {path}" + (" (int8)" if int8 else ""))
 
 
 @app.command()

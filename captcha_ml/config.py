@@ -45,7 +45,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    depth: str = "layer3"  # "layer3" or "layer4": how much of ResNet-18 to keep
+    depth: str = "layer3"  # "layer2", "layer3" or "layer4": how much of ResNet-18 to keep
     head: str = "linear"  # "linear" or "lstm" (a bidirectional LSTM before the classifier)
     hidden: int = 256
     dropout: float = 0.1
@@ -189,8 +189,8 @@ def validate(cfg: Config) -> None:
         problems.append(f"data.height x data.width = {d.height}x{d.width}: both must be >= 16")
     if len(set(d.charset)) != len(d.charset) or not d.charset:
         problems.append(f"data.charset={d.charset!r}: must be non-empty without repeated symbols")
-    if m.depth not in ("layer3", "layer4"):
-        problems.append(f"model.depth={m.depth!r}: use layer3 or layer4")
+    if m.depth not in ("layer2", "layer3", "layer4"):
+        problems.append(f"model.depth={m.depth!r}: use layer2, layer3 or layer4")
     if m.head not in ("linear", "lstm"):
         problems.append(f"model.head={m.head!r}: use linear or lstm")
     if t.schedule not in ("onecycle", "cosine", "constant"):

@@ -11,11 +11,14 @@ from torchvision.models import resnet18
 from .config import ModelConfig
 
 
+DEPTHS = ("layer2", "layer3", "layer4")  # the last ResNet-18 stage kept (128/256/512 channels)
+
+
 class CaptchaNet(nn.Module):
     """Image (B, C, H, W) -> per-column log-probabilities (B, T, num_classes), blank = 0.
 
     The ResNet-18 stem and layer1/layer2 keep their strides; layer3 (and layer4) downsample only
-    the height, so a 200-pixel-wide input leaves 25 horizontal positions for CTC, enough for
+    the height; ``depth`` says which stage is the last (layer2 is the fast, 0.7M-parameter one), so a 200-pixel-wide input leaves 25 horizontal positions for CTC, enough for
     long labels with repeated symbols. The remaining height is averaged away.
     """
 
@@ -25,13 +28,13 @@ class CaptchaNet(nn.Module):
         net = resnet18(weights=None)
         if in_channels != 3:
             net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        layers = [net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3]
-        if depth == "layer4":
-            layers.append(net.layer4)
-        for layer in layers[6:]:
+        if depth not in DEPTHS:
+            raise ValueError(f"model.depth must be one of {', '.join(DEPTHS)} (got {depth!r})")
+        stages = [net.layer1, net.layer2, net.layer3, net.layer4][:DEPTHS.index(depth) + 2]
+        for layer in stages[2:]:
             _height_only_stride(layer)
-        self.features = nn.Sequential(*layers)
-        channels = 512 if depth == "layer4" else 256
+        self.features = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, *stages)
+        channels = stages[-1][-1].conv2.out_channels
         self.dropout = nn.Dropout(dropout)
         self.rnn = None
         if head == "lstm":

@@ -23,6 +23,7 @@ from PIL import Image
 from . import checkpoint
 from .charset import Charset
 from .checkpoint import CheckpointError
+from .data.real import DataError
 from .data.transforms import ImageError, ImageSource, Preprocess, load_image
 
 ONNX_FORMAT = "captcha_ml/onnx/1"
@@ -222,15 +223,84 @@ def to_onnx_bytes(model: torch.nn.Module, charset: Charset, preprocess: Preproce
     return proto.SerializeToString()
 
 
-def export_onnx(model_uri: str | Path, out: str | Path) -> Path:
-    """Write a checkpoint / MLflow model as a self-contained .onnx file (tmp + rename)."""
+def quantize_int8(data: bytes, calibration: np.ndarray) -> bytes:
+    """Static int8 quantization (QDQ, per-channel weights) of an exported model.
+
+    ``calibration``: preprocessed images (N, C, H, W) whose activation ranges set the scales;
+    a hundred or so from the training data is plenty. The captcha_ml metadata is kept, plus
+    ``captcha_ml.quantized = int8``.
+    """
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if calibration.ndim != 4 or len(calibration) == 0:
+        raise ValueError("int8 quantization needs calibration images (N, C, H, W), N >= 1")
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(np.array_split(calibration.astype(np.float32),
+                                           max(1, len(calibration) // 16)))
+
+        def get_next(self):
+            batch = next(self._it, None)
+            return None if batch is None else {INPUT_NAME: batch}
+
+    meta = list(onnx.load_from_string(data).metadata_props)
+    with tempfile.TemporaryDirectory() as tmp:
+        src, prepped, dst = (os.path.join(tmp, n) for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+        Path(src).write_bytes(data)
+        quant_pre_process(src, prepped, skip_symbolic_shape=True)
+        quantize_static(prepped, dst, Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        proto = onnx.load(dst)
+    del proto.metadata_props[:]
+    for p in meta:
+        proto.metadata_props.add(key=p.key, value=p.value)
+    proto.metadata_props.add(key="captcha_ml.quantized", value="int8")
+    return proto.SerializeToString()
+
+
+def calibration_images(preprocess: Preprocess, sources: Iterable[str], count: int = 128,
+                       seed: int = 0) -> np.ndarray:
+    """Up to ``count`` preprocessed images from files, folders, globs or manifests (.csv with a
+    ``path`` column), drawn with a fixed seed; unreadable files are an error naming them."""
+    import csv
+    import random
+
+    files: list[str] = []
+    for src in sources:
+        if src.endswith(".csv") and Path(src).is_file():
+            with open(src, newline="") as f:
+                files += [r["path"] for r in csv.DictReader(f) if r.get("path")]
+        else:
+            files += [str(x) for _, x in expand_inputs([src])]
+    if not files:
+        raise DataError(f"no calibration images found in {list(sources)}; give a folder of "
+                         "training images or a manifest (data/splits/train.csv)")
+    random.Random(seed).shuffle(files)
+    return torch.stack([preprocess(load_image(f)) for f in files[:count]]).numpy()
+
+
+def export_onnx(model_uri: str | Path, out: str | Path,
+                calibration: Sequence[str] = (), calibration_count: int = 128) -> Path:
+    """Write a checkpoint / MLflow model as a self-contained .onnx file (tmp + rename).
+
+    With ``calibration`` sources (images of the training data), the file is quantized to int8.
+    """
     from . import tracking
 
     model, charset, pre, _ = checkpoint.load(tracking.download_checkpoint(str(model_uri)))
+    data = to_onnx_bytes(model, charset, pre)
+    if calibration:
+        data = quantize_int8(data, calibration_images(pre, calibration, calibration_count))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(to_onnx_bytes(model, charset, pre))
+    tmp.write_bytes(data)
     os.replace(tmp, out)
     return out
 

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from captcha_ml import tracking
 from captcha_ml.checkpoint import CheckpointError
 from captcha_ml.cli import app
+from captcha_ml.data.real import DataError
 from captcha_ml.data.transforms import ImageError
 from captcha_ml.reader import Reader, Reading, ReadError, export_onnx
 from helpers import tiny_config
@@ -85,6 +86,36 @@ def test_onnx_engine_matches_torch(reader, trained, tmp_path):
     assert [r.text for r in ort.read_many(files, batch_size=3)] == texts
     from_ckpt = Reader.load(trained["best_checkpoint"], engine="onnx", graph_opt="none")
     assert [r.text for r in from_ckpt.read_many(files)] == texts
+
+
+def test_int8_export_keeps_metadata_and_tracks_float(reader, trained, tmp_path):
+    files = trained["test_files"]
+    out = export_onnx(trained["best_checkpoint"], tmp_path / "q.onnx",
+                      calibration=[str(f) for f in files], calibration_count=6)
+    proto = onnx.load(str(out))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["captcha_ml.quantized"] == "int8" and "captcha_ml.preprocess" in meta
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    q = Reader.load(out, engine="onnx")
+    images = np.stack([reader.preprocess(Image.open(f)).numpy() for f in files])
+    p_float, p_int8 = np.exp(reader.log_probs(images)), np.exp(q.log_probs(images))
+    assert p_int8.shape == p_float.shape
+    assert np.abs(p_int8 - p_float).mean() < 0.02  # int8 follows the float model closely
+
+
+def test_int8_export_needs_readable_calibration_images(trained, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no calibration images"):
+        export_onnx(trained["best_checkpoint"], tmp_path / "q.onnx", calibration=[str(empty)])
+    (empty / "junk.png").write_bytes(b"not an image")
+    with pytest.raises(ImageError, match="junk.png"):
+        export_onnx(trained["best_checkpoint"], tmp_path / "q.onnx", calibration=[str(empty)])
+    assert not (tmp_path / "q.onnx").exists()
+    res = runner.invoke(app, ["export", "onnx", trained["best_checkpoint"],
+                                   str(tmp_path / "q.onnx"), "--int8", str(empty)])
+    assert res.exit_code == 2 and "junk.png" in res.output
 
 
 def test_reader_loads_mlflow_uri(reader, trained):

@@ -65,6 +65,11 @@ class SyntheticSpec:
     blur: tuple[float, float] = (0.3, 0.7)  # Gaussian blur radius range; (0, 0): none
     grey: bool = True
     mixed_case: bool = False  # draw each letter in random case; the label keeps the charset's case
+    rotate: tuple[float, float] = (-12.0, 12.0)  # per-glyph rotation range, degrees
+    warp: tuple[float, float] = (0.05, 0.15)  # per-glyph perspective warp, fraction of glyph size
+    jitter: tuple[int, int] = (0, 0)  # extra copies of the text, each shifted by up to 1 pixel
+    stretch: bool = True  # glyphs stretched to the line height (captcha's look); False: font shapes
+    hooks: tuple[int, int] = (0, 0)  # short dark strokes at the start of the text ("real" drawer)
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -75,7 +80,9 @@ class SyntheticSpec:
 
     @property
     def font_files(self) -> tuple[str, ...]:
-        return self.fonts or ((dejavu_bold_oblique(),) if self.style == "real" else (CAPTCHA_FONT,))
+        if self.fonts:
+            return tuple(font_path(f) for f in self.fonts)
+        return (dejavu_bold_oblique(),) if self.style == "real" else (CAPTCHA_FONT,)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -85,9 +92,13 @@ _PRESETS: dict[str, dict] = {
     # The library's own look: colour glyphs on a light background, dots and a curve.
     "captcha": dict(style="captcha", font_sizes=(42, 50, 56), background=(238, 255),
                     foreground=(10, 200), dots=30, curves=1, strikes=(0, 0), blur=(0, 0), grey=False),
-    # Resembles captcha_images_v2: grey gradient, black bold oblique overlapping glyphs,
-    # 1-2 dark strike-through lines, slight blur.
-    "real": dict(style="real"),
+    # Resembles captcha_images_v2: grey gradient, upright regular sans glyphs with fuzzy
+    # (re-drawn, shifted) edges, one dark strike-through line, slight blur.
+    "real": dict(style="real", fonts=("DejaVuSans.ttf",), font_sizes=(32, 34, 36),
+                 rotate=(-6.0, 6.0), jitter=(0, 1), stretch=False, strikes=(1, 1),
+                 hooks=(1, 2), curves=0, blur=(0.0, 0.4)),
+    # An earlier, coarser imitation: bold oblique glyphs, 1-2 strikes (kept for comparison).
+    "oblique": dict(style="real"),
 }
 
 
@@ -212,6 +223,8 @@ class SpecCaptcha(ImageCaptcha):
     def __init__(self, spec: SyntheticSpec) -> None:
         super().__init__(spec.width, spec.height, list(spec.font_files), tuple(spec.font_sizes))
         self.spec = spec
+        self.character_rotate = tuple(spec.rotate)
+        self.character_warp_dx = self.character_warp_dy = tuple(spec.warp)
 
     def draw(self, chars: str, rng: random.Random) -> Image.Image:
         s = self.spec
@@ -230,16 +243,31 @@ class SpecCaptcha(ImageCaptcha):
 class RealCaptcha(SpecCaptcha):
     """The look of captcha_images_v2: text on the left 3/4 over a horizontal grey gradient."""
 
-    character_rotate = (-12, 12)
     character_offset_dy = (0, 3)
-    character_warp_dx = (0.05, 0.15)
-    character_warp_dy = (0.05, 0.15)
     word_space_probability = 1.0  # never insert spaces: glyphs touch and overlap
     word_offset_dx = 0.3
 
     def __init__(self, spec: SyntheticSpec) -> None:
         super().__init__(spec)
         self._text_width = int(spec.width * 0.68)  # the library fills this box, then we place it
+        if not spec.stretch:
+            self.word_offset_dx = 0.02
+
+    def _draw_character(self, c: str, draw: ImageDraw.ImageDraw, color) -> Image.Image:
+        """With ``stretch`` off: the glyph at its font proportions on the font's full line box
+        (so glyphs share a baseline), slightly rotated, cropped to its ink columns."""
+        if self.spec.stretch:
+            return super()._draw_character(c, draw, color)
+        rand = captcha_image.secrets  # the seeded shim while ``render`` draws
+        font = rand.choice(self.truefonts)
+        ascent, descent = font.getmetrics()
+        right = int(draw.textbbox((0, 0), c, font=font)[2])
+        im = Image.new("RGBA", (right + 8, ascent + descent + 4))
+        ImageDraw.Draw(im).text((4, 2), c, font=font, fill=color)
+        lo, hi = self.character_rotate
+        im = im.rotate(lo + rand.randbits(32) / 2**32 * (hi - lo), Image.BILINEAR)
+        box = im.getbbox() or (0, 0, im.width, im.height)
+        return im.crop((box[0], 0, box[2], im.height))
 
     def draw(self, chars: str, rng: random.Random) -> Image.Image:
         s, (w, h) = self.spec, (self.spec.width, self.spec.height)
@@ -250,18 +278,31 @@ class RealCaptcha(SpecCaptcha):
             text = self.create_captcha_image(chars, (255, 255, 255, 255), (0, 0, 0))
         finally:
             self._width = full
+        text = _jitter(text, rng, rng.randint(*s.jitter))
         text = text.point(lambda v: 255 - (255 - ink) * v // 255)
         canvas = Image.new("RGB", (w, h), (255, 255, 255))
-        x, y = rng.randint(int(0.08 * w), int(0.16 * w)), h // 10 + rng.randint(-h // 16, h // 16)
+        # Natural glyph boxes already hold the descender room and side bearings.
+        top, left = (h // 10, 0.08) if s.stretch else (0, 0.05)
+        x, y = rng.randint(int(left * w), int((left + 0.08) * w)), top + rng.randint(-h // 16, h // 16)
         canvas.paste(text, (x, y))
         out = ImageChops.darker(_gradient(w, h, rng, s.background), canvas)
         for _ in range(s.curves):
             self.create_noise_curve(out, (ink, ink, ink))
         _strike(out, rng, rng.randint(*s.strikes), ink)
+        _hooks(out, rng, rng.randint(*s.hooks), ink, x)
         if s.dots:
             self.create_noise_dots(out, (ink, ink, ink), width=1, number=s.dots)
         radius = rng.uniform(*s.blur)
         return out.filter(ImageFilter.GaussianBlur(radius)) if radius > 0 else out
+
+
+def _jitter(text: Image.Image, rng: random.Random, copies: int) -> Image.Image:
+    """Overlay shifted copies of white-on-black text: the fuzzy, re-drawn edges of the real set."""
+    out = text
+    for _ in range(copies):
+        dx, dy = rng.choice(((-1, 0), (1, 0), (0, -1), (0, 1), (1, 1), (-1, -1), (1, -1), (-1, 1)))
+        out = ImageChops.lighter(out, ImageChops.offset(text, dx, dy))
+    return out
 
 
 def _gradient(w: int, h: int, rng: random.Random, levels: tuple[int, int]) -> Image.Image:
@@ -282,6 +323,21 @@ def _strike(im: Image.Image, rng: random.Random, count: int, ink: int | tuple) -
         x1, y1 = rng.randint(w * 3 // 4, w - 5), rng.randint(h // 3, h * 4 // 5)
         fill = ink if isinstance(ink, tuple) else (ink, ink, ink)
         draw.line((x0, y0, x1, y1), fill=fill, width=rng.choice((2, 2, 3)))
+
+
+def _hooks(im: Image.Image, rng: random.Random, count: int, ink: int, x: int) -> None:
+    """Short strokes or arcs over the first glyph, like the real set's marks at the text start."""
+    w, h = im.size
+    draw = ImageDraw.Draw(im)
+    for _ in range(count):
+        x0, y0 = x + rng.randint(-w // 20, w // 14), rng.randint(0, h // 3)
+        x1, y1 = x0 + rng.randint(-w // 25, w // 12), y0 + rng.randint(h // 6, h // 2)
+        if rng.random() < 0.5:
+            draw.line((x0, y0, x1, y1), fill=(ink,) * 3, width=rng.choice((2, 3)))
+        else:
+            box = (min(x0, x1), y0, max(x0, x1) + 6, y1)
+            draw.arc(box, rng.randint(90, 200), rng.randint(250, 360), fill=(ink,) * 3,
+                     width=rng.choice((2, 3)))
 
 
 @functools.lru_cache(maxsize=8)
