@@ -56,10 +56,11 @@ def run_stage(name: str, overrides: list[str], work: Path, uri: str) -> tuple[di
     return result, time.perf_counter() - start
 
 
-def pretrain(seed: int, style: str, work: Path, uri: str) -> tuple[dict, float]:
+def pretrain(seed: int, style: str, work: Path, uri: str, recipe_overrides: list[str]
+             ) -> tuple[dict, float]:
     """The pretrained model of (seed, style), reused from an earlier run in the same --work
     folder when experiments/pretrain.yaml is unchanged (its wall time is the one measured then)."""
-    overrides = [f"train.seed={seed}", f"data.style={style}",
+    overrides = [*recipe_overrides, f"train.seed={seed}", f"data.style={style}",
                  f"train.output_dir={work / 'pretrain'}"]
     recipe = (ROOT / "experiments" / "pretrain.yaml").read_text() + "\n".join(overrides)
     cache = work / "pretrain_result.json"
@@ -85,7 +86,7 @@ def one_seed(seed: int, labels: list[str], style: str, args, uri: str) -> list[d
     work = args.work / f"{style}_seed{seed}"
     work.mkdir(parents=True, exist_ok=True)
     rows = []
-    pre, pre_time = pretrain(seed, style, work, uri)
+    pre, pre_time = pretrain(seed, style, work, uri, args.overrides)
     zero = test_metrics(pre["best_checkpoint"], args.splits / "test.csv", uri)
     zero_valid = test_metrics(pre["best_checkpoint"], args.splits / "valid.csv", uri)
     rows.append({"recipe": "pretrain only", "style": style, "labels": 0, "seed": seed,
@@ -93,8 +94,9 @@ def one_seed(seed: int, labels: list[str], style: str, args, uri: str) -> list[d
     for n in labels:
         count = None if n == "all" else int(n)
         train_csv = subset(args.splits / "train.csv", count, seed, work)
-        data = [f"data.train={train_csv}", f"data.valid={args.splits / 'valid.csv'}",
-                f"train.seed={seed}", f"train.max_steps={args.finetune_steps}"]
+        data = [*args.overrides, f"data.train={train_csv}",
+                f"data.valid={args.splits / 'valid.csv'}", f"train.seed={seed}",
+                f"train.max_steps={args.finetune_steps}"]
         for recipe, init in (("pretrain+finetune", pre["best_checkpoint"]), ("finetune only", "")):
             if recipe == "finetune only" and seed not in args.scratch_seeds:
                 continue
@@ -137,6 +139,8 @@ def main() -> None:
                         "train.csv, epochs x batches)")
     p.add_argument("--scratch-seeds", type=int, nargs="*", default=None,
                    help="seeds that also run the finetune-only baseline (default: all seeds)")
+    p.add_argument("--set", nargs="*", default=[], dest="overrides", metavar="KEY=VALUE",
+                   help="config overrides for both stages, e.g. model.depth=layer2 data.height=40")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "accuracy.json")
     args = p.parse_args()
     if args.scratch_seeds is None:

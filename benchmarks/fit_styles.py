@@ -3,10 +3,13 @@
     nice -n 10 python benchmarks/fit_styles.py                    # all styles, default budget
     nice -n 10 python benchmarks/fit_styles.py --styles digits4 --budget-minutes 5
 
-Each style renders N labeled images (ground truth from the seed) with captcha_ml's synthetic
-generator, then runs the real `fit` on that folder, knowing nothing of how it was made (fit
-derives its own style from the pixels). Prints: style, images, charset size, lengths, size,
-test seq acc, char acc, minutes. Work goes to --work (default /tmp/fit_styles).
+Each style renders N labeled images (ground truth from the seed), then runs the real `fit` on
+that folder, knowing nothing of how it was made (fit derives its own style from the pixels).
+Styles: `wheezy` comes from another generator on PyPI (wheezy.captcha: pip install
+wheezy.captcha; not a project dependency, skipped when missing); the others from captcha_ml's
+generator with fonts, colours, noise, sizes, charsets and lengths unlike captcha_images_v2.
+Prints: style, images, charset size, lengths, size, test seq acc, char acc, minutes. Work goes
+to --work (default /tmp/fit_styles).
 """
 
 from __future__ import annotations
@@ -45,14 +48,45 @@ def styles() -> dict[str, SyntheticSpec]:
     }
 
 
+# Digits and capitals without the look-alikes 0/O and 1/I, as captcha sites do.
+WHEEZY = dict(charset="23456789ABCDEFGHJKLMNPQRSTUVWXYZ", min_len=5, max_len=5,
+              width=200, height=75)
+
+
 def build(spec: SyntheticSpec, n: int, folder: Path, seed: str) -> Path:
     """n labeled PNGs <label>_<index>.png (the generator's resumable writer)."""
     return synthetic.generate(folder, n, spec, seed=seed, workers=1).parent
 
 
+def build_wheezy(n: int, folder: Path, seed: str) -> Path | None:
+    """n labeled PNGs from wheezy.captcha's documented example (its random module, seeded)."""
+    try:
+        from wheezy.captcha import image as wz
+    except ImportError:
+        print("wheezy.captcha not installed (pip install wheezy.captcha): style skipped")
+        return None
+    import random
+
+    folder.mkdir(parents=True, exist_ok=True)
+    render = wz.captcha(width=WHEEZY["width"], height=WHEEZY["height"], drawings=[
+        wz.background(),
+        wz.text(fonts=[_font("DejaVuSans-Bold.ttf"), _font("DejaVuSerif.ttf")],
+                font_sizes=(32, 36, 40), drawings=[wz.warp(), wz.rotate(), wz.offset()]),
+        wz.curve(), wz.noise(), wz.smooth()])
+    rng = random.Random(seed)
+    for i in range(n):
+        label = "".join(rng.choice(WHEEZY["charset"]) for _ in range(WHEEZY["min_len"]))
+        random.seed(f"{seed}/{i}")  # wheezy draws from the global random module
+        path = folder / f"{label}_{i:07d}.png"
+        if not path.exists():
+            render(label).save(path)
+    return folder
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--styles", nargs="*", default=list(styles()))
+    ap.add_argument("--styles", nargs="*", default=["wheezy", "alnum62", "lower4to7"],
+                    choices=["wheezy", *styles()])
     ap.add_argument("--images", type=int, default=500)
     ap.add_argument("--budget-minutes", type=float, default=15.0)
     ap.add_argument("--work", type=Path, default=Path("/tmp/fit_styles"))
@@ -64,8 +98,15 @@ def main() -> None:
     uri = f"sqlite:///{args.work / 'mlflow.db'}"
     rows = []
     for name in args.styles:
-        spec = styles()[name]
-        folder = build(spec, args.images, args.work / "data" / name, f"bench{args.seed}/{name}")
+        data = args.work / "data" / name
+        if name == "wheezy":
+            spec = SyntheticSpec(**WHEEZY)  # only its charset, lengths and size, for the table
+            folder = build_wheezy(args.images, data, f"bench{args.seed}/{name}")
+            if folder is None:
+                continue
+        else:
+            spec = styles()[name]
+            folder = build(spec, args.images, data, f"bench{args.seed}/{name}")
         start = time.perf_counter()
         r = fit.run(folder, args.work / "fit" / name, budget_minutes=args.budget_minutes,
                     name=f"bench-{name}", tracking_uri=uri, seed=args.seed)

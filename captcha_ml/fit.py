@@ -334,7 +334,7 @@ def build_configs(insp: Inspection, out: Path, height: int, width: int, plan: Pl
         f"data.synthetic_train_size={n_pre * plan.pretrain_batch}",
         "data.synthetic_valid_size=256", "train.stage=pretrain", f"train.output_dir={out / 'pretrain'}",
         "train.epochs=1", f"train.max_steps={n_pre}", f"train.batch_size={plan.pretrain_batch}",
-        "train.lr=2e-3", f"train.eval_every={max(1, n_pre // 5)}", "tracking.log_model=false"])
+        "train.lr=1e-3", f"train.eval_every={max(1, n_pre // 5)}", "tracking.log_model=false"])
     fine = config.load(None, common + [
         f"data.train={splits['train']}", f"data.valid={splits['valid']}", "data.augment=true",
         "train.stage=finetune", f"train.output_dir={out / 'finetune'}",

@@ -136,7 +136,7 @@ class Reader:
                 out[i] = ReadError(name, str(e))
         if tensors:
             log_probs = self.log_probs(torch.stack(tensors).numpy())
-            texts, confs = self.charset.ctc_decode(torch.from_numpy(log_probs))
+            texts, confs = self.charset.ctc_decode(log_probs)
             for i, text, conf in zip(good, texts, confs):
                 out[i] = Reading(text, float(conf))
         return out  # type: ignore[return-value]

@@ -36,7 +36,7 @@ def test_config_unknown_key_lists_valid_keys(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("train.epochs=two", "expected int"),
     ("data.channels=2", "data.channels=2"),
-    ("model.depth=layer9", "layer3 or layer4"),
+    ("model.depth=layer9", "layer2, layer3 or layer4"),
     ("data.min_len=6", "min <= max"),
 ])
 def test_config_rejects_bad_values(override, message):
@@ -109,7 +109,7 @@ def test_transparent_images_composite_on_white():
     assert load_image(img).convert("L").getpixel((0, 0)) == 255
 
 
-@pytest.mark.parametrize("depth", ["layer3", "layer4"])
+@pytest.mark.parametrize("depth", ["layer2", "layer3", "layer4"])
 @pytest.mark.parametrize("size", [(50, 200), (30, 90), (80, 300)])
 def test_model_output_positions(depth, size):
     h, w = size
@@ -118,6 +118,15 @@ def test_model_output_positions(depth, size):
     assert out.shape == (2, net.output_length(w), 20)
     assert net.output_length(200) == 25  # enough CTC steps for long labels with repeats
     assert torch.allclose(out.exp().sum(-1), torch.ones(2, out.shape[1]), atol=1e-5)
+
+
+def test_model_depth_sets_width_and_size():
+    sizes = {d: sum(p.numel() for p in CaptchaNet(20, 1, d).parameters()) for d in
+             ("layer2", "layer3", "layer4")}
+    assert sizes["layer2"] < 1e6 < sizes["layer3"] < 3e6 < sizes["layer4"]
+    assert CaptchaNet(20, 1, "layer2").classifier.in_features == 128
+    with pytest.raises(ValueError, match="layer2, layer3, layer4"):
+        CaptchaNet(20, 1, "layer1")
 
 
 def test_model_lstm_head_and_rgb():

@@ -6,19 +6,21 @@ import secrets
 from pathlib import Path
 
 import captcha.image
+import numpy as np
 import pytest
 import torch
 
 from captcha_ml.data.datasets import LabeledImages, SyntheticImages
 from captcha_ml.data.real import DataError, read_manifest
 from captcha_ml.config import DataConfig
-from captcha_ml.data.synthetic import SyntheticSpec, generate, preset, render, spec_from_config
+from captcha_ml.data.synthetic import (SyntheticSpec, generate, load_style, preset, render,
+                                       save_style, spec_from_config)
 from captcha_ml.data.transforms import ImageError, Preprocess
 
 SMALL = dict(width=80, height=24, font_sizes=(16, 18))
 
 
-@pytest.mark.parametrize("style", ["real", "captcha"])
+@pytest.mark.parametrize("style", ["real", "oblique", "captcha"])
 def test_render_is_pure_and_restores_secrets(style):
     spec = preset(style, **SMALL)
     a, la = render(spec, 7, 3)
@@ -28,6 +30,31 @@ def test_render_is_pure_and_restores_secrets(style):
     assert render(spec, 8, 3)[0].tobytes() != a.tobytes()
     assert captcha.image.secrets is secrets
     assert a.mode == ("L" if spec.grey else "RGB")
+
+
+def test_real_style_keeps_glyph_shapes_and_places_text_left():
+    """The 'real' preset draws upright glyphs at font proportions (stretch off), with fuzzy
+    copies and start hooks; every knob changes the image and all of them stay deterministic."""
+    spec = preset("real", charset="2345678bcdefgmnpwxy")
+    assert spec.stretch is False and spec.hooks == (1, 2) and spec.fonts == ("DejaVuSans.ttf",)
+    img, label = render(spec, 0, 0)
+    ink = np.asarray(img) < 100
+    cols = np.flatnonzero(ink[10:40].sum(axis=0) > 2)  # text columns (lines are thin)
+    assert img.size == (200, 50) and len(label) == 5
+    assert cols.min() < 60 and cols.max() < 190  # text starts in the left part, like the real set
+    for change in (dict(jitter=(3, 3)), dict(hooks=(0, 0)), dict(stretch=True),
+                   dict(rotate=(20.0, 20.0))):
+        other = preset("real", charset="2345678bcdefgmnpwxy", **change)
+        assert render(other, 0, 0)[0].tobytes() != img.tobytes(), change
+
+
+def test_style_file_round_trips_new_fields(tmp_path):
+    spec = preset("real", charset="ab", jitter=(1, 2), hooks=(0, 1), rotate=(-3.0, 3.0))
+    path = save_style(spec, tmp_path / "s.yaml")
+    loaded = SyntheticSpec(**load_style(path))
+    assert (loaded.jitter, loaded.hooks, loaded.rotate, loaded.stretch) == ((1, 2), (0, 1),
+                                                                              (-3.0, 3.0), False)
+    assert render(loaded, 1, 2)[0].tobytes() == render(spec, 1, 2)[0].tobytes()
 
 
 def test_spec_lengths_and_charset():
@@ -105,4 +132,5 @@ def test_spec_is_plain_configuration():
 def test_spec_from_config():
     spec = spec_from_config(DataConfig(charset="xyz", min_len=3, max_len=4, width=64, height=32))
     img, label = render(spec, 0, 0)
-    assert img.size == (64, 32) and set(label) <= set("xyz") and spec.style == "real"
+    # The preset's own canvas; preprocessing resizes to the model input (64x32).
+    assert img.size == (200, 50) and set(label) <= set("xyz") and spec.style == "real"

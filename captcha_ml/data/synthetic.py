@@ -113,14 +113,14 @@ def preset(name: str, **overrides) -> SyntheticSpec:
 def spec_from_config(data: DataConfig, **overrides) -> SyntheticSpec:
     """The style of a DataConfig (preset name or style YAML) with its charset and lengths.
 
-    A preset renders at data.width x data.height; a style file keeps its own canvas size (the
-    sample's native size, which its font sizes belong to) and preprocessing resizes the images.
+    Presets and style files keep their own canvas (the size their font sizes belong to: 200x50
+    for the presets, the sample's native size for a style file); preprocessing then resizes
+    every image to the model input (data.width x data.height), as it does the real ones.
     """
     text = {"charset": data.charset, "min_len": data.min_len, "max_len": data.max_len}
     if is_style_file(data.style):
         return SyntheticSpec(**{**load_style(data.style), **text, **overrides})
-    return preset(data.style, **{**text, "width": data.width, "height": data.height,
-                                 **overrides})
+    return preset(data.style, **{**text, **overrides})
 
 
 def is_style_file(style: str) -> bool:
