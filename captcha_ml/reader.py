@@ -23,7 +23,7 @@ from PIL import Image
 from . import checkpoint
 from .charset import Charset
 from .checkpoint import CheckpointError
-from .data.real import DataError
+from .data.real import DataError, read_manifest
 from .data.transforms import ImageError, ImageSource, Preprocess, load_image
 
 ONNX_FORMAT = "captcha_ml/onnx/1"
@@ -268,14 +268,13 @@ def calibration_images(preprocess: Preprocess, sources: Iterable[str], count: in
                        seed: int = 0) -> np.ndarray:
     """Up to ``count`` preprocessed images from files, folders, globs or manifests (.csv with a
     ``path`` column), drawn with a fixed seed; unreadable files are an error naming them."""
-    import csv
     import random
 
+    sources = [str(s) for s in sources]
     files: list[str] = []
     for src in sources:
-        if src.endswith(".csv") and Path(src).is_file():
-            with open(src, newline="") as f:
-                files += [r["path"] for r in csv.DictReader(f) if r.get("path")]
+        if src.endswith(".csv"):  # labels are not needed: no charset check
+            files += [path for path, _ in read_manifest(src).samples]
         else:
             files += [str(x) for _, x in expand_inputs([src])]
     if not files:
