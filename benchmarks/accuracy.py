@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import platform
 import random
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 
 from captcha_ml import config, engine
+from captcha_ml.data import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,10 +61,13 @@ def run_stage(name: str, overrides: list[str], work: Path, uri: str) -> tuple[di
 def pretrain(seed: int, style: str, work: Path, uri: str, recipe_overrides: list[str]
              ) -> tuple[dict, float]:
     """The pretrained model of (seed, style), reused from an earlier run in the same --work
-    folder when experiments/pretrain.yaml is unchanged (its wall time is the one measured then)."""
+    folder when experiments/pretrain.yaml, the overrides and the synthetic generator are
+    unchanged (its wall time is the one measured then)."""
     overrides = [*recipe_overrides, f"train.seed={seed}", f"data.style={style}",
                  f"train.output_dir={work / 'pretrain'}"]
-    recipe = (ROOT / "experiments" / "pretrain.yaml").read_text() + "\n".join(overrides)
+    # The config and the synthetic generator's code decide what the pretrained model saw.
+    recipe = "\n".join([(ROOT / "experiments" / "pretrain.yaml").read_text(), *overrides,
+                        hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()])
     cache = work / "pretrain_result.json"
     if cache.exists():
         saved = json.loads(cache.read_text())

@@ -48,6 +48,18 @@ def test_real_style_keeps_glyph_shapes_and_places_text_left():
         assert render(other, 0, 0)[0].tobytes() != img.tobytes(), change
 
 
+def test_repeat_makes_twins_and_bad_values_are_refused():
+    def twins(spec):
+        labels = [render(spec, 0, i)[1] for i in range(200)]
+        return sum(a == b for x in labels for a, b in zip(x, x[1:])) / (4 * len(labels))
+
+    base = dict(charset="abcdefghijklmnopqrst", **SMALL)
+    assert twins(preset("oblique", **base)) < 0.12 < 0.3 < twins(preset("oblique", repeat=0.5,
+                                                                         **base))
+    with pytest.raises(DataError, match="overlap and repeat"):
+        preset("real", repeat=1.0)
+
+
 def test_style_file_round_trips_new_fields(tmp_path):
     spec = preset("real", charset="ab", jitter=(1, 2), hooks=(0, 1), rotate=(-3.0, 3.0))
     path = save_style(spec, tmp_path / "s.yaml")

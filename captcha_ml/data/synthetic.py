@@ -70,6 +70,9 @@ class SyntheticSpec:
     jitter: tuple[int, int] = (0, 0)  # extra copies of the text, each shifted by up to 1 pixel
     stretch: bool = True  # glyphs stretched to the line height (captcha's look); False: font shapes
     hooks: tuple[int, int] = (0, 0)  # short dark strokes at the start of the text ("real" drawer)
+    overlap: float = 0.25  # neighbours may overlap by up to this share of the mean glyph width
+    repeat: float = 0.0  # chance that a symbol repeats the previous one (touching twins: CTC's
+    # hardest case, since only a blank frame between them keeps them apart)
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -77,6 +80,9 @@ class SyntheticSpec:
         if not self.charset or not 1 <= self.min_len <= self.max_len:
             raise DataError(f"synthetic spec needs a charset and 1 <= min_len <= max_len "
                             f"(got {self.charset!r}, {self.min_len}, {self.max_len})")
+        if not (0 <= self.overlap < 1 and 0 <= self.repeat < 1):
+            raise DataError(f"synthetic spec: overlap and repeat must be in [0, 1) "
+                            f"(got {self.overlap}, {self.repeat})")
 
     @property
     def font_files(self) -> tuple[str, ...]:
@@ -96,9 +102,9 @@ _PRESETS: dict[str, dict] = {
     # (re-drawn, shifted) edges, one dark strike-through line, slight blur.
     "real": dict(style="real", fonts=("DejaVuSans.ttf",), font_sizes=(32, 34, 36),
                  rotate=(-6.0, 6.0), jitter=(0, 1), stretch=False, strikes=(1, 1),
-                 hooks=(1, 2), curves=0, blur=(0.0, 0.4)),
+                 hooks=(1, 2), curves=0, blur=(0.0, 0.4), overlap=0.15, repeat=0.15),
     # An earlier, coarser imitation: bold oblique glyphs, 1-2 strikes (kept for comparison).
-    "oblique": dict(style="real"),
+    "oblique": dict(style="real", overlap=0.3),
 }
 
 
@@ -224,6 +230,7 @@ class SpecCaptcha(ImageCaptcha):
         super().__init__(spec.width, spec.height, list(spec.font_files), tuple(spec.font_sizes))
         self.spec = spec
         self.character_rotate = tuple(spec.rotate)
+        self.word_offset_dx = spec.overlap
         self.character_warp_dx = self.character_warp_dy = tuple(spec.warp)
 
     def draw(self, chars: str, rng: random.Random) -> Image.Image:
@@ -245,13 +252,10 @@ class RealCaptcha(SpecCaptcha):
 
     character_offset_dy = (0, 3)
     word_space_probability = 1.0  # never insert spaces: glyphs touch and overlap
-    word_offset_dx = 0.3
 
     def __init__(self, spec: SyntheticSpec) -> None:
         super().__init__(spec)
         self._text_width = int(spec.width * 0.68)  # the library fills this box, then we place it
-        if not spec.stretch:
-            self.word_offset_dx = 0.02
 
     def _draw_character(self, c: str, draw: ImageDraw.ImageDraw, color) -> Image.Image:
         """With ``stretch`` off: the glyph at its font proportions on the font's full line box
@@ -349,7 +353,10 @@ def _captcha_for(spec: SyntheticSpec) -> SpecCaptcha:
 def render(spec: SyntheticSpec, seed: int | str, index: int) -> tuple[Image.Image, str]:
     """Image and label of item ``index``: a pure function of (spec, seed, index)."""
     rng = item_rng(seed, index)
-    label = "".join(rng.choice(spec.charset) for _ in range(rng.randint(spec.min_len, spec.max_len)))
+    label = ""
+    for _ in range(rng.randint(spec.min_len, spec.max_len)):
+        twin = label and spec.repeat > 0 and rng.random() < spec.repeat
+        label += label[-1] if twin else rng.choice(spec.charset)
     text = "".join(c.swapcase() if rng.random() < 0.5 else c for c in label) if spec.mixed_case \
         else label
     with seeded_secrets(rng):
