@@ -7,7 +7,8 @@
 
 Recipes (all from experiments/, overridden only where said):
   pretrain+finetune  experiments/pretrain.yaml, then experiments/finetune.yaml from its best.pt
-  finetune only      experiments/finetune.yaml from scratch (no init), same steps
+  finetune only      experiments/finetune.yaml from scratch (no init), same steps, its own
+                     peak learning rate (--scratch-lr, default 1e-3)
   pretrain only      the pretrained model reading the real test split zero-shot
 The label curve finetunes on the first N images of a seeded shuffle of train.csv, with the same
 number of optimizer steps for every N. Model selection uses valid.csv; test.csv is read only by
@@ -106,8 +107,10 @@ def one_seed(seed: int, labels: list[str], style: str, args, uri: str) -> list[d
             if recipe == "finetune only" and seed not in args.scratch_seeds:
                 continue
             out = work / f"{recipe.replace(' ', '_').replace('+', '_')}_{n}"
-            ft, ft_time = run_stage("finetune", data + [f"train.init_from={init}",
-                                                        f"train.output_dir={out}"], work, uri)
+            # From scratch, the network has everything to learn: it gets its own learning rate.
+            lr = [] if init else [f"train.lr={args.scratch_lr}"]
+            ft, ft_time = run_stage("finetune", data + lr + [f"train.init_from={init}",
+                                                             f"train.output_dir={out}"], work, uri)
             minutes = (ft_time + (pre_time if init else 0)) / 60
             rows.append({"recipe": recipe, "style": style, "labels": count or 520, "seed": seed,
                          "minutes": minutes, **test_metrics(ft["best_checkpoint"],
@@ -144,6 +147,9 @@ def main() -> None:
                         "train.csv, epochs x batches)")
     p.add_argument("--scratch-seeds", type=int, nargs="*", default=None,
                    help="seeds that also run the finetune-only baseline (default: all seeds)")
+    p.add_argument("--scratch-lr", type=float, default=1e-3,
+                   help="peak learning rate of the finetune-only baseline (the recipe's own lr "
+                        "is for starting from a pretrained model)")
     p.add_argument("--set", nargs="*", default=[], dest="overrides", metavar="KEY=VALUE",
                    help="config overrides for both stages, e.g. model.depth=layer2 data.height=40")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "accuracy.json")
