@@ -339,7 +339,7 @@ def build_configs(insp: Inspection, out: Path, height: int, width: int, plan: Pl
         f"data.train={splits['train']}", f"data.valid={splits['valid']}", "data.augment=true",
         "train.stage=finetune", f"train.output_dir={out / 'finetune'}",
         f"train.init_from={out / 'pretrain' / 'best.pt'}", f"train.max_steps={n_fine}",
-        f"train.batch_size={plan.finetune_batch}", "train.lr=3e-4", "train.warmup_frac=0.05",
+        f"train.batch_size={plan.finetune_batch}", "train.lr=1e-3", "train.warmup_frac=0.05",
         f"train.eval_every={max(1, n_fine // 10)}"])
     return pre, fine
 
