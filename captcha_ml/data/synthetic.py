@@ -71,6 +71,9 @@ class SyntheticSpec:
     stretch: bool = True  # glyphs stretched to the line height (captcha's look); False: font shapes
     hooks: tuple[int, int] = (0, 0)  # short dark strokes at the start of the text ("real" drawer)
     overlap: float = 0.25  # neighbours may overlap by up to this share of the mean glyph width
+    pitch: tuple[float, float] = (0.0, 0.0)  # "real" drawer: glyphs centred on a fixed pitch of
+    # this share of the font size, so wide glyphs ("m", "w") overlap their neighbours as in
+    # captcha_images_v2; (0, 0): placed by their own widths, as the captcha library does
     repeat: float = 0.0  # chance that a symbol repeats the previous one (touching twins: CTC's
     # hardest case, since only a blank frame between them keeps them apart)
 
@@ -101,8 +104,8 @@ _PRESETS: dict[str, dict] = {
     # Resembles captcha_images_v2: grey gradient, upright regular sans glyphs with fuzzy
     # (re-drawn, shifted) edges, one dark strike-through line, slight blur.
     "real": dict(style="real", fonts=("DejaVuSans.ttf",), font_sizes=(32, 34, 36),
-                 rotate=(-6.0, 6.0), jitter=(0, 1), stretch=False, strikes=(1, 1),
-                 hooks=(1, 2), curves=0, blur=(0.0, 0.4), overlap=0.15, repeat=0.15),
+                 rotate=(-6.0, 6.0), jitter=(0, 2), stretch=False, pitch=(0.48, 0.58), strikes=(1, 1),
+                 hooks=(1, 2), curves=0, blur=(0.0, 0.4), repeat=0.15),
     # An earlier, coarser imitation: bold oblique glyphs, 1-2 strikes (kept for comparison).
     "oblique": dict(style="real", overlap=0.3),
 }
@@ -272,6 +275,25 @@ class RealCaptcha(SpecCaptcha):
         im = im.rotate(lo + rand.randbits(32) / 2**32 * (hi - lo), Image.BILINEAR)
         box = im.getbbox() or (0, 0, im.width, im.height)
         return im.crop((box[0], 0, box[2], im.height))
+
+    def create_captcha_image(self, chars: str, color, background) -> Image.Image:
+        """With a ``pitch``: glyph centres on a fixed pitch (wide glyphs overlap neighbours);
+        otherwise the library's placement by glyph widths."""
+        lo, hi = self.spec.pitch
+        if hi <= 0:
+            return super().create_captcha_image(chars, color, background)
+        rand = captcha_image.secrets  # the seeded shim while ``render`` draws
+        draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+        glyphs = [self._draw_character(c, draw, color) for c in chars]
+        size = sum(self._font_sizes) / len(self._font_sizes)
+        step = size * (lo + rand.randbits(32) / 2**32 * (hi - lo))
+        width = int(step * len(chars) + max(g.width for g in glyphs)) + 2
+        image = Image.new("RGB", (max(width, self._width), self._height), background)
+        for i, g in enumerate(glyphs):
+            centre = step * (i + 0.5) + max(g.width for g in glyphs) / 2 + rand.randbelow(3) - 1
+            mask = g.convert("L").point(self.lookup_table)  # the library's ink mask
+            image.paste(g, (int(centre - g.width / 2), (self._height - g.height) // 2), mask)
+        return image.resize((self._width, self._height)) if width > self._width else image
 
     def draw(self, chars: str, rng: random.Random) -> Image.Image:
         s, (w, h) = self.spec, (self.spec.width, self.spec.height)
