@@ -58,6 +58,7 @@ def test_charset_encode_decode_and_ctc_collapse():
     log_probs = torch.nn.functional.one_hot(ids, 4).float().mul(10).log_softmax(-1)
     texts, conf = cs.ctc_decode(log_probs)
     assert texts == ["aab"] and 0.99 < conf[0] <= 1.0
+    assert cs.ctc_decode(log_probs.numpy()) == (texts, conf)  # the ONNX path hands numpy
     with pytest.raises(LabelError, match="'z'.*not in the charset"):
         cs.encode("az")
     assert Charset("ab", case_sensitive=False).encode("AB") == [1, 2]
