@@ -8,8 +8,9 @@ that folder, knowing nothing of how it was made (fit derives its own style from 
 Styles: `wheezy` comes from another generator on PyPI (wheezy.captcha: pip install
 wheezy.captcha; not a project dependency, skipped when missing); the others from captcha_ml's
 generator with fonts, colours, noise, sizes, charsets and lengths unlike captcha_images_v2.
-Prints: style, images, charset size, lengths, size, test seq acc, char acc, minutes. Work goes
-to --work (default /tmp/fit_styles).
+Prints: style, images, charset size, lengths, size, zero-shot valid seq acc (the pretrained
+model before finetuning), test seq acc, char acc, minutes. Work goes to --work (default
+/tmp/fit_styles).
 """
 
 from __future__ import annotations
@@ -113,10 +114,11 @@ def main() -> None:
         t = r["test"]
         lens = f"{spec.min_len}" if spec.min_len == spec.max_len else f"{spec.min_len}-{spec.max_len}"
         rows.append([name, args.images, len(spec.charset), lens, f"{spec.width}x{spec.height}",
-                     f"{t['seq_acc']:.4f}", f"{t['char_acc']:.4f}",
-                     f"{(time.perf_counter() - start) / 60:.1f}"])
+                     f"{r['zero_shot']['seq_acc']:.4f}", f"{t['seq_acc']:.4f}",
+                     f"{t['char_acc']:.4f}", f"{(time.perf_counter() - start) / 60:.1f}"])
         print(report.table(rows, ["style", "images", "charset", "lengths", "size",
-                                  "test seq acc", "char acc", "minutes"]), flush=True)
+                                  "zero-shot valid", "test seq acc", "char acc", "minutes"]),
+              flush=True)
 
 
 if __name__ == "__main__":
