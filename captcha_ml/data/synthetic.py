@@ -104,8 +104,8 @@ _PRESETS: dict[str, dict] = {
     # Resembles captcha_images_v2: grey gradient, upright regular sans glyphs with fuzzy
     # (re-drawn, shifted) edges, one dark strike-through line, slight blur.
     "real": dict(style="real", fonts=("DejaVuSans.ttf",), font_sizes=(32, 34, 36),
-                 rotate=(-6.0, 6.0), jitter=(0, 2), stretch=False, pitch=(0.48, 0.58), strikes=(1, 1),
-                 hooks=(1, 2), curves=0, blur=(0.0, 0.4), repeat=0.15),
+                 rotate=(-6.0, 6.0), jitter=(0, 1), stretch=False, overlap=0.02, strikes=(1, 1),
+                 hooks=(1, 2), curves=0, blur=(0.0, 0.4)),
     # An earlier, coarser imitation: bold oblique glyphs, 1-2 strikes (kept for comparison).
     "oblique": dict(style="real", overlap=0.3),
 }
