@@ -33,8 +33,8 @@ def test_render_is_pure_and_restores_secrets(style):
 
 
 def test_real_style_keeps_glyph_shapes_and_places_text_left():
-    """The 'real' preset draws upright glyphs at font proportions (stretch off) on a fixed
-    pitch, with fuzzy copies and start hooks; every knob changes the image."""
+    """The 'real' preset draws upright glyphs at font proportions (stretch off), with fuzzy
+    copies and start hooks; every knob (a fixed pitch too) changes the image."""
     spec = preset("real", charset="2345678bcdefgmnpwxy")
     assert spec.stretch is False and spec.hooks == (1, 2) and spec.fonts == ("DejaVuSans.ttf",)
     img, label = render(spec, 0, 0)
@@ -43,7 +43,7 @@ def test_real_style_keeps_glyph_shapes_and_places_text_left():
     assert img.size == (200, 50) and len(label) == 5
     assert cols.min() < 60 and cols.max() < 190  # text starts in the left part, like the real set
     for change in (dict(jitter=(3, 3)), dict(hooks=(0, 0)), dict(stretch=True),
-                   dict(pitch=(0, 0)), dict(rotate=(20.0, 20.0))):
+                   dict(pitch=(0.5, 0.6)), dict(rotate=(20.0, 20.0))):
         other = preset("real", charset="2345678bcdefgmnpwxy", **change)
         assert render(other, 0, 0)[0].tobytes() != img.tobytes(), change
 
