@@ -4,6 +4,8 @@
     python benchmarks/accuracy.py --seeds 0 1 2 --labels 50 100 200 --finetune-steps 500 \
         --work outputs/benchmark_curve --out benchmarks/results/curve.json   # label-count curve
     python benchmarks/accuracy.py --styles captcha --seeds 0 --labels     # zero-shot per style
+    python benchmarks/accuracy.py --styles experiments/styles/real_twins.yaml --seeds 0 \
+        --scratch-seeds                                                   # a style ablation
 
 Recipes (all from experiments/, overridden only where said):
   pretrain+finetune  experiments/pretrain.yaml, then experiments/finetune.yaml from its best.pt
@@ -89,7 +91,7 @@ def test_metrics(checkpoint: str, test_csv: Path, uri: str) -> dict:
 
 
 def one_seed(seed: int, labels: list[str], style: str, args, uri: str) -> list[dict]:
-    work = args.work / f"{style}_seed{seed}"
+    work = args.work / f"{Path(style).stem}_seed{seed}"  # a preset name or a style YAML
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     pre, pre_time = pretrain(seed, style, work, uri, args.overrides)
