@@ -287,10 +287,11 @@ class RealCaptcha(SpecCaptcha):
         glyphs = [self._draw_character(c, draw, color) for c in chars]
         size = sum(self._font_sizes) / len(self._font_sizes)
         step = size * (lo + rand.randbits(32) / 2**32 * (hi - lo))
-        width = int(step * len(chars) + max(g.width for g in glyphs)) + 2
+        widest = max(g.width for g in glyphs)
+        width = int(step * len(chars) + widest) + 2
         image = Image.new("RGB", (max(width, self._width), self._height), background)
         for i, g in enumerate(glyphs):
-            centre = step * (i + 0.5) + max(g.width for g in glyphs) / 2 + rand.randbelow(3) - 1
+            centre = step * (i + 0.5) + widest / 2 + rand.randbelow(3) - 1
             mask = g.convert("L").point(self.lookup_table)  # the library's ink mask
             image.paste(g, (int(centre - g.width / 2), (self._height - g.height) // 2), mask)
         return image.resize((self._width, self._height)) if width > self._width else image
