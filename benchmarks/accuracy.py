@@ -61,6 +61,18 @@ def run_stage(name: str, overrides: list[str], work: Path, uri: str) -> tuple[di
     return result, time.perf_counter() - start
 
 
+def pretrain_key(overrides: list[str]) -> str:
+    """What decides the pretrained model: the config, the overrides and the images the
+    generator draws (a digest of a few renders, so edits that keep the images keep the key)."""
+    cfg = config.load(ROOT / "experiments" / "pretrain.yaml", overrides)
+    spec = synthetic.spec_from_config(cfg.data)
+    digest = hashlib.sha256()
+    for i in range(16):
+        digest.update(synthetic.render(spec, "cache-key", i)[0].tobytes())
+    return "\n".join([(ROOT / "experiments" / "pretrain.yaml").read_text(), *overrides,
+                      digest.hexdigest()])
+
+
 def pretrain(seed: int, style: str, work: Path, uri: str, recipe_overrides: list[str]
              ) -> tuple[dict, float]:
     """The pretrained model of (seed, style), reused from an earlier run in the same --work
@@ -68,9 +80,7 @@ def pretrain(seed: int, style: str, work: Path, uri: str, recipe_overrides: list
     unchanged (its wall time is the one measured then)."""
     overrides = [*recipe_overrides, f"train.seed={seed}", f"data.style={style}",
                  f"train.output_dir={work / 'pretrain'}"]
-    # The config and the synthetic generator's code decide what the pretrained model saw.
-    recipe = "\n".join([(ROOT / "experiments" / "pretrain.yaml").read_text(), *overrides,
-                        hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()])
+    recipe = pretrain_key(overrides)
     cache = work / "pretrain_result.json"
     if cache.exists():
         saved = json.loads(cache.read_text())
@@ -104,7 +114,10 @@ def one_seed(seed: int, labels: list[str], style: str, args, uri: str) -> list[d
         train_csv = subset(args.splits / "train.csv", count, seed, work)
         data = [*args.overrides, f"data.train={train_csv}",
                 f"data.valid={args.splits / 'valid.csv'}", f"train.seed={seed}",
-                f"train.max_steps={args.finetune_steps}"]
+                f"train.max_steps={args.finetune_steps}",
+                # The same number of validations for every N (not one per epoch of N images).
+                f"train.eval_every={-(-args.finetune_steps // args.evals)}",
+                *args.finetune_overrides]
         for recipe, init in (("pretrain+finetune", pre["best_checkpoint"]), ("finetune only", "")):
             if recipe == "finetune only" and seed not in args.scratch_seeds:
                 continue
@@ -154,6 +167,11 @@ def main() -> None:
                         "is for starting from a pretrained model)")
     p.add_argument("--set", nargs="*", default=[], dest="overrides", metavar="KEY=VALUE",
                    help="config overrides for both stages, e.g. model.depth=layer2 data.height=40")
+    p.add_argument("--finetune-set", nargs="*", default=[], dest="finetune_overrides",
+                   metavar="KEY=VALUE", help="config overrides for the finetune stages only "
+                   "(the pretrained model is reused), e.g. train.lr=3e-4")
+    p.add_argument("--evals", type=int, default=40,
+                   help="validations per finetune run (default 40: once per epoch of the recipe)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "accuracy.json")
     args = p.parse_args()
     if args.scratch_seeds is None:

@@ -67,6 +67,9 @@ class TrainConfig:
     schedule: str = "onecycle"  # "onecycle", "cosine" or "constant" (all with linear warmup)
     warmup_frac: float = 0.1
     grad_clip: float = 5.0
+    # Validation, checkpoints and the logged model use an exponential moving average of the
+    # weights (buffers included) with this decay per optimizer step; 0: the raw weights.
+    ema_decay: float = 0.0
     grad_accum: int = 1
     mixed_precision: str = "no"  # "no", "fp16", "bf16"
     eval_every: int = 0  # optimizer steps between evaluations; 0: once per epoch
@@ -199,6 +202,9 @@ def validate(cfg: Config) -> None:
         problems.append(f"train.mixed_precision={t.mixed_precision!r}: use no, fp16 or bf16")
     if t.batch_size < 1 or t.grad_accum < 1 or t.lr <= 0:
         problems.append("train.batch_size, train.grad_accum must be >= 1 and train.lr > 0")
+    if not 0 <= t.ema_decay < 1:
+        problems.append(f"train.ema_decay={t.ema_decay}: use 0 (off) or a decay in (0, 1), "
+                        "e.g. 0.99")
     if t.epochs < 1 and t.max_steps < 1:
         problems.append("set train.epochs or train.max_steps to at least 1")
     if problems:

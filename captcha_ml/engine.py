@@ -20,6 +20,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -196,6 +197,11 @@ class Loop:
     progress: Progress
     tracker: tracking.Tracker | None
     out: Path
+    ema: AveragedModel | None = None
+
+    def weights(self) -> nn.Module:
+        """The network that is validated and saved: the weight average if on, else the model."""
+        return self.ema.module if self.ema is not None else self.accelerator.unwrap_model(self.model)
 
 
 def new_accelerator(**kwargs: Any) -> Accelerator:
@@ -257,10 +263,16 @@ def _prepare(cfg: Config, accelerator: Accelerator, tracker, out: Path) -> Loop:
     sched = make_scheduler(opt, cfg, total)
     progress = Progress()
     accelerator.register_for_checkpointing(sched)
+    ema = None
+    if t.ema_decay:
+        # Same updates on every rank (the weights are in sync), so no communication is needed.
+        ema = AveragedModel(accelerator.unwrap_model(model), use_buffers=True,
+                            multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay))
+        accelerator.register_for_checkpointing(ema)
     if tracker:
         _log_start(tracker, cfg, data, init_tags, total, out)
     return Loop(cfg, accelerator, data, model, opt, sched, train_dl, valid_dl, total, progress,
-                tracker, out)
+                tracker, out, ema)
 
 
 def _run(loop: Loop) -> dict[str, Any]:
@@ -323,6 +335,8 @@ def _train_batch(loop: Loop, batch: dict[str, Any], window: "_Window") -> bool:
     if not acc.sync_gradients:
         return False
     loop.sched.step()
+    if loop.ema is not None:
+        loop.ema.update_parameters(acc.unwrap_model(loop.model))
     p.step += 1
     _check_finite(loop, loss)
     return True
@@ -375,7 +389,8 @@ def _score(result: dict[str, float]) -> list[float]:
 def _validate(loop: Loop) -> bool:
     """Evaluate on the validation set, keep best/last checkpoints; True to stop early."""
     acc, p, cfg = loop.accelerator, loop.progress, loop.cfg
-    result, preds, labels = evaluate(loop.model, loop.valid_dl, acc, loop.data.charset)
+    result, preds, labels = evaluate(loop.model if loop.ema is None else loop.ema.module,
+                                     loop.valid_dl, acc, loop.data.charset)
     improved = not p.best or _score(result) > p.best
     if improved:
         p.best, p.best_step, p.stale_evals = _score(result), p.step, 0
@@ -384,7 +399,7 @@ def _validate(loop: Loop) -> bool:
     p.history.append({"step": p.step, **{k: round(v, 6) for k, v in result.items()}})
     if acc.is_main_process:
         extra = {"step": p.step, "val": result, "run_id": loop.tracker.run_id if loop.tracker else ""}
-        model = acc.unwrap_model(loop.model)
+        model = loop.weights()
         checkpoint.save(loop.out / "last.pt", model, loop.data.charset, loop.data.preprocess,
                         cfg.model, extra)
         if improved:

@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from captcha_ml import checkpoint, engine
 from captcha_ml.checkpoint import CheckpointError
+from captcha_ml.config import ConfigError
 from captcha_ml.tracking import TrackingError
 from helpers import tiny_config, write_manifests
 
@@ -42,8 +43,11 @@ def test_pretrain_writes_checkpoints_and_logs_run(tmp_path):
     assert result["model_uri"].startswith("models:/")
 
 
-def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
-    overrides = ["train.epochs=2", "train.save_every=2", "train.eval_every=4", "data.augment=true"]
+@pytest.mark.parametrize("ema", ["0", "0.9"])
+def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch, ema):
+    # With a weight average on, the average itself must be saved and restored too.
+    overrides = ["train.epochs=2", "train.save_every=2", "train.eval_every=4",
+                 "data.augment=true", f"train.ema_decay={ema}"]
     full = engine.train(tiny_config(tmp_path / "a", *overrides))
     save = engine._save_state
 
@@ -66,6 +70,24 @@ def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
     client = _client(tmp_path / "b")
     steps = [m.step for m in client.get_metric_history(resumed["run_id"], "train/loss")]
     assert steps == sorted(set(steps)) == [2, 4, 6, 8, 10, 12]
+
+
+def test_weight_average_is_what_is_validated_and_saved(tmp_path):
+    # A decay of ~1 keeps the average at its first value: the weights after step 1.
+    one_step = engine.train(tiny_config(tmp_path / "one", "train.max_steps=1",
+                                        "tracking.log_model=false"))
+    plain = engine.train(tiny_config(tmp_path / "plain", "train.max_steps=3",
+                                     "tracking.log_model=false"))
+    ema = engine.train(tiny_config(tmp_path / "ema", "train.max_steps=3",
+                                   "train.ema_decay=0.999999", "tracking.log_model=false"))
+    w1, w3, avg = (torch.load(r["best_checkpoint"].replace("best", "last"),
+                              weights_only=True)["state_dict"] for r in (one_step, plain, ema))
+    for key in w1:
+        assert torch.allclose(avg[key].float(), w1[key].float(), atol=1e-4), key
+    assert any(not torch.allclose(w3[k].float(), w1[k].float(), atol=1e-4) for k in w1)
+    assert ema["val"]["loss"] != plain["val"]["loss"]  # validation read the average too
+    with pytest.raises(ConfigError, match="train.ema_decay=1.0"):
+        tiny_config(tmp_path, "train.ema_decay=1")
 
 
 def test_resume_without_state_is_refused(tmp_path):
