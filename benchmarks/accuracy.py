@@ -10,7 +10,8 @@
 Recipes (all from experiments/, overridden only where said):
   pretrain+finetune  experiments/pretrain.yaml, then experiments/finetune.yaml from its best.pt
   finetune only      experiments/finetune.yaml from scratch (no init), same steps, its own
-                     peak learning rate (--scratch-lr, default 1e-3)
+                     peak learning rate (--scratch-lr, default 1e-3), real images only
+                     (data.synthetic_share=0)
   pretrain only      the pretrained model reading the real test split zero-shot
 The label curve finetunes on the first N images of a seeded shuffle of train.csv, with the same
 number of optimizer steps for every N. Model selection uses valid.csv; test.csv is read only by
@@ -122,8 +123,9 @@ def one_seed(seed: int, labels: list[str], style: str, args, uri: str) -> list[d
             if recipe == "finetune only" and seed not in args.scratch_seeds:
                 continue
             out = work / f"{recipe.replace(' ', '_').replace('+', '_')}_{n}"
-            # From scratch, the network has everything to learn: it gets its own learning rate.
-            lr = [] if init else [f"train.lr={args.scratch_lr}"]
+            # From scratch, the network has everything to learn: it gets its own learning rate,
+            # and sees real images only (synthetic ones would be pretraining by another name).
+            lr = [] if init else [f"train.lr={args.scratch_lr}", "data.synthetic_share=0"]
             ft, ft_time = run_stage("finetune", data + lr + [f"train.init_from={init}",
                                                              f"train.output_dir={out}"], work, uri)
             minutes = (ft_time + (pre_time if init else 0)) / 60
@@ -177,10 +179,12 @@ def main() -> None:
     if args.scratch_seeds is None:
         args.scratch_seeds = args.seeds
     if args.finetune_steps is None:
-        t = config.load(ROOT / "experiments" / "finetune.yaml").train
+        fine = config.load(ROOT / "experiments" / "finetune.yaml")
         with open(args.splits / "train.csv", newline="") as f:
             n_train = sum(1 for _ in csv.DictReader(f))
-        args.finetune_steps = t.epochs * -(-n_train // t.batch_size)
+        share = fine.data.synthetic_share  # an epoch holds that share of synthetic images more
+        n_epoch = n_train + round(n_train * share / (1 - share))
+        args.finetune_steps = fine.train.epochs * -(-n_epoch // fine.train.batch_size)
     uri = f"sqlite:///{args.work / 'mlflow.db'}"
     args.work.mkdir(parents=True, exist_ok=True)
     rows = [r for style in args.styles for seed in args.seeds

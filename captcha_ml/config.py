@@ -39,6 +39,9 @@ class DataConfig:
     synthetic_train_size: int = 100_000
     synthetic_valid_size: int = 10_000
     augment: bool = False
+    # Labeled data.train only: this share of every training epoch is synthetic images of
+    # data.style (few real images then do not wash out what pretraining taught); 0: real only.
+    synthetic_share: float = 0.0
     skip_bad: bool = False
     num_workers: int = 2
 
@@ -192,6 +195,11 @@ def validate(cfg: Config) -> None:
         problems.append(f"data.height x data.width = {d.height}x{d.width}: both must be >= 16")
     if len(set(d.charset)) != len(d.charset) or not d.charset:
         problems.append(f"data.charset={d.charset!r}: must be non-empty without repeated symbols")
+    if not 0 <= d.synthetic_share < 1:
+        problems.append(f"data.synthetic_share={d.synthetic_share}: use a share in [0, 1)")
+    elif d.synthetic_share and d.train == "synthetic":
+        problems.append("data.synthetic_share mixes synthetic images into labeled training "
+                        "data; with data.train=synthetic set it to 0")
     if m.depth not in ("layer2", "layer3", "layer4"):
         problems.append(f"model.depth={m.depth!r}: use layer2, layer3 or layer4")
     if m.head not in ("linear", "lstm"):

@@ -80,8 +80,13 @@ def build_data(cfg: Config) -> Data:
         return datasets.LabeledImages(_normalized(labeled.samples, charset), pre,
                                       augment=train and d.augment, seed=cfg.train.seed)
 
-    return Data(charset, pre, make(d.train, d.synthetic_train_size, True),
-                make(d.valid, d.synthetic_valid_size, False), {"train": d.train, "valid": d.valid})
+    train = make(d.train, d.synthetic_train_size, True)
+    if d.synthetic_share:
+        extra = round(len(train) * d.synthetic_share / (1 - d.synthetic_share))
+        train = datasets.MixedImages([train, datasets.SyntheticImages(
+            synthetic.spec_from_config(d), extra, pre, seed=cfg.train.seed, stream="mix")])
+    return Data(charset, pre, train, make(d.valid, d.synthetic_valid_size, False),
+                {"train": d.train, "valid": d.valid})
 
 
 def _normalized(samples: list[tuple[str, str]], charset: Charset) -> list[tuple[str, str]]:

@@ -47,6 +47,9 @@ FONT_MIX = ("DroidSansMono.ttf", "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaV
             "DejaVuSerif.ttf", "DejaVuSans-BoldOblique.ttf")
 MAX_HEIGHT = 40  # model input height cap (32..64 allowed): 40 keeps CPU training fast
 PRETRAIN_SHARE, FINETUNE_SHARE = 0.6, 0.4
+# Half of the finetuning images are style-matched synthetic ones: a few hundred real images
+# seen for hundreds of epochs would otherwise wash out what pretraining taught.
+FINETUNE_SYNTHETIC_SHARE = 0.5
 FALLBACK_IMAGES_PER_S = 60.0  # a 2-core CPU at 40x120 when idle; used when no probe runs
 
 
@@ -204,6 +207,12 @@ def _image_stats(path: str) -> dict[str, Any]:
     h, w = lum.shape
     rows = ink.mean(axis=1)
     text_rows = int((rows >= 0.3 * rows.max()).sum()) if ink.any() else h // 2
+    # The text line's horizontal extent: columns holding a good share of the densest columns'
+    # ink (a curve or strike crossing the whole image leaves only a few pixels per column).
+    cols = ink.sum(axis=0)
+    dense = np.flatnonzero(cols >= max(2.0, 0.35 * np.percentile(cols, 90))) if ink.any() else []
+    span = ((float(np.percentile(dense, 2)) / w, float(np.percentile(dense, 98) + 1) / w)
+            if len(dense) else (0.0, 1.0))
     isolated = ink & (_box_mean(ink, 7) < 0.2)
     mask = Image.fromarray(ink.astype(np.uint8) * 255)
     opened = np.asarray(mask.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))) > 0
@@ -212,7 +221,7 @@ def _image_stats(path: str) -> dict[str, Any]:
     left, right = lum[:, :edge][back[:, :edge]], lum[:, -edge:][back[:, -edge:]]
     return {"dark_text": bool(dark_text), "bg": np.median(rgb[back], axis=0) if back.any() else rgb.mean((0, 1)),
             "fg": np.median(rgb[ink], axis=0) if ink.any() else rgb.min((0, 1)),
-            "text_rows": text_rows, "dots": float(isolated.sum()) / 7.0,
+            "text_rows": text_rows, "span": span, "dots": float(isolated.sum()) / 7.0,
             "thin": float((ink & ~opened).sum()) / max(1.0, float(ink.sum())),
             "ramp": float(np.median(right) - np.median(left)) if left.size and right.size else 0.0}
 
@@ -242,19 +251,34 @@ def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0) -> tupl
     ramp = statistics.median(s["ramp"] for s in stats)
     drawer = "real" if dark and insp.channels == 1 and ramp > 20 else "captcha"
     letters = any(c.isalpha() for c in insp.charset)
+    lefts = [s["span"][0] for s in stats]
+    widths = [s["span"][1] - s["span"][0] for s in stats]
+    text_width = tuple(round(float(v), 3) for v in np.clip(np.percentile(widths, [10, 90]), 0.1, 1))
+    text_left = tuple(round(float(v), 3) for v in np.clip(np.percentile(lefts, [10, 90]), 0, 0.9))
+    palette = tuple(tuple(int(round(float(c))) for c in (*s["bg"], *s["fg"])) for s in stats[:32])
     spec = SyntheticSpec(
         style=drawer, width=w, height=h, charset=insp.charset, min_len=insp.min_len,
         max_len=insp.max_len, fonts=tuple(synthetic.font_path(f) for f in FONT_MIX),
-        font_sizes=sizes, background=bg, foreground=fg, dots=dots, curves=1 if thin > 0.1 else 0,
-        strikes=strikes, blur=(0.0, 0.6), grey=insp.channels == 1,
-        mixed_case=insp.mixed_case or (not insp.case_sensitive and letters))
+        font_sizes=sizes, background=bg, foreground=fg, dots=dots, strikes=strikes,
+        blur=(0.0, 0.6), grey=insp.channels == 1,
+        mixed_case=insp.mixed_case or (not insp.case_sensitive and letters),
+        # Measured: colour pairs and the text line's extent ("captcha" drawer).
+        palette=palette, text_width=text_width if drawer == "captcha" else (0.0, 0.0),
+        text_left=text_left if drawer == "captcha" else (0.0, 0.0),
+        # Not measured, drawn broadly for generality: a thin-to-thick curve on every image,
+        # stronger per-glyph warp and rotation than the library's defaults.
+        curves=1, curve_width=(1, 4), warp=(0.05, 0.3), rotate=(-20.0, 20.0))
     notes = [f"style: {'dark glyphs on light' if dark else 'light glyphs on dark'} background, "
              f"background {bg}, glyphs {fg} (5-95th percentiles over {len(stats)} images)",
              f"style: drawer {drawer!r}" + (" (left-right background ramp)" if drawer == "real" else ""),
              f"style: font sizes {sizes} from text height ~{text_h:.0f}px; fonts "
              f"{', '.join(FONT_MIX)} (a mix, for generality)",
-             f"style: noise dots {dots}, thin-stroke share {thin:.2f} -> strike lines {strikes}, "
-             f"curves {spec.curves}; blur {spec.blur}"
+             f"style: {len(palette)} (background, glyph) colour pairs taken from the sample"
+             + (f"; text line {text_width[0]:.2f}-{text_width[1]:.2f} of the width, starting at "
+                f"{text_left[0]:.2f}-{text_left[1]:.2f}" if drawer == "captcha" else ""),
+             f"style: noise dots {dots}, thin-stroke share {thin:.2f} -> strike lines {strikes}; "
+             f"for generality every image gets one curve (width {spec.curve_width}), glyph "
+             f"warp {spec.warp} and rotation {spec.rotate}; blur {spec.blur}"
              + ("; letters drawn in mixed case" if spec.mixed_case else "")]
     return spec, notes
 
@@ -337,6 +361,7 @@ def build_configs(insp: Inspection, out: Path, height: int, width: int, plan: Pl
         "train.lr=1e-3", f"train.eval_every={max(1, n_pre // 5)}", "tracking.log_model=false"])
     fine = config.load(None, common + [
         f"data.train={splits['train']}", f"data.valid={splits['valid']}", "data.augment=true",
+        f"data.style={out / 'style.yaml'}", f"data.synthetic_share={FINETUNE_SYNTHETIC_SHARE}",
         "train.stage=finetune", f"train.output_dir={out / 'finetune'}",
         f"train.init_from={out / 'pretrain' / 'best.pt'}", f"train.max_steps={n_fine}",
         f"train.batch_size={plan.finetune_batch}", "train.lr=1e-3", "train.warmup_frac=0.05",
@@ -412,7 +437,8 @@ def _configs(insp: Inspection, out: Path, spec: SyntheticSpec, splits: dict[str,
         pre, fine = build_configs(insp, out, height, width, plan, splits)
         note(f"budget: {budget_minutes:g} min at ~{ips:.0f} training images/s (probe) -> pretrain "
              f"{plan.pretrain_steps} steps x {plan.pretrain_batch} synthetic images, finetune "
-             f"{plan.finetune_steps} steps x {plan.finetune_batch} real images (augmented)")
+             f"{plan.finetune_steps} steps x {plan.finetune_batch} images (real, augmented; "
+             f"{FINETUNE_SYNTHETIC_SHARE:.0%} synthetic)")
         info = {"budget_minutes": budget_minutes, "probe_images_per_s": round(ips, 1),
                 **asdict(plan)}
     if max_steps:  # quick runs (tests, trials): few steps, one evaluation, small synthetic valid

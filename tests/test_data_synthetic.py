@@ -43,7 +43,8 @@ def test_real_style_keeps_glyph_shapes_and_places_text_left():
     assert img.size == (200, 50) and len(label) == 5
     assert cols.min() < 60 and cols.max() < 190  # text starts in the left part, like the real set
     for change in (dict(jitter=(3, 3)), dict(hooks=(0, 0)), dict(stretch=True),
-                   dict(pitch=(0.5, 0.6)), dict(rotate=(20.0, 20.0))):
+                   dict(pitch=(0.5, 0.6)), dict(rotate=(20.0, 20.0)), dict(squeeze=(0.7, 0.7)),
+                   dict(slant=(0.2, 0.2))):
         other = preset("real", charset="2345678bcdefgmnpwxy", **change)
         assert render(other, 0, 0)[0].tobytes() != img.tobytes(), change
 
@@ -61,12 +62,42 @@ def test_repeat_makes_twins_and_bad_values_are_refused():
 
 
 def test_style_file_round_trips_new_fields(tmp_path):
-    spec = preset("real", charset="ab", jitter=(1, 2), hooks=(0, 1), rotate=(-3.0, 3.0))
+    spec = preset("real", charset="ab", jitter=(1, 2), hooks=(0, 1), rotate=(-3.0, 3.0),
+                  palette=[[200, 210, 220, 5, 6, 7]], curve_width=[1, 3])
     path = save_style(spec, tmp_path / "s.yaml")
     loaded = SyntheticSpec(**load_style(path))
+    assert loaded.palette == ((200, 210, 220, 5, 6, 7),) and loaded.curve_width == (1, 3)
+    hash(loaded)  # nested palette rows stay hashable (specs key the per-process drawer cache)
     assert (loaded.jitter, loaded.hooks, loaded.rotate, loaded.stretch) == ((1, 2), (0, 1),
                                                                               (-3.0, 3.0), False)
     assert render(loaded, 1, 2)[0].tobytes() == render(spec, 1, 2)[0].tobytes()
+
+
+def test_palette_text_box_and_thick_curves():
+    """A palette pair colours background and glyphs; the text line stays in its box."""
+    bg, fg = (10, 200, 30), (250, 240, 0)
+    spec = SyntheticSpec(style="captcha", width=200, height=60, charset="ABCDEFGH", min_len=5,
+                         max_len=5, font_sizes=(30,), palette=(bg + fg,), text_width=(0.3, 0.3),
+                         text_left=(0.6, 0.6), curves=0, dots=0, strikes=(0, 0), grey=False)
+    img = np.asarray(render(spec, 0, 0)[0]).astype(int)
+    assert np.abs(img[0, 0] - bg).max() <= 12 + 8  # palette jitter, then the library's smoothing
+    ink = np.abs(img - img[0, 0]).sum(axis=2) > 150
+    cols = np.flatnonzero(ink.any(axis=0))
+    assert cols.min() >= 0.6 * 200 - 2 and cols.max() <= 0.9 * 200 + 2
+    assert np.abs(np.median(img[ink], axis=0) - fg).max() < 60
+    # Thick curves draw more ink than the library's 1-pixel arcs, on the same images.
+    thin = SyntheticSpec(**{**spec.to_dict(), "curves": 1, "text_width": (0.0, 0.0)})
+    thick = SyntheticSpec(**{**thin.to_dict(), "curve_width": (4, 4)})
+
+    def ink_share(sp):
+        return np.mean([(np.abs(np.asarray(render(sp, 0, i)[0]).astype(int) - bg).sum(axis=2)
+                         > 150).mean() for i in range(8)])
+
+    assert ink_share(thick) > ink_share(thin) + 0.01
+    with pytest.raises(DataError, match="six values"):
+        SyntheticSpec(palette=((1, 2, 3),))
+    with pytest.raises(DataError, match="text_width"):
+        SyntheticSpec(text_width=(0.5, 1.5))
 
 
 def test_spec_lengths_and_charset():

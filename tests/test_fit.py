@@ -104,6 +104,22 @@ def test_style_follows_polarity_and_colour(tmp_path):
     assert "dark glyphs on light" in notes_a[0] and "light glyphs on dark" in notes_b[0]
 
 
+def test_style_measures_text_line_and_colour_pairs(tmp_path):
+    """Text drawn in a known box with two colour pairs: the derived style finds both."""
+    pairs = ((235, 230, 200, 60, 90, 170), (200, 235, 235, 150, 40, 40))
+    truth = SyntheticSpec(style="captcha", width=200, height=70, charset=DIGITS, min_len=5,
+                          max_len=5, font_sizes=(30,), palette=pairs, text_width=(0.45, 0.55),
+                          text_left=(0.2, 0.3), curves=0, dots=0, strikes=(0, 0), grey=False)
+    spec, notes = fit.derive_style(_styled(tmp_path, "boxed", truth))
+    assert spec.style == "captcha" and not spec.grey
+    # The ink spans at most the box (a short text does not fill it).
+    assert 0.25 <= spec.text_width[0] <= spec.text_width[1] <= 0.6
+    assert 0.12 <= spec.text_left[0] <= spec.text_left[1] <= 0.38
+    for row in spec.palette:  # every measured pair is near one of the true pairs
+        assert min(max(abs(a - b) for a, b in zip(row[:3], p[:3])) for p in pairs) <= 25
+    assert len(spec.palette) >= 2 and any("text line" in n for n in notes)
+
+
 def test_style_file_round_trip_and_config(tmp_path):
     spec = SyntheticSpec(style="captcha", width=150, height=50, charset="abc",
                          fonts=(synthetic.font_path("DejaVuSerif.ttf"),), mixed_case=True)
@@ -136,6 +152,9 @@ def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
     fit_yaml = yaml.safe_load((out / "fit.yaml").read_text())
     assert fit_yaml["pretrain"]["data"]["style"] == str(out / "style.yaml")
     assert fit_yaml["finetune"]["train"]["init_from"] == str(out / "pretrain" / "best.pt")
+    # Finetuning mixes in synthetic images of the same derived style.
+    assert fit_yaml["finetune"]["data"]["style"] == str(out / "style.yaml")
+    assert fit_yaml["finetune"]["data"]["synthetic_share"] == fit.FINETUNE_SYNTHETIC_SHARE > 0
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("captcha_ml")
     runs = client.search_runs([exp.experiment_id])

@@ -103,7 +103,7 @@ def test_finetune_from_checkpoint_on_real_manifests(tmp_path, real_dir):
     cfg = tiny_config(tmp_path / "pre", "train.stage=finetune", f"data.train={m['train']}",
                       f"data.valid={m['valid']}", "data.charset=2345678bcdefgmnpwxy",
                       "data.min_len=5", "data.max_len=5", "data.augment=true",
-                      f"train.init_from={pre['best_checkpoint']}",
+                      "data.synthetic_share=0.25", f"train.init_from={pre['best_checkpoint']}",
                       f"train.output_dir={tmp_path / 'ft'}", "tracking.log_model=false")
     result = engine.train(cfg)
     assert result["val"]["count"] == 15
@@ -111,6 +111,23 @@ def test_finetune_from_checkpoint_on_real_manifests(tmp_path, real_dir):
     assert run.data.tags["pretrain_run_id"] == pre["run_id"]
     assert run.data.tags["stage"] == "finetune"
     assert {i.dataset.name for i in run.inputs.dataset_inputs} == {"train.csv", "valid.csv"}
+
+
+def test_synthetic_share_mixes_new_synthetic_images_into_real_training(tmp_path, real_dir):
+    m = write_manifests(real_dir, tmp_path / "splits")
+    cfg = tiny_config(tmp_path, f"data.train={m['train']}", f"data.valid={m['valid']}",
+                      "data.charset=2345678bcdefgmnpwxy", "data.min_len=5", "data.max_len=5",
+                      "data.synthetic_share=0.25")
+    train = engine.build_data(cfg).train
+    assert len(train) == 24 + 8  # 24 real images are 75% of the epoch
+    real_labels = {p.stem for p in sorted(real_dir.glob("*.png"))[:24]}
+    assert {train[i][1] for i in range(24)} == real_labels
+    first = train[30]
+    train.set_epoch(1)
+    assert train[30][1] != first[1] and train[0][1] == train[0][1]  # synthetic part is new
+    assert set(first[1]) <= set(cfg.data.charset) and first[0].shape == train[0][0].shape
+    with pytest.raises(ConfigError, match="synthetic_share"):
+        tiny_config(tmp_path, "data.synthetic_share=0.5")  # data.train is synthetic there
 
 
 def test_missing_init_checkpoint_is_named(tmp_path):

@@ -70,3 +70,25 @@ class SyntheticImages(Dataset):
             raise IndexError(f"index {index} out of range for {self.size} synthetic images")
         img, label = render(self.spec, f"{self.seed}/{self.stream}/epoch{self.epoch}", index)
         return self.preprocess(img), label
+
+
+class MixedImages(Dataset):
+    """Several datasets end to end (e.g. real images, then synthetic ones); ``set_epoch`` reaches
+    all of them, so the synthetic part is new every epoch while the real part is reshuffled."""
+
+    def __init__(self, parts: list[Dataset]) -> None:
+        self.parts = parts
+
+    def set_epoch(self, epoch: int) -> None:
+        for part in self.parts:
+            part.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return sum(len(part) for part in self.parts)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        for part in self.parts:
+            if index < len(part):
+                return part[index]
+            index -= len(part)
+        raise IndexError(f"index out of range for {len(self)} images")

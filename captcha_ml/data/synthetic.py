@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -76,6 +77,17 @@ class SyntheticSpec:
     # captcha_images_v2; (0, 0): placed by their own widths, as the captcha library does
     repeat: float = 0.0  # chance that a symbol repeats the previous one (touching twins: CTC's
     # hardest case, since only a blank frame between them keeps them apart)
+    squeeze: tuple[float, float] = (1.0, 1.0)  # "real" drawer, stretch off: per-glyph width
+    # scale (condensed or wide lettering, so glyphs are told apart by shape, not only width)
+    slant: tuple[float, float] = (0.0, 0.0)  # and per-glyph shear (positive leans right)
+    # Measured from a sample by `captcha-ml fit` (the defaults keep the drawers' own look):
+    palette: tuple[tuple[int, ...], ...] = ()  # (bg R, G, B, glyph R, G, B) pairs seen in the
+    # sample; when set, each image takes one (jittered) instead of the background/foreground ranges
+    text_width: tuple[float, float] = (0.0, 0.0)  # "captcha" drawer: the text line's width as a
+    # share of the canvas width; (0, 0): the text fills the canvas, as the library draws it
+    text_left: tuple[float, float] = (0.0, 0.0)  # and where the line starts (share of the width)
+    curve_width: tuple[int, int] = (1, 1)  # noise curves: stroke width range; above 1, half of
+    # them are smooth waves across the whole width instead of the library's thin arcs
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -86,6 +98,12 @@ class SyntheticSpec:
         if not (0 <= self.overlap < 1 and 0 <= self.repeat < 1):
             raise DataError(f"synthetic spec: overlap and repeat must be in [0, 1) "
                             f"(got {self.overlap}, {self.repeat})")
+        if any(len(p) != 6 for p in self.palette):
+            raise DataError("synthetic spec: palette entries are (bg R, G, B, glyph R, G, B), "
+                            f"six values each (got {list(self.palette)[:2]}...)")
+        if not 0 <= self.text_width[0] <= self.text_width[1] <= 1:
+            raise DataError(f"synthetic spec: text_width must be a range within [0, 1] "
+                            f"(got {self.text_width})")
 
     @property
     def font_files(self) -> tuple[str, ...]:
@@ -115,8 +133,15 @@ def preset(name: str, **overrides) -> SyntheticSpec:
     """A named spec (``captcha`` or ``real``) with any fields overridden."""
     if name not in _PRESETS:
         raise DataError(f"unknown synthetic style {name!r}; use one of {', '.join(_PRESETS)}")
-    tuples = {k: tuple(v) for k, v in overrides.items() if isinstance(v, list)}
-    return SyntheticSpec(**{**_PRESETS[name], **overrides, **tuples})
+    return SyntheticSpec(**{**_PRESETS[name], **_tuples(overrides)})
+
+
+def _tuples(fields: dict) -> dict:
+    """YAML lists as the tuples a (hashable, frozen) SyntheticSpec holds; palette rows too."""
+    out = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    if "palette" in out:
+        out["palette"] = tuple(tuple(int(c) for c in row) for row in out["palette"])
+    return out
 
 
 def spec_from_config(data: DataConfig, **overrides) -> SyntheticSpec:
@@ -165,7 +190,7 @@ def load_style(path: str | Path) -> dict:
     unknown = sorted(set(raw) - known) if isinstance(raw, dict) else ["(not a mapping)"]
     if unknown:
         raise DataError(f"{p}: unknown style keys {unknown}; valid keys: {', '.join(sorted(known))}")
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    fields = _tuples(raw)
     fields["fonts"] = tuple(font_path(f) for f in fields.get("fonts", ()))
     return fields
 
@@ -185,6 +210,7 @@ def save_style(spec: SyntheticSpec, path: str | Path, header: str = "") -> Path:
     d = spec.to_dict()
     d["fonts"] = [_font_name(f) for f in spec.fonts]
     d = {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+    d["palette"] = [list(row) for row in spec.palette]
     Path(path).write_text(header + yaml.safe_dump(d, sort_keys=False))
     return Path(path)
 
@@ -238,16 +264,69 @@ class SpecCaptcha(ImageCaptcha):
 
     def draw(self, chars: str, rng: random.Random) -> Image.Image:
         s = self.spec
-        bg = tuple(rng.randint(*s.background) for _ in range(3))
-        fg = tuple(rng.randint(*s.foreground) for _ in range(3)) + (rng.randint(220, 255),)
-        im = self.create_captcha_image(chars, fg, bg)
+        bg, fg = _colours(s, rng)
+        fg = fg + (rng.randint(220, 255),)
+        if s.text_width[1] > 0:
+            im = self._text_line(chars, fg, bg, rng)
+        else:
+            im = self.create_captcha_image(chars, fg, bg)
         if s.dots:
             self.create_noise_dots(im, fg, number=s.dots)
         for _ in range(s.curves):
-            self.create_noise_curve(im, fg)
+            _curve(self, im, rng, fg)
         if s.strikes[1] > 0:
             _strike(im, rng, rng.randint(*s.strikes), fg[:3])
         return im.filter(ImageFilter.SMOOTH)
+
+
+    def _text_line(self, chars: str, fg: tuple, bg: tuple, rng: random.Random) -> Image.Image:
+        """The text drawn into a box of ``text_width`` of the canvas, placed at ``text_left``."""
+        s = self.spec
+        box = max(8, int(rng.uniform(*s.text_width) * s.width))
+        full, self._width = self._width, box
+        try:
+            text = self.create_captcha_image(chars, fg, bg)
+        finally:
+            self._width = full
+        canvas = Image.new("RGB", (s.width, s.height), bg)
+        left = min(int(rng.uniform(*s.text_left) * s.width), s.width - box)
+        canvas.paste(text, (max(0, left), 0))
+        return canvas
+
+
+def _colours(s: SyntheticSpec, rng: random.Random) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Background and glyph colour: a jittered palette pair, else drawn from the ranges."""
+    if s.palette:
+        row = rng.choice(s.palette)
+        near = tuple(min(255, max(0, c + rng.randint(-12, 12))) for c in row)
+        return near[:3], near[3:]
+    bg = tuple(rng.randint(*s.background) for _ in range(3))
+    return bg, tuple(rng.randint(*s.foreground) for _ in range(3))
+
+
+def _curve(drawer: ImageCaptcha, im: Image.Image, rng: random.Random, colour: tuple) -> None:
+    """A noise curve: the library's thin arc, or (with a curve_width above 1) a thick arc or a
+    smooth wave through random heights across the whole width, like other generators draw."""
+    lo, hi = drawer.spec.curve_width
+    if hi <= 1:
+        drawer.create_noise_curve(im, colour)
+        return
+    w, h = im.size
+    width = rng.randint(lo, hi)
+    draw = ImageDraw.Draw(im)
+    if rng.random() < 0.5:
+        x0, y0 = rng.randint(0, w // 5), rng.randint(0, h // 2)
+        box = (x0, y0, rng.randint(w * 4 // 5, w), rng.randint(y0 + h // 4, h + h // 2))
+        draw.arc(box, rng.randint(150, 200), rng.randint(320, 390), fill=colour, width=width)
+        return
+    knots = [rng.uniform(0.15, 0.85) * h for _ in range(rng.randint(3, 5))]
+    points = []
+    for x in range(0, w + 1, 2):  # cosine interpolation between evenly spaced knots
+        t = x / w * (len(knots) - 1)
+        i = min(int(t), len(knots) - 2)
+        f = (1 - math.cos(math.pi * (t - i))) / 2
+        points.append((x, knots[i] * (1 - f) + knots[i + 1] * f))
+    draw.line(points, fill=colour, width=width, joint="curve")
 
 
 class RealCaptcha(SpecCaptcha):
@@ -271,6 +350,7 @@ class RealCaptcha(SpecCaptcha):
         right = int(draw.textbbox((0, 0), c, font=font)[2])
         im = Image.new("RGBA", (right + 8, ascent + descent + 4))
         ImageDraw.Draw(im).text((4, 2), c, font=font, fill=color)
+        im = _squeeze_slant(im, self.spec, rand)
         lo, hi = self.character_rotate
         im = im.rotate(lo + rand.randbits(32) / 2**32 * (hi - lo), Image.BILINEAR)
         box = im.getbbox() or (0, 0, im.width, im.height)
@@ -314,13 +394,28 @@ class RealCaptcha(SpecCaptcha):
         canvas.paste(text, (x, y))
         out = ImageChops.darker(_gradient(w, h, rng, s.background), canvas)
         for _ in range(s.curves):
-            self.create_noise_curve(out, (ink, ink, ink))
+            _curve(self, out, rng, (ink, ink, ink))
         _strike(out, rng, rng.randint(*s.strikes), ink)
         _hooks(out, rng, rng.randint(*s.hooks), ink, x)
         if s.dots:
             self.create_noise_dots(out, (ink, ink, ink), width=1, number=s.dots)
         radius = rng.uniform(*s.blur)
         return out.filter(ImageFilter.GaussianBlur(radius)) if radius > 0 else out
+
+
+def _squeeze_slant(im: Image.Image, spec: SyntheticSpec, rand) -> Image.Image:
+    """Scale a glyph's width and shear it, by amounts drawn from the spec's ranges."""
+    (s_lo, s_hi), (k_lo, k_hi) = spec.squeeze, spec.slant
+    if (s_lo, s_hi) != (1.0, 1.0):
+        f = s_lo + rand.randbits(32) / 2**32 * (s_hi - s_lo)
+        im = im.resize((max(1, round(im.width * f)), im.height), Image.BILINEAR)
+    if (k_lo, k_hi) != (0.0, 0.0):
+        k = k_lo + rand.randbits(32) / 2**32 * (k_hi - k_lo)
+        h = im.height
+        # Output (x, y) reads input (x + k*y - shift, y): the top leans right for k > 0.
+        im = im.transform((im.width + int(abs(k) * h) + 1, h), Image.AFFINE,
+                          (1, k, -k * h if k > 0 else 0, 0, 1, 0), Image.BILINEAR)
+    return im
 
 
 def _jitter(text: Image.Image, rng: random.Random, copies: int) -> Image.Image:
