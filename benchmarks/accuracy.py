@@ -118,6 +118,7 @@ def one_seed(seed: int, labels: list[str], style: str, args, uri: str) -> list[d
                 f"train.max_steps={args.finetune_steps}",
                 # The same number of validations for every N (not one per epoch of N images).
                 f"train.eval_every={-(-args.finetune_steps // args.evals)}",
+                f"data.style={style}",  # what data.synthetic_share mixes in
                 *args.finetune_overrides]
         for recipe, init in (("pretrain+finetune", pre["best_checkpoint"]), ("finetune only", "")):
             if recipe == "finetune only" and seed not in args.scratch_seeds:
@@ -176,10 +177,13 @@ def main() -> None:
                    help="validations per finetune run (default 40: once per epoch of the recipe)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "accuracy.json")
     args = p.parse_args()
+    if args.evals < 1:
+        p.error("--evals must be at least 1")
     if args.scratch_seeds is None:
         args.scratch_seeds = args.seeds
     if args.finetune_steps is None:
-        fine = config.load(ROOT / "experiments" / "finetune.yaml")
+        fine = config.load(ROOT / "experiments" / "finetune.yaml",
+                           [*args.overrides, *args.finetune_overrides])
         with open(args.splits / "train.csv", newline="") as f:
             n_train = sum(1 for _ in csv.DictReader(f))
         share = fine.data.synthetic_share  # an epoch holds that share of synthetic images more

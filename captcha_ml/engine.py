@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -272,12 +272,27 @@ def _prepare(cfg: Config, accelerator: Accelerator, tracker, out: Path) -> Loop:
     if t.ema_decay:
         # Same updates on every rank (the weights are in sync), so no communication is needed.
         ema = AveragedModel(accelerator.unwrap_model(model), use_buffers=True,
-                            multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay))
+                            avg_fn=partial(_ema_step, decay=t.ema_decay))
         accelerator.register_for_checkpointing(ema)
     if tracker:
         _log_start(tracker, cfg, data, init_tags, total, out)
     return Loop(cfg, accelerator, data, model, opt, sched, train_dl, valid_dl, total, progress,
                 tracker, out, ema)
+
+
+def _ema_step(average: torch.Tensor, current: torch.Tensor, count: torch.Tensor,
+              decay: float) -> torch.Tensor:
+    """One moving-average update; the decay ramps up over the first updates, so the average
+    does not hold on to the starting weights (1 - decay of the weight goes to each new step)."""
+    d = min(decay, (1 + float(count)) / (10 + float(count)))
+    return average + (current - average) * (1 - d)
+
+
+def _sync_ema_buffers(loop: Loop) -> None:
+    """Each rank updates BatchNorm statistics from its own batches; use rank 0's everywhere."""
+    if loop.ema is not None and loop.accelerator.num_processes > 1:
+        for buffer in loop.ema.module.buffers():
+            torch.distributed.broadcast(buffer, src=0)
 
 
 def _run(loop: Loop) -> dict[str, Any]:
@@ -394,6 +409,7 @@ def _score(result: dict[str, float]) -> list[float]:
 def _validate(loop: Loop) -> bool:
     """Evaluate on the validation set, keep best/last checkpoints; True to stop early."""
     acc, p, cfg = loop.accelerator, loop.progress, loop.cfg
+    _sync_ema_buffers(loop)
     result, preds, labels = evaluate(loop.model if loop.ema is None else loop.ema.module,
                                      loop.valid_dl, acc, loop.data.charset)
     improved = not p.best or _score(result) > p.best
@@ -439,6 +455,10 @@ def _save_state(loop: Loop) -> None:
 
 
 def _load_state(loop: Loop, state: Path) -> None:
+    saved_ema = (state / "custom_checkpoint_1.pkl").is_file()  # 0 is the scheduler
+    if saved_ema != (loop.ema is not None):
+        raise TrainingError(f"--resume: {state} was saved with train.ema_decay "
+                            f"{'on' if saved_ema else 'off (0)'}; resume with the same setting")
     loop.accelerator.load_state(str(state))
     loop.progress.load_state_dict(
         {k: v for k, v in json.loads((state / "progress.json").read_text()).items()
@@ -464,7 +484,10 @@ def _log_start(tracker: tracking.Tracker, cfg: Config, data: Data, init_tags: di
     tracker.set_tags(tags)
     tracker.log_dict(cfg.to_dict(), "config.yaml")
     tracker.log_dict(data.charset.to_dict(), "charset.json")
-    for context, source in (("training", data.sources["train"]), ("validation", data.sources["valid"])):
+    sources = [("training", data.sources["train"]), ("validation", data.sources["valid"])]
+    if cfg.data.synthetic_share:
+        sources.append(("training", "synthetic"))  # the synthetic part of a mixed epoch
+    for context, source in sources:
         if source == "synthetic":
             style = Path(cfg.data.style)
             # A style file is identified by its contents, a preset by its name.

@@ -263,7 +263,8 @@ def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0) -> tupl
         blur=(0.0, 0.6), grey=insp.channels == 1,
         mixed_case=insp.mixed_case or (not insp.case_sensitive and letters),
         # Measured: colour pairs and the text line's extent ("captcha" drawer).
-        palette=palette, text_width=text_width if drawer == "captcha" else (0.0, 0.0),
+        palette=palette if drawer == "captcha" else (),  # "real" draws a grey ramp and ink
+        text_width=text_width if drawer == "captcha" else (0.0, 0.0),
         text_left=text_left if drawer == "captcha" else (0.0, 0.0),
         # Not measured, drawn broadly for generality: a thin-to-thick curve on every image,
         # stronger per-glyph warp and rotation than the library's defaults.
@@ -273,9 +274,10 @@ def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0) -> tupl
              f"style: drawer {drawer!r}" + (" (left-right background ramp)" if drawer == "real" else ""),
              f"style: font sizes {sizes} from text height ~{text_h:.0f}px; fonts "
              f"{', '.join(FONT_MIX)} (a mix, for generality)",
-             f"style: {len(palette)} (background, glyph) colour pairs taken from the sample"
-             + (f"; text line {text_width[0]:.2f}-{text_width[1]:.2f} of the width, starting at "
-                f"{text_left[0]:.2f}-{text_left[1]:.2f}" if drawer == "captcha" else ""),
+             (f"style: {len(palette)} (background, glyph) colour pairs taken from the sample; "
+              f"text line {text_width[0]:.2f}-{text_width[1]:.2f} of the width, starting at "
+              f"{text_left[0]:.2f}-{text_left[1]:.2f}" if drawer == "captcha" else
+              "style: grey ramp background and ink level from the ranges above"),
              f"style: noise dots {dots}, thin-stroke share {thin:.2f} -> strike lines {strikes}; "
              f"for generality every image gets one curve (width {spec.curve_width}), glyph "
              f"warp {spec.warp} and rotation {spec.rotate}; blur {spec.blur}"
@@ -414,10 +416,23 @@ class _Notes:
 
 
 def _repoint(pre: Config, fine: Config, out: Path, splits: dict[str, Path]) -> None:
-    """An edited fit.yaml keeps its settings; paths follow this run's OUT and split."""
+    """An edited fit.yaml keeps its settings; paths follow this run's OUT and split (a style
+    file too: `_adopt_style` copied the one the configs named to OUT/style.yaml)."""
     pre.train.output_dir, fine.train.output_dir = str(out / "pretrain"), str(out / "finetune")
     fine.data.train, fine.data.valid = str(splits["train"]), str(splits["valid"])
     fine.train.init_from = str(out / "pretrain" / "best.pt")
+    for cfg in (pre, fine):
+        if synthetic.is_style_file(cfg.data.style):
+            cfg.data.style = str(out / "style.yaml")
+
+
+def _adopt_style(config_path: str, out: Path) -> None:
+    """Rerunning an (edited) fit.yaml into another --out: bring the style file it trained on,
+    so that OUT/style.yaml (kept, not re-derived) is the style both stages use."""
+    pre, _ = read_fit_yaml(config_path)
+    src, dst = Path(pre.data.style), out / "style.yaml"
+    if synthetic.is_style_file(pre.data.style) and src.is_file() and not dst.exists():
+        dst.write_text(src.read_text())
 
 
 def _configs(insp: Inspection, out: Path, spec: SyntheticSpec, splits: dict[str, Path],
@@ -552,6 +567,8 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
     out = Path(out or Path("outputs/fit") / Path(data).stem)
     out.mkdir(parents=True, exist_ok=True)
     note = _Notes(say)
+    if config_path:
+        _adopt_style(config_path, out)
     insp, splits, spec = _prepare(data, out, case_sensitive, skip_bad, bool(config_path), seed, note)
     pre, fine, info = _configs(insp, out, spec, splits, budget_minutes, config_path, max_steps, note)
     for cfg in (pre, fine):

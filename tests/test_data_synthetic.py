@@ -98,6 +98,8 @@ def test_palette_text_box_and_thick_curves():
         SyntheticSpec(palette=((1, 2, 3),))
     with pytest.raises(DataError, match="text_width"):
         SyntheticSpec(text_width=(0.5, 1.5))
+    with pytest.raises(DataError, match="curve_width"):
+        SyntheticSpec(curve_width=(3, 1))
 
 
 def test_spec_lengths_and_charset():

@@ -169,6 +169,14 @@ def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
     fit_yaml["finetune"]["train"]["lr"] = 5e-4
     (out / "edited.yaml").write_text(yaml.safe_dump(fit_yaml))
     assert fit.read_fit_yaml(out / "edited.yaml")[1].train.lr == 5e-4
+    # Rerun into another --out: the style file the configs trained on comes along.
+    other = tmp_path / "other"
+    other.mkdir()
+    fit._adopt_style(str(out / "edited.yaml"), other)
+    assert (other / "style.yaml").read_text() == (out / "style.yaml").read_text()
+    pre, fine = fit.read_fit_yaml(out / "edited.yaml")
+    fit._repoint(pre, fine, other, {"train": other / "t.csv", "valid": other / "v.csv"})
+    assert pre.data.style == fine.data.style == str(other / "style.yaml")
     (out / "broken.yaml").write_text(yaml.safe_dump({"pretrain": fit_yaml["pretrain"]}))
     with pytest.raises(DataError, match="finetune"):
         fit.read_fit_yaml(out / "broken.yaml")

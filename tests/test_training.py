@@ -73,21 +73,25 @@ def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch, ema):
 
 
 def test_weight_average_is_what_is_validated_and_saved(tmp_path):
-    # A decay of ~1 keeps the average at its first value: the weights after step 1.
-    one_step = engine.train(tiny_config(tmp_path / "one", "train.max_steps=1",
-                                        "tracking.log_model=false"))
-    plain = engine.train(tiny_config(tmp_path / "plain", "train.max_steps=3",
-                                     "tracking.log_model=false"))
-    ema = engine.train(tiny_config(tmp_path / "ema", "train.max_steps=3",
-                                   "train.ema_decay=0.999999", "tracking.log_model=false"))
-    w1, w3, avg = (torch.load(r["best_checkpoint"].replace("best", "last"),
-                              weights_only=True)["state_dict"] for r in (one_step, plain, ema))
-    for key in w1:
-        assert torch.allclose(avg[key].float(), w1[key].float(), atol=1e-4), key
-    assert any(not torch.allclose(w3[k].float(), w1[k].float(), atol=1e-4) for k in w1)
-    assert ema["val"]["loss"] != plain["val"]["loss"]  # validation read the average too
+    # After two steps the average is w1 + (w2 - w1) * (1 - d), d = min(decay, 2/11) (warm-up).
+    runs = {}
+    for name, extra in (("one", ["train.max_steps=1"]), ("plain", ["train.max_steps=2"]),
+                        ("ema", ["train.max_steps=2", "train.ema_decay=0.5"])):
+        runs[name] = engine.train(tiny_config(tmp_path / name, *extra, "tracking.log_model=false"))
+    w1, w2, avg = (torch.load(tmp_path / n / "out" / "last.pt", weights_only=True)["state_dict"]
+                   for n in ("one", "plain", "ema"))
+    floats = [k for k in w1 if w1[k].is_floating_point()]
+    for key in floats:
+        assert torch.allclose(avg[key], w1[key] + (w2[key] - w1[key]) * (1 - 2 / 11),
+                              atol=1e-5), key
+    assert any(not torch.allclose(avg[k], w2[k], atol=1e-4) for k in floats)
+    assert runs["ema"]["val"]["loss"] != runs["plain"]["val"]["loss"]  # validation read it too
     with pytest.raises(ConfigError, match="train.ema_decay=1.0"):
         tiny_config(tmp_path, "train.ema_decay=1")
+    # A state saved without the average cannot be resumed with it (and the reverse).
+    with pytest.raises(engine.TrainingError, match="ema_decay"):
+        engine.train(tiny_config(tmp_path / "plain", "train.max_steps=3", "train.ema_decay=0.5"),
+                     resume=True)
 
 
 def test_resume_without_state_is_refused(tmp_path):
@@ -110,7 +114,8 @@ def test_finetune_from_checkpoint_on_real_manifests(tmp_path, real_dir):
     run = _client(tmp_path / "pre").get_run(result["run_id"])
     assert run.data.tags["pretrain_run_id"] == pre["run_id"]
     assert run.data.tags["stage"] == "finetune"
-    assert {i.dataset.name for i in run.inputs.dataset_inputs} == {"train.csv", "valid.csv"}
+    assert {i.dataset.name for i in run.inputs.dataset_inputs} == {
+        "train.csv", "valid.csv", "synthetic-real-training"}  # the mixed-in synthetic part
 
 
 def test_synthetic_share_mixes_new_synthetic_images_into_real_training(tmp_path, real_dir):

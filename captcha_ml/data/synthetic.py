@@ -101,9 +101,12 @@ class SyntheticSpec:
         if any(len(p) != 6 for p in self.palette):
             raise DataError("synthetic spec: palette entries are (bg R, G, B, glyph R, G, B), "
                             f"six values each (got {list(self.palette)[:2]}...)")
-        if not 0 <= self.text_width[0] <= self.text_width[1] <= 1:
-            raise DataError(f"synthetic spec: text_width must be a range within [0, 1] "
-                            f"(got {self.text_width})")
+        ranges = {"text_width": (self.text_width, 0, 1), "text_left": (self.text_left, 0, 1),
+                  "curve_width": (self.curve_width, 1, 64), "squeeze": (self.squeeze, 0.05, 10)}
+        for name, ((lo, hi), low, high) in ranges.items():
+            if not low <= lo <= hi <= high:
+                raise DataError(f"synthetic spec: {name} must be a range (low, high) within "
+                                f"[{low}, {high}] (got {(lo, hi)})")
 
     @property
     def font_files(self) -> tuple[str, ...]:
