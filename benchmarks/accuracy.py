@@ -2,7 +2,9 @@
 
     python benchmarks/accuracy.py --seeds 0 1 2 --scratch-seeds 0    # the README's main table
     python benchmarks/accuracy.py --seeds 0 1 2 --labels 50 100 200 --finetune-steps 500 \
-        --work outputs/benchmark_curve --out benchmarks/results/curve.json   # label-count curve
+        --out benchmarks/results/curve.json                               # label-count curve
+    python benchmarks/accuracy.py --seeds 0 1 2 --labels 100 --finetune-steps 500 \
+        --scratch-seeds --finetune-set train.ema_decay=0.99               # a finetuning variant
     python benchmarks/accuracy.py --styles captcha --seeds 0 --labels     # zero-shot per style
     python benchmarks/accuracy.py --styles experiments/styles/real_twins.yaml --seeds 0 \
         --scratch-seeds                                                   # a style ablation

@@ -270,7 +270,8 @@ def _prepare(cfg: Config, accelerator: Accelerator, tracker, out: Path) -> Loop:
     accelerator.register_for_checkpointing(sched)
     ema = None
     if t.ema_decay:
-        # Same updates on every rank (the weights are in sync), so no communication is needed.
+        # Parameters stay in sync across ranks, so every rank averages the same weights;
+        # BatchNorm statistics are taken from rank 0 before each validation (_sync_ema_buffers).
         ema = AveragedModel(accelerator.unwrap_model(model), use_buffers=True,
                             avg_fn=partial(_ema_step, decay=t.ema_decay))
         accelerator.register_for_checkpointing(ema)

@@ -96,7 +96,8 @@ def test_two_cpu_processes_make_one_run_and_count_every_image(tmp_path):
     overrides = [f"train.output_dir={tmp_path / 'out'}", "data.synthetic_valid_size=15",
                  "data.synthetic_train_size=40", "train.epochs=2", "train.log_every=1",
                  f"tracking.tracking_uri={env['MLFLOW_TRACKING_URI']}", "tracking.log_model=false",
-                 "tracking.experiment=ddp"]
+                 "tracking.experiment=ddp",
+                 "train.ema_decay=0.9"]  # the weight average, its rank-0 statistics, under DDP
     out = _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
                 "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
                 "--dynamo_backend", "no", "-m", "captcha_ml", "train", str(SMOKE),
