@@ -258,6 +258,8 @@ def _prepare(cfg: Config, accelerator: Accelerator, tracker, out: Path) -> Loop:
     data = build_data(cfg)
     model = build_model(cfg.model, data.charset.num_classes, cfg.data.channels)
     init_tags = init_weights(model, t.init_from, data.charset) if t.init_from else {}
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, cfg)
     train_dl = make_loader(data.train, cfg, data.charset, train=True)
     valid_dl = make_loader(data.valid, cfg, data.charset, train=False)

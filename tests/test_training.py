@@ -94,6 +94,26 @@ def test_weight_average_is_what_is_validated_and_saved(tmp_path):
                      resume=True)
 
 
+def test_channels_last_changes_the_memory_layout_not_the_weights(tmp_path):
+    states = {}
+    for layout in ("true", "false"):
+        engine.train(tiny_config(tmp_path / layout, "train.max_steps=2", "tracking.log_model=false",
+                                 f"train.channels_last={layout}"))
+        states[layout] = torch.load(tmp_path / layout / "out" / "last.pt",
+                                    weights_only=True)["state_dict"]
+    conv = "features.4.0.conv1.weight"  # 64x64x3x3: the two layouts differ in strides
+    assert states["true"][conv].is_contiguous(memory_format=torch.channels_last)
+    assert states["false"][conv].is_contiguous() and not states["true"][conv].is_contiguous()
+    # The same training up to float rounding, which AdamW can amplify only where a gradient is
+    # ~0 (its first steps move each weight by about lr in the gradient's sign): most weights
+    # agree to 1e-4, none differs by more than 2 steps x 2 x lr.
+    diffs = torch.cat([(states["true"][k].float() - v.float()).abs().flatten()
+                       for k, v in states["false"].items() if v.is_floating_point()])
+    assert diffs.max() <= 2 * 2 * 1e-3 + 1e-5 and (diffs > 1e-4).float().mean() < 0.05
+    model, *_ = checkpoint.load(tmp_path / "true" / "out" / "last.pt")  # loads as usual
+    assert model.features[4][0].conv1.weight.is_contiguous()
+
+
 def test_resume_without_state_is_refused(tmp_path):
     with pytest.raises(engine.TrainingError, match="no saved state"):
         engine.train(tiny_config(tmp_path), resume=True)
