@@ -22,7 +22,7 @@ import statistics
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ PRETRAIN_SHARE, FINETUNE_SHARE = 0.6, 0.4
 # Half of the finetuning images are style-matched synthetic ones: a few hundred real images
 # seen for hundreds of epochs would otherwise wash out what pretraining taught.
 FINETUNE_SYNTHETIC_SHARE = 0.5
+CALIBRATION_IMAGES = 24  # synthetic images measured per style-calibration round
 FALLBACK_IMAGES_PER_S = 60.0  # a 2-core CPU at 40x120 when idle; used when no probe runs
 
 
@@ -195,9 +196,9 @@ def _box_mean(mask: np.ndarray, k: int) -> np.ndarray:
     return s / (k * k)
 
 
-def _image_stats(path: str) -> dict[str, Any]:
+def _image_stats(image: str | Image.Image) -> dict[str, Any]:
     """Background / glyph colours, polarity, text height and noise measures of one image."""
-    rgb = np.asarray(load_image(path).convert("RGB"), dtype=np.float32)
+    rgb = np.asarray(load_image(image).convert("RGB"), dtype=np.float32)
     lum = rgb.mean(axis=2)
     bg = float(np.median(lum))
     lo, hi = np.percentile(lum, [2, 98])
@@ -269,6 +270,7 @@ def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0) -> tupl
         # Not measured, drawn broadly for generality: a thin-to-thick curve on every image,
         # stronger per-glyph warp and rotation than the library's defaults.
         curves=1, curve_width=(1, 4), warp=(0.05, 0.3), rotate=(-20.0, 20.0))
+    spec, calibration = calibrate(spec, stats)
     notes = [f"style: {'dark glyphs on light' if dark else 'light glyphs on dark'} background, "
              f"background {bg}, glyphs {fg} (5-95th percentiles over {len(stats)} images)",
              f"style: drawer {drawer!r}" + (" (left-right background ramp)" if drawer == "real" else ""),
@@ -281,8 +283,51 @@ def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0) -> tupl
              f"style: noise dots {dots}, thin-stroke share {thin:.2f} -> strike lines {strikes}; "
              f"for generality every image gets one curve (width {spec.curve_width}), glyph "
              f"warp {spec.warp} and rotation {spec.rotate}; blur {spec.blur}"
-             + ("; letters drawn in mixed case" if spec.mixed_case else "")]
+             + ("; letters drawn in mixed case" if spec.mixed_case else ""), calibration]
     return spec, notes
+
+
+def _line_measures(stats: list[dict[str, Any]]) -> tuple[float, float, float]:
+    """Median text-line width and start (shares of the image width) and text height (rows)."""
+    return (statistics.median(s["span"][1] - s["span"][0] for s in stats),
+            statistics.median(s["span"][0] for s in stats),
+            statistics.median(s["text_rows"] for s in stats))
+
+
+def calibrate(spec: SyntheticSpec, real_stats: list[dict[str, Any]], rounds: int = 3,
+              images: int = CALIBRATION_IMAGES) -> tuple[SyntheticSpec, str]:
+    """Measure rendered images exactly as the sample was measured and correct the text box and
+    font sizes until the two agree: a drawer's margins, overlaps and warp make its ink narrower
+    and shorter than the box and size it is given, so measured values are not drawable ones."""
+    real_w, real_left, real_h = _line_measures(real_stats)
+    boxed = spec.text_width[1] > 0
+
+    def measure(s: SyntheticSpec, seed: str) -> tuple[float, float, float]:
+        # The text alone: our own noise (curves reach across the image) would blur the measure.
+        quiet = replace(s, curves=0, strikes=(0, 0), dots=0)
+        return _line_measures([_image_stats(synthetic.render(quiet, seed, i)[0])
+                               for i in range(images)])
+
+    for r in range(rounds):
+        w, left, h = measure(spec, f"calibrate/{r}")
+        grow = float(np.clip(real_h / max(h, 1.0), 0.6, 1.6))
+        changes: dict[str, Any] = {"font_sizes": tuple(sorted({max(8, round(f * grow))
+                                                               for f in spec.font_sizes}))}
+        if boxed:
+            widen = float(np.clip(real_w / max(w, 1e-3), 0.6, 1.6))
+            tw = tuple(round(float(np.clip(v * widen, 0.1, 1.0)), 3) for v in spec.text_width)
+            shift = real_left - left
+            tl = tuple(round(float(np.clip(v + shift, 0.0, max(0.0, 1.0 - tw[1]))), 3)
+                       for v in spec.text_left)
+            changes.update(text_width=tw, text_left=tl)
+        spec = replace(spec, **changes)
+    w, left, h = measure(spec, "calibrate/check")
+    line = (f"calibration: synthetic text measured like the sample after {rounds} corrections: "
+            f"line width {w:.2f} (sample {real_w:.2f}), start {left:.2f} ({real_left:.2f}), "
+            f"height {h:.0f}px ({real_h:.0f}) -> font sizes {spec.font_sizes}")
+    if boxed:
+        line += f", text box {spec.text_width} starting at {spec.text_left}"
+    return spec, line
 
 
 def style_samples(insp: Inspection, spec: SyntheticSpec, n: int = 8) -> Image.Image:

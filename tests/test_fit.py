@@ -110,14 +110,37 @@ def test_style_measures_text_line_and_colour_pairs(tmp_path):
     truth = SyntheticSpec(style="captcha", width=200, height=70, charset=DIGITS, min_len=5,
                           max_len=5, font_sizes=(30,), palette=pairs, text_width=(0.45, 0.55),
                           text_left=(0.2, 0.3), curves=0, dots=0, strikes=(0, 0), grey=False)
-    spec, notes = fit.derive_style(_styled(tmp_path, "boxed", truth))
+    insp = _styled(tmp_path, "boxed", truth)
+    spec, notes = fit.derive_style(insp)
     assert spec.style == "captcha" and not spec.grey
-    # The ink spans at most the box (a short text does not fill it).
-    assert 0.25 <= spec.text_width[0] <= spec.text_width[1] <= 0.6
-    assert 0.12 <= spec.text_left[0] <= spec.text_left[1] <= 0.38
+    # Measured, then calibrated against renders of itself: the box and start come out near
+    # the truth, and the font size near the one the text was drawn with.
+    assert 0.38 <= spec.text_width[0] <= spec.text_width[1] <= 0.62
+    assert 0.14 <= spec.text_left[0] <= spec.text_left[1] <= 0.36
+    assert 22 <= sum(spec.font_sizes) / len(spec.font_sizes) <= 40
     for row in spec.palette:  # every measured pair is near one of the true pairs
         assert min(max(abs(a - b) for a, b in zip(row[:3], p[:3])) for p in pairs) <= 25
     assert len(spec.palette) >= 2 and any("text line" in n for n in notes)
+    assert any(n.startswith("calibration:") for n in notes)
+
+
+def test_calibration_corrects_a_wrong_guess(tmp_path):
+    """Start from a font twice too large and a box twice too narrow: after calibration the
+    renders measure like the sample (text height, line width and start)."""
+    truth = SyntheticSpec(style="captcha", width=200, height=70, charset=DIGITS, min_len=5,
+                          max_len=5, font_sizes=(30,), palette=((235, 230, 200, 60, 90, 170),),
+                          text_width=(0.5, 0.6), text_left=(0.2, 0.25), curves=0, dots=0,
+                          strikes=(0, 0), grey=False)
+    insp = _styled(tmp_path, "truth", truth)
+    real = [fit._image_stats(p) for p, _ in insp.samples[:24]]
+    wrong = SyntheticSpec(**{**truth.to_dict(), "font_sizes": (60,), "text_width": (0.25, 0.3),
+                             "text_left": (0.5, 0.55), "palette": truth.palette})
+    fixed, note = fit.calibrate(wrong, real)
+    real_w, real_left, real_h = fit._line_measures(real)
+    measured = [fit._image_stats(synthetic.render(fixed, "check", i)[0]) for i in range(24)]
+    w, left, h = fit._line_measures(measured)
+    assert abs(w - real_w) < 0.05 and abs(left - real_left) < 0.05 and abs(h - real_h) <= 3
+    assert fixed.font_sizes[0] < 45 and "calibration" in note
 
 
 def test_style_file_round_trip_and_config(tmp_path):

@@ -283,17 +283,23 @@ class SpecCaptcha(ImageCaptcha):
 
 
     def _text_line(self, chars: str, fg: tuple, bg: tuple, rng: random.Random) -> Image.Image:
-        """The text drawn into a box of ``text_width`` of the canvas, placed at ``text_left``."""
+        """The text's ink scaled to span ``text_width`` of the canvas, starting at ``text_left``
+        (the library would leave a text narrower than its box left-aligned in it, so the box
+        alone does not set how wide the text comes out)."""
         s = self.spec
         box = max(8, int(rng.uniform(*s.text_width) * s.width))
-        full, self._width = self._width, box
+        full, self._width = self._width, 2 * s.width  # room for the text at its natural width
         try:
             text = self.create_captcha_image(chars, fg, bg)
         finally:
             self._width = full
+        ink = ImageChops.difference(text, Image.new("RGB", text.size, bg)).convert("L")
+        cols = ink.point(lambda v: 255 if v > 24 else 0).getbbox()
+        if cols:
+            text = text.crop((cols[0], 0, cols[2], text.height))
         canvas = Image.new("RGB", (s.width, s.height), bg)
         left = min(int(rng.uniform(*s.text_left) * s.width), s.width - box)
-        canvas.paste(text, (max(0, left), 0))
+        canvas.paste(text.resize((box, s.height), Image.BILINEAR), (max(0, left), 0))
         return canvas
 
 
@@ -301,7 +307,11 @@ def _colours(s: SyntheticSpec, rng: random.Random) -> tuple[tuple[int, ...], tup
     """Background and glyph colour: a jittered palette pair, else drawn from the ranges."""
     if s.palette:
         row = rng.choice(s.palette)
-        near = tuple(min(255, max(0, c + rng.randint(-12, 12))) for c in row)
+        # One brightness shift for each colour and a small tint: independent channel jitter
+        # would turn a grey-beige background pink or green, which no sample image shows.
+        shift = rng.randint(-12, 12), rng.randint(-12, 12)
+        near = tuple(min(255, max(0, c + shift[i // 3] + rng.randint(-3, 3)))
+                     for i, c in enumerate(row))
         return near[:3], near[3:]
     bg = tuple(rng.randint(*s.background) for _ in range(3))
     return bg, tuple(rng.randint(*s.foreground) for _ in range(3))
