@@ -26,15 +26,14 @@ import argparse
 import csv
 import hashlib
 import json
-import platform
 import random
 import statistics
 import time
 from pathlib import Path
 
-import torch
 
 from captcha_ml import config, engine
+from machine import describe
 from captcha_ml.data import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,7 +194,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     rows = [r for style in args.styles for seed in args.seeds
             for r in one_seed(seed, args.labels, style, args, uri)]
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    machine = describe()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
     print(f"\nmachine: {machine}\n" + table(rows))

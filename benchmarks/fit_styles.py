@@ -24,6 +24,7 @@ from pathlib import Path
 from captcha_ml import fit, report
 from captcha_ml.data import synthetic
 from captcha_ml.data.synthetic import SyntheticSpec
+from machine import describe
 
 
 def _font(name: str) -> str:
@@ -97,6 +98,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     os.chdir(args.work)  # MLflow's artifact root (./mlruns) lands in the work folder
     uri = f"sqlite:///{args.work / 'mlflow.db'}"
+    print(f"machine: {describe()}", flush=True)
     rows = []
     for name in args.styles:
         data = args.work / "data" / name
