@@ -1,7 +1,7 @@
 """Synthetic captcha rendering speed (images/s) with 1 worker and with all workers.
 
     python benchmarks/synthetic_speed.py [--n 2000] [--style real] [--width 200 --height 50]
-    python benchmarks/synthetic_speed.py --config experiments/pretrain.yaml
+    python benchmarks/synthetic_speed.py --config experiments/pretrain.yaml [--set train.channels_last=false]
 
 Rendering only (no PNG encoding, no disk): what on-the-fly training data costs. With
 --config, also the rate at which that config's training step consumes images (forward,
@@ -47,6 +47,8 @@ def training_images_per_s(cfg: config_lib.Config, steps: int = 8) -> float:
     """Images/s consumed by optimizer steps of cfg's model on one in-memory batch."""
     data = engine.build_data(cfg)
     model = engine.build_model(cfg.model, data.charset.num_classes, cfg.data.channels).train()
+    if cfg.train.channels_last:  # as the training loop does
+        model = model.to(memory_format=torch.channels_last)
     opt = engine.make_optimizer(model, cfg)
     batch = engine.collate([data.train[i] for i in range(cfg.train.batch_size)], data.charset)
     for i in range(steps + 2):  # two warm-up steps
@@ -67,8 +69,10 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=50)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="'all workers'")
     parser.add_argument("--config", help="training config whose consumption rate to compare")
+    parser.add_argument("--set", nargs="*", default=[], dest="overrides", metavar="KEY=VALUE",
+                        help="overrides of --config, e.g. train.channels_last=false")
     args = parser.parse_args()
-    cfg = config_lib.load(args.config) if args.config else None
+    cfg = config_lib.load(args.config, args.overrides) if args.config else None
     if cfg:
         args.style, args.width, args.height = cfg.data.style, cfg.data.width, cfg.data.height
     spec = preset(args.style, width=args.width, height=args.height)

@@ -50,6 +50,7 @@ PRETRAIN_SHARE, FINETUNE_SHARE = 0.6, 0.4
 # Half of the finetuning images are style-matched synthetic ones: a few hundred real images
 # seen for hundreds of epochs would otherwise wash out what pretraining taught.
 FINETUNE_SYNTHETIC_SHARE = 0.5
+FINAL_RESERVE_S = 45.0  # after finetuning: test evaluation, registration, logging
 CALIBRATION_IMAGES = 24  # synthetic images measured per style-calibration round
 FALLBACK_IMAGES_PER_S = 60.0  # a 2-core CPU at 40x120 when idle; used when no probe runs
 
@@ -352,7 +353,7 @@ def probe_throughput(spec: SyntheticSpec, height: int, width: int, channels: int
     from .data.transforms import Preprocess
     from .model import build_model
 
-    model = build_model(ModelConfig(), num_classes, channels)
+    model = build_model(ModelConfig(), num_classes, channels).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randn(batch, channels, height, width)
     pre = Preprocess(height, width, channels)
@@ -390,6 +391,12 @@ def plan_budget(minutes: float, images_per_s: float, max_steps: int = 0) -> Plan
     if max_steps:
         plan.pretrain_steps = plan.finetune_steps = max_steps
     return plan
+
+
+def replan_finetune(planned: int, batch: int, seconds_left: float, images_per_s: float) -> int:
+    """Finetuning steps that fill the time left after pretraining, at the rate pretraining
+    actually ran (the probe's estimate is rough); at least a quarter of the planned steps."""
+    return max(1, planned // 4, int(seconds_left * images_per_s / batch))
 
 
 def build_configs(insp: Inspection, out: Path, height: int, width: int, plan: Plan,
@@ -536,8 +543,11 @@ def _eval_config(pre: Config, run_name: str) -> Config:
                               f"tracking.run_name={run_name}", "data.num_workers=0"])
 
 
-def _train(pre: Config, fine: Config, splits: dict[str, Path], note: _Notes) -> dict[str, Any]:
-    """pretrain -> zero-shot on valid -> finetune -> test: each a child run of the active run."""
+def _train(pre: Config, fine: Config, splits: dict[str, Path], note: _Notes,
+           deadline: float | None = None, replanned=None) -> dict[str, Any]:
+    """pretrain -> zero-shot on valid -> finetune -> test: each a child run of the active run.
+    With a ``deadline`` (perf_counter seconds), finetuning gets the time left (`replan_finetune`)
+    and ``replanned()`` is called after the finetune config changed."""
     import mlflow
 
     from . import engine
@@ -552,6 +562,18 @@ def _train(pre: Config, fine: Config, splits: dict[str, Path], note: _Notes) -> 
     mlflow.log_metrics({f"zero_shot/valid_{k}": v for k, v in zero.items() if k != "count"})
     note(f"zero-shot (pretrained only) on the real valid part: seq_acc {zero['seq_acc']:.4f}, "
          f"char_acc {zero['char_acc']:.4f}")
+    if deadline is not None:
+        ips = pre_result["steps"] * pre.train.batch_size / max(times["pretrain"], 1e-6)
+        left = deadline - time.perf_counter()
+        planned = fine.train.max_steps
+        fine.train.max_steps = replan_finetune(planned, fine.train.batch_size, left, ips)
+        fine.train.eval_every = max(1, fine.train.max_steps // 10)
+        note(f"budget: pretraining ran at {ips:.0f} images/s; {left / 60:.1f} min left -> "
+             f"finetune {fine.train.max_steps} steps (planned {planned})")
+        mlflow.log_params({"fit.finetune_steps_replanned": fine.train.max_steps,
+                           "fit.pretrain_images_per_s": round(ips, 1)})
+        if replanned:
+            replanned()
     t1 = time.perf_counter()
     fine_result = engine.train(fine)
     times["finetune"] = time.perf_counter() - t1
@@ -623,9 +645,19 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
     tracking.check_reachable(pre.tracking.tracking_uri)
     mlflow.set_experiment(pre.tracking.experiment)
     name = name or f"captcha-{out.name}"
+    # The budget holds for the whole command: finetuning gets what pretraining left of it,
+    # less a reserve for the test, registration and logging.
+    deadline = (start + 60 * budget_minutes - FINAL_RESERVE_S
+                if "budget_minutes" in info and not max_steps else None)
+
+    def replanned() -> None:  # fit.yaml says what ran, so a --config rerun repeats it
+        section["finetune_steps_replanned"] = fine.train.max_steps
+        write_fit_yaml(out / "fit.yaml", section, pre, fine)
+        mlflow.log_artifact(str(out / "fit.yaml"))
+
     with mlflow.start_run(run_name="fit") as parent:
         _log_parent(out, section, insp, spec)
-        result = _train(pre, fine, splits, note)
+        result = _train(pre, fine, splits, note, deadline, replanned)
         reg = _register(result["finetune"]["run_id"], name, note)
         minutes = (time.perf_counter() - start) / 60
         mlflow.log_metric("fit/minutes", minutes)

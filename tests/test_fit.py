@@ -203,3 +203,28 @@ def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
     (out / "broken.yaml").write_text(yaml.safe_dump({"pretrain": fit_yaml["pretrain"]}))
     with pytest.raises(DataError, match="finetune"):
         fit.read_fit_yaml(out / "broken.yaml")
+
+
+def test_budget_finetune_gets_the_time_pretraining_left(tmp_path, monkeypatch):
+    """With a budget (no --max-steps), finetuning is re-planned from the time actually left at
+    the rate pretraining ran; fit.yaml and the parent run record the steps that ran."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(fit, "probe_throughput", lambda *a, **k: 12.0)  # no probe: fixed plan
+    spec = synthetic.preset("captcha", charset=DIGITS, min_len=4, max_len=4, width=96, height=32)
+    synthetic.generate(tmp_path / "data", 60, spec, seed="budget", workers=1)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    lines: list[str] = []
+    result = fit.run(tmp_path / "data", tmp_path / "out", budget_minutes=1.2, tracking_uri=uri,
+                     name="budget", say=lines.append)
+    plan = fit.plan_budget(1.2, 12.0)
+    note = next(line for line in lines if "min left -> finetune" in line)
+    ran = int(note.split("-> finetune ")[1].split(" steps")[0])
+    assert f"(planned {plan.finetune_steps})" in note and ran >= plan.finetune_steps // 4
+    fit_yaml = yaml.safe_load((tmp_path / "out" / "fit.yaml").read_text())
+    assert fit_yaml["finetune"]["train"]["max_steps"] == ran
+    assert fit_yaml["fit"]["finetune_steps_replanned"] == ran
+    parent = MlflowClient(uri).get_run(result["parent_run_id"])
+    assert parent.data.params["fit.finetune_steps_replanned"] == str(ran)
+    assert float(parent.data.params["fit.pretrain_images_per_s"]) > 0
+    assert fit.replan_finetune(100, 16, seconds_left=-5, images_per_s=50) == 25  # floor
+    assert fit.replan_finetune(100, 16, seconds_left=64, images_per_s=50) == 200
