@@ -46,6 +46,7 @@ SPLIT_FRAC, SPLIT_MIN = 0.15, 10
 FONT_MIX = ("DroidSansMono.ttf", "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSansMono.ttf",
             "DejaVuSerif.ttf", "DejaVuSans-BoldOblique.ttf")
 MAX_HEIGHT = 40  # model input height cap (32..64 allowed): 40 keeps CPU training fast
+CTC_STEPS_PER_SYMBOL = 2  # the input is widened until CTC has this many steps per symbol
 PRETRAIN_SHARE, FINETUNE_SHARE = 0.6, 0.4
 # Half of the finetuning images are style-matched synthetic ones: a few hundred real images
 # seen for hundreds of epochs would otherwise wash out what pretraining taught.
@@ -161,15 +162,17 @@ def inspection_notes(insp: Inspection) -> list[str]:
 
 def model_input(size: tuple[int, int], max_len: int) -> tuple[int, int, str]:
     """(height, width, why): height 32..MAX_HEIGHT keeping the aspect, width a multiple of 8
-    with at least 2*max_len+1 CTC steps (room for a blank between repeated symbols)."""
+    with at least max(2*max_len+1, CTC_STEPS_PER_SYMBOL*max_len) CTC steps (room for a blank
+    between repeated symbols, and for each symbol's alignment)."""
     w, h = size
     height = min(MAX_HEIGHT, max(32, h))
     width = max(8, round(w * height / h / 8) * 8)
-    need = 8 * (2 * max_len + 1)
+    steps = max(2 * max_len + 1, CTC_STEPS_PER_SYMBOL * max_len)
+    need = 8 * steps
     why = f"height {height} (source {h}, kept in 32..{MAX_HEIGHT}), width {width} keeps the aspect"
     if width < need:
         width, why = need, (f"height {height}, width raised to {need} so CTC has "
-                            f"{2 * max_len + 1} >= 2*{max_len}+1 time steps")
+                            f"{steps} time steps for at most {max_len} symbols")
     return height, width, why + f"; CTC steps {output_length(width)}"
 
 
