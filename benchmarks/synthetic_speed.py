@@ -21,6 +21,7 @@ import torch
 from captcha_ml import config as config_lib
 from captcha_ml import engine
 from captcha_ml.data.synthetic import SyntheticSpec, preset, render
+from captcha_ml.model import channels_last
 
 
 def _render_range(args: tuple[SyntheticSpec, int, int]) -> int:
@@ -48,7 +49,7 @@ def training_images_per_s(cfg: config_lib.Config, steps: int = 8) -> float:
     data = engine.build_data(cfg)
     model = engine.build_model(cfg.model, data.charset.num_classes, cfg.data.channels).train()
     if cfg.train.channels_last:  # as the training loop does
-        model = model.to(memory_format=torch.channels_last)
+        model = channels_last(model)
     opt = engine.make_optimizer(model, cfg)
     batch = engine.collate([data.train[i] for i in range(cfg.train.batch_size)], data.charset)
     for i in range(steps + 2):  # two warm-up steps

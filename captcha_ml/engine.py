@@ -29,7 +29,7 @@ from .charset import Charset
 from .config import Config
 from .data import datasets, real, synthetic
 from .data.transforms import Preprocess
-from .model import build_model
+from .model import build_model, channels_last
 
 
 class TrainingError(RuntimeError):
@@ -259,7 +259,7 @@ def _prepare(cfg: Config, accelerator: Accelerator, tracker, out: Path) -> Loop:
     model = build_model(cfg.model, data.charset.num_classes, cfg.data.channels)
     init_tags = init_weights(model, t.init_from, data.charset) if t.init_from else {}
     if t.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = channels_last(model)
     opt = make_optimizer(model, cfg)
     train_dl = make_loader(data.train, cfg, data.charset, train=True)
     valid_dl = make_loader(data.valid, cfg, data.charset, train=False)

@@ -354,9 +354,9 @@ def probe_throughput(spec: SyntheticSpec, height: int, width: int, channels: int
 
     from .config import ModelConfig
     from .data.transforms import Preprocess
-    from .model import build_model
+    from .model import build_model, channels_last
 
-    model = build_model(ModelConfig(), num_classes, channels).to(memory_format=torch.channels_last)
+    model = channels_last(build_model(ModelConfig(), num_classes, channels))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randn(batch, channels, height, width)
     pre = Preprocess(height, width, channels)

@@ -69,6 +69,12 @@ def _height_only_stride(layer: nn.Sequential) -> None:
         block.downsample[0].stride = (2, 1)
 
 
+def channels_last(model: nn.Module) -> nn.Module:
+    """The model with its 4-d weights in NHWC memory order (oneDNN's fast convolution layout
+    on CPUs, tensor-core friendly on GPUs); the values and the saved state are unchanged."""
+    return model.to(memory_format=torch.channels_last)
+
+
 def build_model(cfg: ModelConfig, num_classes: int, in_channels: int) -> CaptchaNet:
     model = CaptchaNet(num_classes, in_channels, cfg.depth, cfg.head, cfg.hidden, cfg.dropout)
     if cfg.imagenet_weights:

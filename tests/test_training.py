@@ -128,9 +128,15 @@ def test_finetune_from_checkpoint_on_real_manifests(tmp_path, real_dir):
                       f"data.valid={m['valid']}", "data.charset=2345678bcdefgmnpwxy",
                       "data.min_len=5", "data.max_len=5", "data.augment=true",
                       "data.synthetic_share=0.25", f"train.init_from={pre['best_checkpoint']}",
-                      f"train.output_dir={tmp_path / 'ft'}", "tracking.log_model=false")
+                      f"train.output_dir={tmp_path / 'ft'}", "tracking.log_model=false",
+                      "data.height=40", "data.width=128")
     result = engine.train(cfg)
     assert result["val"]["count"] == 15
+    # Pretraining may use a smaller input than finetuning (the default recipe does): the network
+    # is convolutional, and each checkpoint keeps the preprocessing it was trained with.
+    sizes = [(p.height, p.width) for _, _, p, _ in
+             (checkpoint.load(r["best_checkpoint"]) for r in (pre, result))]
+    assert sizes == [(32, 96), (40, 128)]
     run = _client(tmp_path / "pre").get_run(result["run_id"])
     assert run.data.tags["pretrain_run_id"] == pre["run_id"]
     assert run.data.tags["stage"] == "finetune"
