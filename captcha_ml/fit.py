@@ -218,6 +218,9 @@ def _image_stats(image: str | Image.Image) -> dict[str, Any]:
     dense = np.flatnonzero(cols >= max(2.0, 0.35 * np.percentile(cols, 90))) if ink.any() else []
     span = ((float(np.percentile(dense, 2)) / w, float(np.percentile(dense, 98) + 1) / w)
             if len(dense) else (0.0, 1.0))
+    # Gaps in the line: the share of its columns without dense ink (spaces between glyphs).
+    line = cols[int(span[0] * w):max(int(span[0] * w) + 1, int(span[1] * w))]
+    gaps = float((line < max(2.0, 0.35 * np.percentile(cols, 90))).mean()) if len(dense) else 0.0
     isolated = ink & (_box_mean(ink, 7) < 0.2)
     mask = Image.fromarray(ink.astype(np.uint8) * 255)
     opened = np.asarray(mask.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))) > 0
@@ -226,7 +229,7 @@ def _image_stats(image: str | Image.Image) -> dict[str, Any]:
     left, right = lum[:, :edge][back[:, :edge]], lum[:, -edge:][back[:, -edge:]]
     return {"dark_text": bool(dark_text), "bg": np.median(rgb[back], axis=0) if back.any() else rgb.mean((0, 1)),
             "fg": np.median(rgb[ink], axis=0) if ink.any() else rgb.min((0, 1)),
-            "text_rows": text_rows, "span": span, "dots": float(isolated.sum()) / 7.0,
+            "text_rows": text_rows, "span": span, "gaps": gaps, "dots": float(isolated.sum()) / 7.0,
             "thin": float((ink & ~opened).sum()) / max(1.0, float(ink.sum())),
             "ramp": float(np.median(right) - np.median(left)) if left.size and right.size else 0.0}
 
@@ -312,6 +315,9 @@ def calibrate(spec: SyntheticSpec, real_stats: list[dict[str, Any]], rounds: int
         return _line_measures([_image_stats(synthetic.render(quiet, seed, i)[0])
                                for i in range(images)])
 
+    spaces = ""
+    if boxed:  # the "captcha" drawer's spaces between glyphs: as many as the sample has gaps
+        spec, spaces = _calibrate_spaces(spec, real_stats, images)
     for r in range(rounds):
         w, left, h = measure(spec, f"calibrate/{r}")
         grow = float(np.clip(real_h / max(h, 1.0), 0.6, 1.6))
@@ -330,8 +336,29 @@ def calibrate(spec: SyntheticSpec, real_stats: list[dict[str, Any]], rounds: int
             f"line width {w:.2f} (sample {real_w:.2f}), start {left:.2f} ({real_left:.2f}), "
             f"height {h:.0f}px ({real_h:.0f}) -> font sizes {spec.font_sizes}")
     if boxed:
-        line += f", text box {spec.text_width} starting at {spec.text_left}"
+        line += f", text box {spec.text_width} starting at {spec.text_left}; {spaces}"
     return spec, line
+
+
+def _calibrate_spaces(spec: SyntheticSpec, real_stats: list[dict[str, Any]], images: int
+                      ) -> tuple[SyntheticSpec, str]:
+    """The chance of a space before a glyph whose renders have the sample's share of gap
+    columns in the text line: the share measured without spaces and with the library's 0.5,
+    interpolated (the library spaces half of its glyphs apart; many generators pack them)."""
+    real = statistics.median(s["gaps"] for s in real_stats)
+    quiet = replace(spec, curves=0, strikes=(0, 0), dots=0)
+
+    def gaps(spaces: float) -> float:
+        s = replace(quiet, spaces=spaces)
+        return statistics.median(_image_stats(synthetic.render(s, "calibrate/spaces", i)[0])["gaps"]
+                                 for i in range(images))
+
+    none, half = gaps(0.0), gaps(0.5)
+    spaces = 0.5 * (real - none) / (half - none) if half - none > 0.01 else 0.5
+    spaces = round(float(np.clip(spaces, 0.0, 1.0)), 2)
+    return (replace(spec, spaces=spaces),
+            f"gaps in the line {real:.2f} (renders: {none:.2f} without spaces, {half:.2f} with "
+            f"half of the glyphs spaced) -> spaces {spaces}")
 
 
 def style_samples(insp: Inspection, spec: SyntheticSpec, n: int = 8) -> Image.Image:

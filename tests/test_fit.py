@@ -143,6 +143,22 @@ def test_calibration_corrects_a_wrong_guess(tmp_path):
     assert fixed.font_sizes[0] < 45 and "calibration" in note
 
 
+@pytest.mark.parametrize("spaces", [0.0, 0.6])
+def test_calibration_finds_how_often_glyphs_are_spaced(tmp_path, spaces):
+    """The captcha library puts a space before half of the glyphs; other generators pack them.
+    The renders of the derived style get the sample's share of gaps in the text line."""
+    truth = SyntheticSpec(style="captcha", width=200, height=70, charset=DIGITS, min_len=5,
+                          max_len=5, font_sizes=(30,), palette=((235, 230, 200, 60, 90, 170),),
+                          text_width=(0.5, 0.6), text_left=(0.2, 0.25), curves=0, dots=0,
+                          strikes=(0, 0), grey=False, spaces=spaces)
+    real = [fit._image_stats(p) for p, _ in _styled(tmp_path, "truth", truth).samples[:24]]
+    fixed, note = fit.calibrate(SyntheticSpec(**{**truth.to_dict(), "spaces": 0.5,
+                                                 "palette": truth.palette}), real)
+    assert abs(fixed.spaces - spaces) <= 0.25 and f"spaces {fixed.spaces}" in note
+    with pytest.raises(DataError, match="spaces"):
+        SyntheticSpec(spaces=1.5)
+
+
 def test_style_file_round_trip_and_config(tmp_path):
     spec = SyntheticSpec(style="captcha", width=150, height=50, charset="abc",
                          fonts=(synthetic.font_path("DejaVuSerif.ttf"),), mixed_case=True)

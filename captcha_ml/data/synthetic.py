@@ -88,6 +88,8 @@ class SyntheticSpec:
     text_left: tuple[float, float] = (0.0, 0.0)  # and where the line starts (share of the width)
     curve_width: tuple[int, int] = (1, 1)  # noise curves: stroke width range; above 1, half of
     # them are smooth waves across the whole width instead of the library's thin arcs
+    spaces: float = 0.5  # "captcha" drawer: chance of a space before each glyph (the library's
+    # own habit; generators that pack glyphs tightly have none)
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -95,9 +97,9 @@ class SyntheticSpec:
         if not self.charset or not 1 <= self.min_len <= self.max_len:
             raise DataError(f"synthetic spec needs a charset and 1 <= min_len <= max_len "
                             f"(got {self.charset!r}, {self.min_len}, {self.max_len})")
-        if not (0 <= self.overlap < 1 and 0 <= self.repeat < 1):
-            raise DataError(f"synthetic spec: overlap and repeat must be in [0, 1) "
-                            f"(got {self.overlap}, {self.repeat})")
+        if not (0 <= self.overlap < 1 and 0 <= self.repeat < 1 and 0 <= self.spaces <= 1):
+            raise DataError(f"synthetic spec: overlap and repeat must be in [0, 1), spaces in "
+                            f"[0, 1] (got {self.overlap}, {self.repeat}, {self.spaces})")
         if any(len(p) != 6 for p in self.palette):
             raise DataError("synthetic spec: palette entries are (bg R, G, B, glyph R, G, B), "
                             f"six values each (got {list(self.palette)[:2]}...)")
@@ -263,6 +265,7 @@ class SpecCaptcha(ImageCaptcha):
         self.spec = spec
         self.character_rotate = tuple(spec.rotate)
         self.word_offset_dx = spec.overlap
+        self.word_space_probability = 1.0 - spec.spaces  # the library's name, inverted
         self.character_warp_dx = self.character_warp_dy = tuple(spec.warp)
 
     def draw(self, chars: str, rng: random.Random) -> Image.Image:
@@ -346,10 +349,10 @@ class RealCaptcha(SpecCaptcha):
     """The look of captcha_images_v2: text on the left 3/4 over a horizontal grey gradient."""
 
     character_offset_dy = (0, 3)
-    word_space_probability = 1.0  # never insert spaces: glyphs touch and overlap
 
     def __init__(self, spec: SyntheticSpec) -> None:
         super().__init__(spec)
+        self.word_space_probability = 1.0  # never insert spaces: glyphs touch and overlap
         self._text_width = int(spec.width * 0.68)  # the library fills this box, then we place it
 
     def _draw_character(self, c: str, draw: ImageDraw.ImageDraw, color) -> Image.Image:
