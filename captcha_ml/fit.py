@@ -215,12 +215,13 @@ def _image_stats(image: str | Image.Image) -> dict[str, Any]:
     # The text line's horizontal extent: columns holding a good share of the densest columns'
     # ink (a curve or strike crossing the whole image leaves only a few pixels per column).
     cols = ink.sum(axis=0)
-    dense = np.flatnonzero(cols >= max(2.0, 0.35 * np.percentile(cols, 90))) if ink.any() else []
+    dense_min = max(2.0, 0.35 * np.percentile(cols, 90))
+    dense = np.flatnonzero(cols >= dense_min) if ink.any() else []
     span = ((float(np.percentile(dense, 2)) / w, float(np.percentile(dense, 98) + 1) / w)
             if len(dense) else (0.0, 1.0))
     # Gaps in the line: the share of its columns without dense ink (spaces between glyphs).
     line = cols[int(span[0] * w):max(int(span[0] * w) + 1, int(span[1] * w))]
-    gaps = float((line < max(2.0, 0.35 * np.percentile(cols, 90))).mean()) if len(dense) else 0.0
+    gaps = float((line < dense_min).mean()) if len(dense) else 0.0
     isolated = ink & (_box_mean(ink, 7) < 0.2)
     mask = Image.fromarray(ink.astype(np.uint8) * 255)
     opened = np.asarray(mask.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))) > 0
