@@ -302,6 +302,13 @@ def _line_measures(stats: list[dict[str, Any]]) -> tuple[float, float, float]:
             statistics.median(s["text_rows"] for s in stats))
 
 
+def _text_stats(spec: SyntheticSpec, seed: str, images: int) -> list[dict[str, Any]]:
+    """`_image_stats` of renders of the style without its noise: the text alone, since our own
+    curves (they reach across the image) would blur the measures calibration compares."""
+    quiet = replace(spec, curves=0, strikes=(0, 0), dots=0)
+    return [_image_stats(synthetic.render(quiet, seed, i)[0]) for i in range(images)]
+
+
 def calibrate(spec: SyntheticSpec, real_stats: list[dict[str, Any]], rounds: int = 3,
               images: int = CALIBRATION_IMAGES) -> tuple[SyntheticSpec, str]:
     """Measure rendered images exactly as the sample was measured and correct the text box and
@@ -311,10 +318,7 @@ def calibrate(spec: SyntheticSpec, real_stats: list[dict[str, Any]], rounds: int
     boxed = spec.text_width[1] > 0
 
     def measure(s: SyntheticSpec, seed: str) -> tuple[float, float, float]:
-        # The text alone: our own noise (curves reach across the image) would blur the measure.
-        quiet = replace(s, curves=0, strikes=(0, 0), dots=0)
-        return _line_measures([_image_stats(synthetic.render(quiet, seed, i)[0])
-                               for i in range(images)])
+        return _line_measures(_text_stats(s, seed, images))
 
     spaces = ""
     if boxed:  # the "captcha" drawer's spaces between glyphs: as many as the sample has gaps
@@ -347,12 +351,10 @@ def _calibrate_spaces(spec: SyntheticSpec, real_stats: list[dict[str, Any]], ima
     columns in the text line: the share measured without spaces and with the library's 0.5,
     interpolated (the library spaces half of its glyphs apart; many generators pack them)."""
     real = statistics.median(s["gaps"] for s in real_stats)
-    quiet = replace(spec, curves=0, strikes=(0, 0), dots=0)
 
     def gaps(spaces: float) -> float:
-        s = replace(quiet, spaces=spaces)
-        return statistics.median(_image_stats(synthetic.render(s, "calibrate/spaces", i)[0])["gaps"]
-                                 for i in range(images))
+        return statistics.median(s["gaps"] for s in _text_stats(replace(spec, spaces=spaces),
+                                                                 "calibrate/spaces", images))
 
     none, half = gaps(0.0), gaps(0.5)
     spaces = 0.5 * (real - none) / (half - none) if half - none > 0.01 else 0.5
