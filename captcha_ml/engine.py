@@ -78,7 +78,8 @@ def build_data(cfg: Config) -> Data:
         labeled = real.read_labeled(source, charset=charset, min_len=d.min_len,
                                     max_len=d.max_len, skip_bad=d.skip_bad)
         return datasets.LabeledImages(_normalized(labeled.samples, charset), pre,
-                                      augment=train and d.augment, seed=cfg.train.seed)
+                                      augment=train and d.augment, seed=cfg.train.seed,
+                                      strength=d.augment_strength)
 
     train = make(d.train, d.synthetic_train_size, True)
     if d.synthetic_share:

@@ -38,6 +38,7 @@ def test_config_unknown_key_lists_valid_keys(tmp_path):
     ("data.channels=2", "data.channels=2"),
     ("model.depth=layer9", "layer2, layer3 or layer4"),
     ("data.min_len=6", "min <= max"),
+    ("data.augment_strength=0", "augment_strength"),
 ])
 def test_config_rejects_bad_values(override, message):
     with pytest.raises(ConfigError, match=message):

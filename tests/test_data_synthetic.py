@@ -169,6 +169,11 @@ def test_labeled_images_augment_and_broken_file(tmp_path, make_images):
     assert torch.equal(LabeledImages(samples, pre, augment=True, seed=1)[0][0], first)
     aug.set_epoch(1)
     assert not torch.equal(aug[0][0], first)
+    # data.augment_strength scales the jitter: same draws, larger moves away from the original.
+    gentle, strong = (LabeledImages(samples, pre, augment=True, seed=1, strength=k)[0][0]
+                      for k in (0.25, 2.0))
+    moved = [float((x - plain[0][0]).abs().mean()) for x in (gentle, strong)]
+    assert moved[0] < moved[1]
     Path(samples[1][0]).write_bytes(b"not a png")
     with pytest.raises(ImageError, match="bcd23.png"):
         plain[1]
