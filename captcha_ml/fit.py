@@ -45,7 +45,11 @@ RARE_COUNT = 5
 SPLIT_FRAC, SPLIT_MIN = 0.15, 10
 FONT_MIX = ("DroidSansMono.ttf", "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSansMono.ttf",
             "DejaVuSerif.ttf", "DejaVuSans-BoldOblique.ttf")
-MAX_HEIGHT = 40  # model input height cap (32..64 allowed): 40 keeps CPU training fast
+# Model input height caps (any 32..64 works). Pretraining, most of the training time, runs at
+# <= 40 rows for CPU speed; finetuning reads the real images at up to 56 (wheezy's warped glyphs
+# are ~14 rows high at 40). The network is convolutional, so the pretrained weights carry over
+# (captcha_images_v2: pretraining at 40x160, finetuning at 50x200 is the default recipe).
+PRETRAIN_MAX_HEIGHT, FINETUNE_MAX_HEIGHT = 40, 56
 CTC_STEPS_PER_SYMBOL = 2  # the input is widened until CTC has this many steps per symbol
 PRETRAIN_SHARE, FINETUNE_SHARE = 0.6, 0.4
 # Half of the finetuning images are style-matched synthetic ones: a few hundred real images
@@ -160,16 +164,17 @@ def inspection_notes(insp: Inspection) -> list[str]:
 
 # ----------------------------------------------------------------------------- 2. model input
 
-def model_input(size: tuple[int, int], max_len: int) -> tuple[int, int, str]:
-    """(height, width, why): height 32..MAX_HEIGHT keeping the aspect, width a multiple of 8
+def model_input(size: tuple[int, int], max_len: int, max_height: int = PRETRAIN_MAX_HEIGHT
+                ) -> tuple[int, int, str]:
+    """(height, width, why): height 32..max_height keeping the aspect, width a multiple of 8
     with at least max(2*max_len+1, CTC_STEPS_PER_SYMBOL*max_len) CTC steps (room for a blank
     between repeated symbols, and for each symbol's alignment)."""
     w, h = size
-    height = min(MAX_HEIGHT, max(32, h))
+    height = min(max_height, max(32, h))
     width = max(8, round(w * height / h / 8) * 8)
     steps = max(2 * max_len + 1, CTC_STEPS_PER_SYMBOL * max_len)
     need = 8 * steps
-    why = f"height {height} (source {h}, kept in 32..{MAX_HEIGHT}), width {width} keeps the aspect"
+    why = f"height {height} (source {h}, kept in 32..{max_height}), width {width} keeps the aspect"
     if width < need:
         width, why = need, (f"height {height}, width raised to {need} so CTC has "
                             f"{steps} time steps for at most {max_len} symbols")
@@ -408,19 +413,28 @@ def probe_throughput(spec: SyntheticSpec, height: int, width: int, channels: int
 class Plan:
     """How the budget is spent."""
 
-    images_per_s: float
+    images_per_s: float  # at the pretraining input
     pretrain_steps: int
     finetune_steps: int
     pretrain_batch: int = 32
     finetune_batch: int = 16
+    finetune_cost: float = 1.0  # time per finetuning image / per pretraining image
 
 
-def plan_budget(minutes: float, images_per_s: float, max_steps: int = 0) -> Plan:
+def input_cost(pre: tuple[int, int], fine: tuple[int, int]) -> float:
+    """Training time of an image at input ``fine`` relative to one at ``pre`` (height, width):
+    the pixel ratio, since convolutions dominate the step."""
+    return (fine[0] * fine[1]) / (pre[0] * pre[1])
+
+
+def plan_budget(minutes: float, images_per_s: float, max_steps: int = 0,
+                finetune_cost: float = 1.0) -> Plan:
     """Split the budget: a fixed reserve for startup, evaluation and logging, then 60/40."""
     train_s = max(30.0, 60 * minutes - min(120.0, 0.15 * 60 * minutes))
-    plan = Plan(images_per_s, 0, 0)
+    plan = Plan(images_per_s, 0, 0, finetune_cost=round(finetune_cost, 3))
     plan.pretrain_steps = max(1, int(PRETRAIN_SHARE * train_s * images_per_s / plan.pretrain_batch))
-    plan.finetune_steps = max(1, int(FINETUNE_SHARE * train_s * images_per_s / plan.finetune_batch))
+    plan.finetune_steps = max(1, int(FINETUNE_SHARE * train_s * images_per_s / finetune_cost
+                                     / plan.finetune_batch))
     if max_steps:
         plan.pretrain_steps = plan.finetune_steps = max_steps
     return plan
@@ -428,25 +442,30 @@ def plan_budget(minutes: float, images_per_s: float, max_steps: int = 0) -> Plan
 
 def replan_finetune(planned: int, batch: int, seconds_left: float, images_per_s: float) -> int:
     """Finetuning steps that fill the time left after pretraining, at the rate pretraining
-    actually ran (the probe's estimate is rough); at least a quarter of the planned steps."""
+    actually ran (the probe's estimate is rough; the caller scales it to the finetuning input);
+    at least a quarter of the planned steps."""
     return max(1, planned // 4, int(seconds_left * images_per_s / batch))
 
 
-def build_configs(insp: Inspection, out: Path, height: int, width: int, plan: Plan,
+def build_configs(insp: Inspection, out: Path, inputs: dict[str, tuple[int, int]], plan: Plan,
                   splits: dict[str, Path]) -> tuple[Config, Config]:
-    """The resolved pretrain and finetune configs."""
+    """The resolved pretrain and finetune configs; ``inputs`` maps each stage to its
+    (height, width)."""
     common = [f"data.charset={insp.charset}", f"data.case_sensitive={insp.case_sensitive}",
               f"data.min_len={insp.min_len}", f"data.max_len={insp.max_len}",
-              f"data.height={height}", f"data.width={width}", f"data.channels={insp.channels}",
-              "data.num_workers=1", "tracking.log_model=true"]
+              f"data.channels={insp.channels}", "data.num_workers=1", "tracking.log_model=true"]
+
+    def size(stage: str) -> list[str]:
+        return [f"data.height={inputs[stage][0]}", f"data.width={inputs[stage][1]}"]
+
     n_pre, n_fine = plan.pretrain_steps, plan.finetune_steps
-    pre = config.load(None, common + [
+    pre = config.load(None, common + size("pretrain") + [
         "data.train=synthetic", "data.valid=synthetic", f"data.style={out / 'style.yaml'}",
         f"data.synthetic_train_size={n_pre * plan.pretrain_batch}",
         "data.synthetic_valid_size=256", "train.stage=pretrain", f"train.output_dir={out / 'pretrain'}",
         "train.epochs=1", f"train.max_steps={n_pre}", f"train.batch_size={plan.pretrain_batch}",
         "train.lr=1e-3", f"train.eval_every={max(1, n_pre // 5)}", "tracking.log_model=false"])
-    fine = config.load(None, common + [
+    fine = config.load(None, common + size("finetune") + [
         f"data.train={splits['train']}", f"data.valid={splits['valid']}", "data.augment=true",
         f"data.style={out / 'style.yaml'}", f"data.synthetic_share={FINETUNE_SYNTHETIC_SHARE}",
         "train.stage=finetune", f"train.output_dir={out / 'finetune'}",
@@ -524,7 +543,10 @@ def _configs(insp: Inspection, out: Path, spec: SyntheticSpec, splits: dict[str,
              budget_minutes: float, config_path: str | None, max_steps: int,
              note: _Notes) -> tuple[Config, Config, dict[str, Any]]:
     height, width, why = model_input(insp.size, insp.max_len)
-    note(f"model input: {why}")
+    fine_h, fine_w, fine_why = model_input(insp.size, insp.max_len, FINETUNE_MAX_HEIGHT)
+    inputs = {"pretrain": (height, width), "finetune": (fine_h, fine_w)}
+    note(f"model input: pretraining {why}; finetuning "
+         + ("the same" if (fine_h, fine_w) == (height, width) else fine_why))
     if config_path:
         pre, fine = read_fit_yaml(config_path)
         _repoint(pre, fine, out, splits)
@@ -533,8 +555,9 @@ def _configs(insp: Inspection, out: Path, spec: SyntheticSpec, splits: dict[str,
     else:
         ips = (FALLBACK_IMAGES_PER_S if max_steps else  # --max-steps decides: no probe needed
                probe_throughput(spec, height, width, insp.channels, len(insp.charset) + 1))
-        plan = plan_budget(budget_minutes, ips, max_steps)
-        pre, fine = build_configs(insp, out, height, width, plan, splits)
+        plan = plan_budget(budget_minutes, ips, max_steps,
+                           input_cost(inputs["pretrain"], inputs["finetune"]))
+        pre, fine = build_configs(insp, out, inputs, plan, splits)
         note(f"budget: {budget_minutes:g} min at ~{ips:.0f} training images/s (probe) -> pretrain "
              f"{plan.pretrain_steps} steps x {plan.pretrain_batch} synthetic images, finetune "
              f"{plan.finetune_steps} steps x {plan.finetune_batch} images (real, augmented; "
@@ -597,12 +620,15 @@ def _train(pre: Config, fine: Config, splits: dict[str, Path], note: _Notes,
          f"char_acc {zero['char_acc']:.4f}")
     if deadline is not None:
         ips = pre_result["steps"] * pre.train.batch_size / max(times["pretrain"], 1e-6)
+        cost = input_cost((pre.data.height, pre.data.width), (fine.data.height, fine.data.width))
         left = deadline - time.perf_counter()
         planned = fine.train.max_steps
-        fine.train.max_steps = replan_finetune(planned, fine.train.batch_size, left, ips)
+        fine.train.max_steps = replan_finetune(planned, fine.train.batch_size, left, ips / cost)
         fine.train.eval_every = max(1, fine.train.max_steps // 10)
-        note(f"budget: pretraining ran at {ips:.0f} images/s; {left / 60:.1f} min left -> "
-             f"finetune {fine.train.max_steps} steps (planned {planned})")
+        note(f"budget: pretraining ran at {ips:.0f} images/s"
+             + (f" (finetuning's larger input: ~{ips / cost:.0f})" if cost != 1 else "")
+             + f"; {left / 60:.1f} min left -> finetune {fine.train.max_steps} steps "
+             f"(planned {planned})")
         mlflow.log_params({"fit.finetune_steps_replanned": fine.train.max_steps,
                            "fit.pretrain_images_per_s": round(ips, 1)})
         if replanned:

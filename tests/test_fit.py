@@ -85,6 +85,19 @@ def test_model_input_gives_ctc_enough_steps(size, max_len):
     assert CaptchaNet(11).output_length(w) == fit.output_length(w) >= 2 * max_len + 1
 
 
+def test_finetuning_reads_a_larger_input_and_the_plan_pays_for_it():
+    """Tall sources are pretrained at <= 40 rows and finetuned at up to 56; the budget gives
+    finetuning fewer steps in proportion to the pixels; short sources use one input."""
+    assert fit.model_input((200, 75), 5)[:2] == (40, 104)
+    assert fit.model_input((200, 75), 5, fit.FINETUNE_MAX_HEIGHT)[:2] == (56, 152)
+    assert fit.model_input((120, 40), 6, fit.FINETUNE_MAX_HEIGHT)[:2] == fit.model_input((120, 40), 6)[:2]
+    cost = fit.input_cost((40, 104), (56, 152))
+    assert cost == pytest.approx(56 * 152 / (40 * 104))
+    same, dear = fit.plan_budget(10, 100.0), fit.plan_budget(10, 100.0, finetune_cost=cost)
+    assert dear.pretrain_steps == same.pretrain_steps
+    assert dear.finetune_steps == pytest.approx(same.finetune_steps / cost, abs=1)
+
+
 def _styled(tmp_path: Path, name: str, spec: SyntheticSpec) -> fit.Inspection:
     synthetic.generate(tmp_path / name, 60, spec, seed=name, workers=1)
     return fit.inspect(tmp_path / name)
@@ -177,7 +190,7 @@ def test_style_file_round_trip_and_config(tmp_path):
 
 def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # MLflow's artifact root (./mlruns) goes under tmp_path
-    spec = synthetic.preset("captcha", charset=DIGITS, min_len=4, max_len=4, width=120, height=40)
+    spec = synthetic.preset("captcha", charset=DIGITS, min_len=4, max_len=4, width=144, height=48)
     synthetic.generate(tmp_path / "data", 60, spec, seed="e2e", workers=1)
     out, uri = tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = CliRunner().invoke(app, ["fit", str(tmp_path / "data"), "--out", str(out),
@@ -191,6 +204,10 @@ def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
     fit_yaml = yaml.safe_load((out / "fit.yaml").read_text())
     assert fit_yaml["pretrain"]["data"]["style"] == str(out / "style.yaml")
     assert fit_yaml["finetune"]["train"]["init_from"] == str(out / "pretrain" / "best.pt")
+    # Pretraining at height <= 40, finetuning at the source's 48 rows (aspect kept).
+    sizes = [(fit_yaml[k]["data"]["height"], fit_yaml[k]["data"]["width"])
+             for k in ("pretrain", "finetune")]
+    assert sizes == [(40, 120), (48, 144)]
     # Finetuning mixes in synthetic images of the same derived style.
     assert fit_yaml["finetune"]["data"]["style"] == str(out / "style.yaml")
     assert fit_yaml["finetune"]["data"]["synthetic_share"] == fit.FINETUNE_SYNTHETIC_SHARE > 0
