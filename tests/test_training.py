@@ -239,3 +239,25 @@ def test_cli_train_runs_and_errors(tmp_path):
     assert bad.exit_code == 2 and "valid keys are" in bad.output
     missing = runner.invoke(app, ["evaluate", str(tmp_path / "none.pt"), str(tmp_path)])
     assert missing.exit_code == 2 and "none.pt not found" in missing.output
+
+
+def test_experiment_configs_load_and_the_gpu_recipe_steps_on_a_cpu(tmp_path):
+    """Every shipped config and style file is valid; the seed-scale GPU recipe (bf16, 100k
+    images) runs as is apart from its sizes, here on the CPU (bf16 autocast)."""
+    from captcha_ml import config
+    from captcha_ml.data import synthetic
+    from helpers import ROOT
+
+    for path in sorted((ROOT / "experiments").glob("*.yaml")):
+        config.load(path)
+    for path in sorted((ROOT / "experiments" / "styles").glob("*.yaml")):
+        spec = synthetic.SyntheticSpec(**synthetic.load_style(path))
+        assert synthetic.render(spec, "check", 0)[0].size == (spec.width, spec.height)
+    cfg = config.load(ROOT / "experiments" / "pretrain_gpu.yaml", [
+        f"train.output_dir={tmp_path / 'out'}", f"tracking.tracking_uri=sqlite:///{tmp_path / 'm.db'}",
+        "data.synthetic_train_size=8", "data.synthetic_valid_size=4", "data.num_workers=0",
+        "train.batch_size=4", "train.eval_batch_size=4", "train.max_steps=1",
+        "tracking.log_model=false"])
+    assert cfg.train.mixed_precision == "bf16" and cfg.data.synthetic_train_size == 8
+    result = engine.train(cfg)
+    assert result["steps"] == 1 and (tmp_path / "out" / "best.pt").is_file()
