@@ -9,11 +9,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from captcha_ml import checkpoint, engine
+from captcha_ml import checkpoint, config, engine
 from captcha_ml.checkpoint import CheckpointError
 from captcha_ml.config import ConfigError
+from captcha_ml.data import synthetic
 from captcha_ml.tracking import TrackingError
-from helpers import tiny_config, write_manifests
+from helpers import ROOT, tiny_config, write_manifests
 
 
 def _client(tmp_path) -> MlflowClient:
@@ -244,10 +245,6 @@ def test_cli_train_runs_and_errors(tmp_path):
 def test_experiment_configs_load_and_the_gpu_recipe_steps_on_a_cpu(tmp_path):
     """Every shipped config and style file is valid; the seed-scale GPU recipe (bf16, 100k
     images) runs as is apart from its sizes, here on the CPU (bf16 autocast)."""
-    from captcha_ml import config
-    from captcha_ml.data import synthetic
-    from helpers import ROOT
-
     for path in sorted((ROOT / "experiments").glob("*.yaml")):
         config.load(path)
     for path in sorted((ROOT / "experiments" / "styles").glob("*.yaml")):
