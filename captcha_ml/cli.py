@@ -297,6 +297,9 @@ def fit(
     seed: int = typer.Option(0, help="Split and training seed."),
     max_steps: int = typer.Option(0, hidden=True, help="Steps per stage (quick trials, tests)."),
     tracking_uri: str = typer.Option("", help="Default: MLFLOW_TRACKING_URI or ./mlflow.db."),
+    reuse_pretrain: bool = typer.Option(True, help="Reuse OUT/pretrain when its pretraining "
+                                        "settings and style are unchanged (e.g. a --config "
+                                        "rerun that edits only finetuning)."),
 ) -> None:
     """Train a reader for a new captcha style from labeled examples: inspect, split, match the
     style, pretrain on synthetic, finetune, test, register (one MLflow parent run "fit")."""
@@ -304,4 +307,4 @@ def fit(
 
     fitting.run(data, out, not case_insensitive, budget_minutes,
                 str(config_path) if config_path else None, name, max_steps, tracking_uri, seed,
-                skip_bad, say=typer.echo)
+                skip_bad, reuse_pretrain, say=typer.echo)

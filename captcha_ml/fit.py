@@ -61,6 +61,7 @@ FINETUNE_AUGMENT_STRENGTH = 2.0
 FINAL_RESERVE_S = 45.0  # after finetuning: test evaluation, registration, logging
 CALIBRATION_IMAGES = 24  # synthetic images measured per style-calibration round
 FALLBACK_IMAGES_PER_S = 60.0  # a 2-core CPU at 40x120 when idle; used when no probe runs
+FIT_DEPTH = "layer3"  # model.depth of both stages (the last ResNet-18 stage kept)
 
 
 # ----------------------------------------------------------------------------- 1. inspect
@@ -386,7 +387,8 @@ def style_samples(insp: Inspection, spec: SyntheticSpec, n: int = 8) -> Image.Im
 # ----------------------------------------------------------------------------- 5. budget, configs
 
 def probe_throughput(spec: SyntheticSpec, height: int, width: int, channels: int,
-                     num_classes: int, batch: int = 32, steps: int = 2) -> float:
+                     num_classes: int, batch: int = 32, steps: int = 2,
+                     depth: str = FIT_DEPTH) -> float:
     """Training images/s on this machine: a few forward/backward passes plus rendering."""
     import torch
 
@@ -394,7 +396,7 @@ def probe_throughput(spec: SyntheticSpec, height: int, width: int, channels: int
     from .data.transforms import Preprocess
     from .model import build_model, channels_last
 
-    model = channels_last(build_model(ModelConfig(), num_classes, channels))
+    model = channels_last(build_model(ModelConfig(depth=depth), num_classes, channels))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randn(batch, channels, height, width)
     pre = Preprocess(height, width, channels)
@@ -456,12 +458,13 @@ def replan_finetune(planned: int, batch: int, seconds_left: float, images_per_s:
 
 
 def build_configs(insp: Inspection, out: Path, inputs: dict[str, tuple[int, int]], plan: Plan,
-                  splits: dict[str, Path]) -> tuple[Config, Config]:
+                  splits: dict[str, Path], seed: int = 0) -> tuple[Config, Config]:
     """The resolved pretrain and finetune configs; ``inputs`` maps each stage to its
     (height, width)."""
-    common = [f"data.charset={insp.charset}", f"data.case_sensitive={insp.case_sensitive}",
+    common = [f"train.seed={seed}", f"data.charset={insp.charset}", f"data.case_sensitive={insp.case_sensitive}",
               f"data.min_len={insp.min_len}", f"data.max_len={insp.max_len}",
-              f"data.channels={insp.channels}", "data.num_workers=1", "tracking.log_model=true"]
+              f"data.channels={insp.channels}", "data.num_workers=1", f"model.depth={FIT_DEPTH}",
+              "tracking.log_model=true"]
 
     def size(stage: str) -> list[str]:
         return [f"data.height={inputs[stage][0]}", f"data.width={inputs[stage][1]}"]
@@ -549,24 +552,27 @@ def _adopt_style(config_path: str, out: Path) -> None:
 
 
 def _configs(insp: Inspection, out: Path, spec: SyntheticSpec, splits: dict[str, Path],
-             budget_minutes: float, config_path: str | None, max_steps: int,
+             budget_minutes: float, config_path: str | None, max_steps: int, seed: int,
              note: _Notes) -> tuple[Config, Config, dict[str, Any]]:
     height, width, why = model_input(insp.size, insp.max_len)
     fine_h, fine_w, fine_why = model_input(insp.size, insp.max_len, FINETUNE_MAX_HEIGHT)
     inputs = {"pretrain": (height, width), "finetune": (fine_h, fine_w)}
-    note(f"model input: pretraining {why}; finetuning "
-         + ("the same" if (fine_h, fine_w) == (height, width) else fine_why))
     if config_path:
         pre, fine = read_fit_yaml(config_path)
+        pretrained_in = Path(pre.train.output_dir)  # the run that wrote it may be reusable
         _repoint(pre, fine, out, splits)
         note(f"configs: from {config_path} (budget not applied; paths follow --out)")
-        info = {"config": str(config_path)}
+        note(f"model input (from the configs): pretraining {pre.data.height}x{pre.data.width}, "
+             f"finetuning {fine.data.height}x{fine.data.width} (height x width)")
+        info = {"config": str(config_path), "pretrained_in": [pretrained_in]}
     else:
+        note(f"model input: pretraining {why}; finetuning "
+             + ("the same" if (fine_h, fine_w) == (height, width) else fine_why))
         ips = (FALLBACK_IMAGES_PER_S if max_steps else  # --max-steps decides: no probe needed
                probe_throughput(spec, height, width, insp.channels, len(insp.charset) + 1))
         plan = plan_budget(budget_minutes, ips, max_steps,
                            input_cost(inputs["pretrain"], inputs["finetune"]))
-        pre, fine = build_configs(insp, out, inputs, plan, splits)
+        pre, fine = build_configs(insp, out, inputs, plan, splits, seed)
         note(f"budget: {budget_minutes:g} min at ~{ips:.0f} training images/s (probe) -> pretrain "
              f"{plan.pretrain_steps} steps x {plan.pretrain_batch} synthetic images, finetune "
              f"{plan.finetune_steps} steps x {plan.finetune_batch} images (real, augmented at "
@@ -609,9 +615,59 @@ def _eval_config(pre: Config, run_name: str) -> Config:
                               f"tracking.run_name={run_name}", "data.num_workers=0"])
 
 
+PRETRAIN_RECORD = "fit_pretrain.json"  # in OUT/pretrain: what trained best.pt, and its result
+
+
+def pretrain_fingerprint(pre: Config) -> str:
+    """What decides the pretrained weights: the pretrain config (tracking aside), the style
+    file's text and the package version."""
+    from . import __version__
+
+    settings = pre.to_dict()
+    settings.pop("tracking")
+    settings["train"].pop("output_dir")  # where, not what: a rerun into another OUT may reuse
+    settings["data"].pop("style")  # the path; its text counts below
+    style = Path(pre.data.style)
+    style_text = style.read_text() if synthetic.is_style_file(pre.data.style) and style.is_file() else ""
+    blob = json.dumps(settings, sort_keys=True) + style_text + __version__
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_pretrain_record(pre: Config, result: dict[str, Any], seconds: float) -> None:
+    best = Path(result["best_checkpoint"]).resolve()  # found again from any working directory
+    record = {"fingerprint": pretrain_fingerprint(pre), "checkpoint_sha256": _file_digest(best),
+              "seconds": seconds, "result": {**result, "best_checkpoint": str(best)}}
+    path = Path(pre.train.output_dir) / PRETRAIN_RECORD
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1, default=str))
+    tmp.replace(path)
+
+
+def reusable_pretraining(pre: Config, folders: list[Path]) -> dict[str, Any] | None:
+    """The first record in ``folders`` of an earlier pretraining with ``pre``'s fingerprint
+    and an untouched best.pt, or None (then pretraining runs)."""
+    fingerprint = pretrain_fingerprint(pre)
+    for folder in folders:
+        try:
+            record = json.loads((Path(folder) / PRETRAIN_RECORD).read_text())
+            best = Path(record["result"]["best_checkpoint"])
+            if (record["fingerprint"] == fingerprint and best.is_file()
+                    and _file_digest(best) == record["checkpoint_sha256"]):
+                return record
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # no record, or an unreadable one
+    return None
+
+
 def _train(pre: Config, fine: Config, splits: dict[str, Path], note: _Notes,
-           deadline: float | None = None, replanned=None) -> dict[str, Any]:
+           deadline: float | None = None, replanned=None,
+           record: dict[str, Any] | None = None) -> dict[str, Any]:
     """pretrain -> zero-shot on valid -> finetune -> test: each a child run of the active run.
+    With a ``record`` (`reusable_pretraining`), its pretrained model is used instead of training.
     With a ``deadline`` (perf_counter seconds), finetuning gets the time left (`replan_finetune`)
     and ``replanned()`` is called after the finetune config changed."""
     import mlflow
@@ -619,17 +675,28 @@ def _train(pre: Config, fine: Config, splits: dict[str, Path], note: _Notes,
     from . import engine
 
     times, t0 = {}, time.perf_counter()
-    pre_result = engine.train(pre)
+    if record:
+        pre_result, pre_seconds = record["result"], record["seconds"]
+        note(f"pretrain: reusing {pre_result['best_checkpoint']} (same pretraining settings and "
+             f"style as the run {pre_result['run_id']} that wrote it; --no-reuse-pretrain trains "
+             f"again): synthetic valid seq_acc {pre_result['val'].get('seq_acc', 0):.4f}")
+        mlflow.set_tags({"fit.pretrain_reused_from_run": str(pre_result["run_id"])})
+    else:
+        record_path = Path(pre.train.output_dir) / PRETRAIN_RECORD
+        record_path.unlink(missing_ok=True)  # best.pt is about to change
+        pre_result = engine.train(pre)
+        pre_seconds = time.perf_counter() - t0
+        _write_pretrain_record(pre, pre_result, pre_seconds)
+        note(f"pretrain: synthetic valid seq_acc {pre_result['val'].get('seq_acc', 0):.4f} "
+             f"({pre_seconds / 60:.1f} min)")
     times["pretrain"] = time.perf_counter() - t0
-    note(f"pretrain: synthetic valid seq_acc {pre_result['val'].get('seq_acc', 0):.4f} "
-         f"({times['pretrain'] / 60:.1f} min)")
     zero = engine.evaluate_model(_eval_config(pre, "zero_shot"), pre_result["best_checkpoint"],
                                  str(splits["valid"]), split="valid")["metrics"]
     mlflow.log_metrics({f"zero_shot/valid_{k}": v for k, v in zero.items() if k != "count"})
     note(f"zero-shot (pretrained only) on the real valid part: seq_acc {zero['seq_acc']:.4f}, "
          f"char_acc {zero['char_acc']:.4f}")
     if deadline is not None:
-        ips = pre_result["steps"] * pre.train.batch_size / max(times["pretrain"], 1e-6)
+        ips = pre_result["steps"] * pre.train.batch_size / max(pre_seconds, 1e-6)
         cost = input_cost((pre.data.height, pre.data.width), (fine.data.height, fine.data.width))
         left = deadline - time.perf_counter()
         planned = fine.train.max_steps
@@ -693,7 +760,7 @@ def _prepare(data: str | Path, out: Path, case_sensitive: bool, skip_bad: bool,
 def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = True,
         budget_minutes: float = 15.0, config_path: str | None = None, name: str = "",
         max_steps: int = 0, tracking_uri: str = "", seed: int = 0, skip_bad: bool = False,
-        say=print) -> dict[str, Any]:
+        reuse_pretrain: bool = True, say=print) -> dict[str, Any]:
     """The whole fit (see the module docstring); returns metrics, run ids, files and times."""
     import mlflow
 
@@ -706,9 +773,14 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
     if config_path:
         _adopt_style(config_path, out)
     insp, splits, spec = _prepare(data, out, case_sensitive, skip_bad, bool(config_path), seed, note)
-    pre, fine, info = _configs(insp, out, spec, splits, budget_minutes, config_path, max_steps, note)
+    pre, fine, info = _configs(insp, out, spec, splits, budget_minutes, config_path, max_steps,
+                               seed, note)
     for cfg in (pre, fine):
         cfg.tracking.tracking_uri = tracking_uri or cfg.tracking.tracking_uri
+    pretrained_in = [out / "pretrain", *info.pop("pretrained_in", [])]
+    record = reusable_pretraining(pre, pretrained_in) if reuse_pretrain else None
+    if record:  # finetuning starts from it, wherever it is
+        fine.train.init_from = record["result"]["best_checkpoint"]
     section = _fit_section(insp, splits, info)
     write_fit_yaml(out / "fit.yaml", section, pre, fine)
     tracking.check_reachable(pre.tracking.tracking_uri)
@@ -726,7 +798,7 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
 
     with mlflow.start_run(run_name="fit") as parent:
         _log_parent(out, section, insp, spec)
-        result = _train(pre, fine, splits, note, deadline, replanned)
+        result = _train(pre, fine, splits, note, deadline, replanned, record)
         reg = _register(result["finetune"]["run_id"], name, note)
         minutes = (time.perf_counter() - start) / 60
         mlflow.log_metric("fit/minutes", minutes)

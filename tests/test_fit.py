@@ -239,6 +239,62 @@ def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
         fit.read_fit_yaml(out / "broken.yaml")
 
 
+def test_config_rerun_reuses_unchanged_pretraining(tmp_path, monkeypatch):
+    """A --config rerun that edits only finetuning reuses the pretrained model (into another
+    --out too); a changed pretrain section, a touched checkpoint or --no-reuse-pretrain train."""
+    monkeypatch.chdir(tmp_path)
+    spec = synthetic.preset("captcha", charset=DIGITS, min_len=4, max_len=4, width=96, height=32)
+    synthetic.generate(tmp_path / "data", 60, spec, seed="reuse", workers=1)
+    out, uri = tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def fit_(target: Path, *extra: str) -> str:
+        result = CliRunner().invoke(app, ["fit", str(tmp_path / "data"), "--out", str(target),
+                                          "--max-steps", "1", "--tracking-uri", uri, *extra])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert "pretrain: reusing" not in fit_(out)
+    best = out / "pretrain" / "best.pt"
+    first = best.read_bytes()
+    edited = yaml.safe_load((out / "fit.yaml").read_text())
+    edited["finetune"]["train"]["lr"] = 5e-4
+    (tmp_path / "edited.yaml").write_text(yaml.safe_dump(edited))
+    # Same OUT: reused, untouched, and finetuning starts from it.
+    output = fit_(out, "--config", str(tmp_path / "edited.yaml"))
+    assert f"pretrain: reusing {best.resolve()}" in output
+    assert best.read_bytes() == first
+    client = MlflowClient(uri)
+    parent = next(r for r in client.search_runs([client.get_experiment_by_name("captcha_ml")
+                                                 .experiment_id], order_by=["start_time DESC"])
+                  if r.info.run_name == "fit")
+    assert parent.data.tags["fit.pretrain_reused_from_run"]
+    # Another OUT: the fit.yaml's own pretraining is found and used where it lies.
+    other = tmp_path / "other"
+    output = fit_(other, "--config", str(tmp_path / "edited.yaml"))
+    assert f"pretrain: reusing {best.resolve()}" in output and not (other / "pretrain").exists()
+    assert (yaml.safe_load((other / "fit.yaml").read_text())["finetune"]["train"]["init_from"]
+            == str(best.resolve()))
+    # The opt-out trains again (and writes a new record); so would a changed pretrain section,
+    # a checkpoint changed behind the record's back, or an unreadable record.
+    pre, _ = fit.read_fit_yaml(tmp_path / "edited.yaml")
+    before = fit.reusable_pretraining(pre, [out / "pretrain"])["result"]["run_id"]
+    assert "pretrain: reusing" not in fit_(out, "--config", str(tmp_path / "edited.yaml"),
+                                           "--no-reuse-pretrain")
+    assert fit.reusable_pretraining(pre, [out / "pretrain"])["result"]["run_id"] != before
+    first = best.read_bytes()
+    changed, _ = fit.read_fit_yaml(tmp_path / "edited.yaml")
+    changed.train.lr = 5e-4
+    assert fit.reusable_pretraining(changed, [out / "pretrain"]) is None
+    (out / "style.yaml").write_text((out / "style.yaml").read_text().replace("dots:", "dots: 1 #"))
+    assert fit.reusable_pretraining(pre, [out / "pretrain"]) is None
+    (out / "style.yaml").write_text((out / "style.yaml").read_text().replace("dots: 1 #", "dots:"))
+    assert fit.reusable_pretraining(pre, [out / "pretrain"])
+    best.write_bytes(first + b"x")
+    assert fit.reusable_pretraining(pre, [out / "pretrain"]) is None
+    (out / "pretrain" / fit.PRETRAIN_RECORD).write_text("{not json")
+    assert fit.reusable_pretraining(pre, [out / "pretrain"]) is None
+
+
 def test_budget_finetune_gets_the_time_pretraining_left(tmp_path, monkeypatch):
     """With a budget (no --max-steps), finetuning is re-planned from the time actually left at
     the rate pretraining ran; fit.yaml and the parent run record the steps that ran."""
