@@ -108,7 +108,7 @@ def main() -> None:
     ap.add_argument("--styles", nargs="*", default=["wheezy", "alnum62", "lower4to7"],
                     choices=["wheezy", *styles()])
     ap.add_argument("--images", type=int, default=500)
-    ap.add_argument("--budget-minutes", type=float, default=15.0)
+    ap.add_argument("--budget-minutes", type=float, default=fit.DEFAULT_BUDGET_MINUTES)
     ap.add_argument("--work", type=Path, default=Path("/tmp/fit_styles"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--holdout", type=int, default=1000,

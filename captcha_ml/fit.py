@@ -58,6 +58,9 @@ FINETUNE_SYNTHETIC_SHARE = 0.5
 # Twice the default jitter on the real images: a few hundred of them are all fit has (wheezy:
 # test 0.43 -> 0.51, one seed; captcha_images_v2 with 100 labels: 0.9708 -> 0.9792, 3 seeds).
 FINETUNE_AUGMENT_STRENGTH = 2.0
+# The whole command's wall time; the target is 20 minutes per style on a 2-core CPU, and a
+# run ends within the budget, so 18 leaves a margin for a slow machine.
+DEFAULT_BUDGET_MINUTES = 18.0
 FINAL_RESERVE_S = 45.0  # after finetuning: test evaluation, registration, logging
 CALIBRATION_IMAGES = 24  # synthetic images measured per style-calibration round
 FALLBACK_IMAGES_PER_S = 60.0  # a 2-core CPU at 40x120 when idle; used when no probe runs
@@ -758,7 +761,7 @@ def _prepare(data: str | Path, out: Path, case_sensitive: bool, skip_bad: bool,
 
 
 def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = True,
-        budget_minutes: float = 15.0, config_path: str | None = None, name: str = "",
+        budget_minutes: float = DEFAULT_BUDGET_MINUTES, config_path: str | None = None, name: str = "",
         max_steps: int = 0, tracking_uri: str = "", seed: int = 0, skip_bad: bool = False,
         reuse_pretrain: bool = True, say=print) -> dict[str, Any]:
     """The whole fit (see the module docstring); returns metrics, run ids, files and times."""

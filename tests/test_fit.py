@@ -318,3 +318,14 @@ def test_budget_finetune_gets_the_time_pretraining_left(tmp_path, monkeypatch):
     assert float(parent.data.params["fit.pretrain_images_per_s"]) > 0
     assert fit.replan_finetune(100, 16, seconds_left=-5, images_per_s=50) == 25  # floor
     assert fit.replan_finetune(100, 16, seconds_left=64, images_per_s=50) == 200
+
+
+def test_cli_budget_default_is_fits():
+    """The CLI imports fit lazily (fast startup), so its default is written twice: keep them equal."""
+    from inspect import signature
+
+    from captcha_ml import cli
+
+    option = signature(cli.fit).parameters["budget_minutes"].default
+    assert (option.default == fit.DEFAULT_BUDGET_MINUTES
+            == signature(fit.run).parameters["budget_minutes"].default)
