@@ -464,10 +464,10 @@ def build_configs(insp: Inspection, out: Path, inputs: dict[str, tuple[int, int]
                   splits: dict[str, Path], seed: int = 0) -> tuple[Config, Config]:
     """The resolved pretrain and finetune configs; ``inputs`` maps each stage to its
     (height, width)."""
-    common = [f"train.seed={seed}", f"data.charset={insp.charset}", f"data.case_sensitive={insp.case_sensitive}",
+    common = [f"data.charset={insp.charset}", f"data.case_sensitive={insp.case_sensitive}",
               f"data.min_len={insp.min_len}", f"data.max_len={insp.max_len}",
               f"data.channels={insp.channels}", "data.num_workers=1", f"model.depth={FIT_DEPTH}",
-              "tracking.log_model=true"]
+              f"train.seed={seed}", "tracking.log_model=true"]
 
     def size(stage: str) -> list[str]:
         return [f"data.height={inputs[stage][0]}", f"data.width={inputs[stage][1]}"]
@@ -631,8 +631,9 @@ def pretrain_fingerprint(pre: Config) -> str:
     settings["train"].pop("output_dir")  # where, not what: a rerun into another OUT may reuse
     settings["data"].pop("style")  # the path; its text counts below
     style = Path(pre.data.style)
-    style_text = style.read_text() if synthetic.is_style_file(pre.data.style) and style.is_file() else ""
-    blob = json.dumps(settings, sort_keys=True) + style_text + __version__
+    style_file = synthetic.is_style_file(pre.data.style) and style.is_file()
+    blob = (json.dumps(settings, sort_keys=True) + (style.read_text() if style_file else "")
+            + __version__)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -761,9 +762,9 @@ def _prepare(data: str | Path, out: Path, case_sensitive: bool, skip_bad: bool,
 
 
 def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = True,
-        budget_minutes: float = DEFAULT_BUDGET_MINUTES, config_path: str | None = None, name: str = "",
-        max_steps: int = 0, tracking_uri: str = "", seed: int = 0, skip_bad: bool = False,
-        reuse_pretrain: bool = True, say=print) -> dict[str, Any]:
+        budget_minutes: float = DEFAULT_BUDGET_MINUTES, config_path: str | None = None,
+        name: str = "", max_steps: int = 0, tracking_uri: str = "", seed: int = 0,
+        skip_bad: bool = False, reuse_pretrain: bool = True, say=print) -> dict[str, Any]:
     """The whole fit (see the module docstring); returns metrics, run ids, files and times."""
     import mlflow
 

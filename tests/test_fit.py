@@ -321,7 +321,7 @@ def test_budget_finetune_gets_the_time_pretraining_left(tmp_path, monkeypatch):
 
 
 def test_cli_budget_default_is_fits():
-    """The CLI imports fit lazily (fast startup), so its default is written twice: keep them equal."""
+    """The CLI imports fit lazily (fast startup), so the default is written twice: equal."""
     from inspect import signature
 
     from captcha_ml import cli
