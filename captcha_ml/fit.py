@@ -819,12 +819,23 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
                         "test": result["test"].get("run_id")}, "inspection": insp.summary()}
 
 
+def confusion_line(test: dict[str, Any], top: int = 6) -> str:
+    """The test's most frequent misread symbols, where to look or label more examples."""
+    pairs = [f"{c['true']}->{c['pred']} x{c['count']}" for c in test.get("confusions", [])[:top]]
+    if not pairs:
+        return "test misreads: none of equal length (no symbol confusions to list)"
+    return ("test misreads, true->read: " + ", ".join(pairs)
+            + " (label more examples with these symbols; every misread is in the test run's "
+            "test_report.json)")
+
+
 def _summary(result: dict[str, Any], reg: dict[str, Any], minutes: float, out: Path,
              parent_id: str) -> list[str]:
     t, z = result["test"]["metrics"], result["zero_shot"]
     return ["--- fit summary ---",
             f"test: seq_acc {t['seq_acc']:.4f}  char_acc {t['char_acc']:.4f}  cer {t['cer']:.4f} "
             f"({int(t['count'])} images); zero-shot valid seq_acc {z['seq_acc']:.4f}",
+            confusion_line(result["test"]),
             f"time: {minutes:.1f} min (pretrain {result['times']['pretrain'] / 60:.1f}, "
             f"finetune {result['times']['finetune'] / 60:.1f})",
             f"model: {result['finetune']['best_checkpoint']}; registered "

@@ -197,6 +197,7 @@ def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
                                       "--max-steps", "2", "--tracking-uri", uri, "--name", "e2e"])
     assert result.exit_code == 0, result.output
     assert "zero-shot (pretrained only)" in result.output and "fit summary" in result.output
+    assert "test misreads" in result.output
     for name in ("fit.yaml", "style.yaml", "inspection.json", "style_samples.png",
                  "fit_report.txt", "splits/train.csv", "splits/valid.csv", "splits/test.csv",
                  "pretrain/best.pt", "finetune/best.pt"):
@@ -293,6 +294,16 @@ def test_config_rerun_reuses_unchanged_pretraining(tmp_path, monkeypatch):
     assert fit.reusable_pretraining(pre, [out / "pretrain"]) is None
     (out / "pretrain" / fit.PRETRAIN_RECORD).write_text("{not json")
     assert fit.reusable_pretraining(pre, [out / "pretrain"]) is None
+
+
+def test_summary_lists_the_most_confused_symbols():
+    from captcha_ml import metrics
+
+    preds, labels = ["8AB4", "8CB4", "1234", "12"], ["BAB4", "BCB4", "1234", "123"]
+    report = {"confusions": [{"true": t, "pred": p, "count": n}
+                             for (t, p), n in metrics.confusions(preds, labels).most_common()]}
+    assert fit.confusion_line(report).startswith("test misreads, true->read: B->8 x2 (")
+    assert "none of equal length" in fit.confusion_line({"confusions": []})
 
 
 def test_budget_finetune_gets_the_time_pretraining_left(tmp_path, monkeypatch):
