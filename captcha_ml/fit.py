@@ -390,8 +390,7 @@ def style_samples(insp: Inspection, spec: SyntheticSpec, n: int = 8) -> Image.Im
 # ----------------------------------------------------------------------------- 5. budget, configs
 
 def probe_throughput(spec: SyntheticSpec, height: int, width: int, channels: int,
-                     num_classes: int, batch: int = 32, steps: int = 2,
-                     depth: str = FIT_DEPTH) -> float:
+                     num_classes: int, batch: int = 32, steps: int = 2) -> float:
     """Training images/s on this machine: a few forward/backward passes plus rendering."""
     import torch
 
@@ -399,7 +398,7 @@ def probe_throughput(spec: SyntheticSpec, height: int, width: int, channels: int
     from .data.transforms import Preprocess
     from .model import build_model, channels_last
 
-    model = channels_last(build_model(ModelConfig(depth=depth), num_classes, channels))
+    model = channels_last(build_model(ModelConfig(depth=FIT_DEPTH), num_classes, channels))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randn(batch, channels, height, width)
     pre = Preprocess(height, width, channels)
@@ -562,12 +561,12 @@ def _configs(insp: Inspection, out: Path, spec: SyntheticSpec, splits: dict[str,
     inputs = {"pretrain": (height, width), "finetune": (fine_h, fine_w)}
     if config_path:
         pre, fine = read_fit_yaml(config_path)
-        pretrained_in = Path(pre.train.output_dir)  # the run that wrote it may be reusable
+        pretrained_in = pre.train.output_dir  # the run that wrote it may be reusable
         _repoint(pre, fine, out, splits)
         note(f"configs: from {config_path} (budget not applied; paths follow --out)")
         note(f"model input (from the configs): pretraining {pre.data.height}x{pre.data.width}, "
              f"finetuning {fine.data.height}x{fine.data.width} (height x width)")
-        info = {"config": str(config_path), "pretrained_in": [pretrained_in]}
+        info = {"config": str(config_path), "config_pretrain_dir": pretrained_in}
     else:
         note(f"model input: pretraining {why}; finetuning "
              + ("the same" if (fine_h, fine_w) == (height, width) else fine_why))
@@ -624,7 +623,7 @@ PRETRAIN_RECORD = "fit_pretrain.json"  # in OUT/pretrain: what trained best.pt, 
 def pretrain_fingerprint(pre: Config) -> str:
     """What decides the pretrained weights: the pretrain config (tracking aside), the style
     file's text and the package version."""
-    from . import __version__
+    from . import __version__, tracking
 
     settings = pre.to_dict()
     settings.pop("tracking")
@@ -632,18 +631,15 @@ def pretrain_fingerprint(pre: Config) -> str:
     settings["data"].pop("style")  # the path; its text counts below
     style = Path(pre.data.style)
     style_file = synthetic.is_style_file(pre.data.style) and style.is_file()
-    blob = (json.dumps(settings, sort_keys=True) + (style.read_text() if style_file else "")
-            + __version__)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return tracking.text_digest(json.dumps(settings, sort_keys=True)
+                                + (style.read_text() if style_file else "") + __version__)
 
 
 def _write_pretrain_record(pre: Config, result: dict[str, Any], seconds: float) -> None:
+    from .tracking import path_digest
+
     best = Path(result["best_checkpoint"]).resolve()  # found again from any working directory
-    record = {"fingerprint": pretrain_fingerprint(pre), "checkpoint_sha256": _file_digest(best),
+    record = {"fingerprint": pretrain_fingerprint(pre), "checkpoint_digest": path_digest(best),
               "seconds": seconds, "result": {**result, "best_checkpoint": str(best)}}
     path = Path(pre.train.output_dir) / PRETRAIN_RECORD
     tmp = path.with_suffix(".tmp")
@@ -654,13 +650,15 @@ def _write_pretrain_record(pre: Config, result: dict[str, Any], seconds: float) 
 def reusable_pretraining(pre: Config, folders: list[Path]) -> dict[str, Any] | None:
     """The first record in ``folders`` of an earlier pretraining with ``pre``'s fingerprint
     and an untouched best.pt, or None (then pretraining runs)."""
+    from .tracking import path_digest
+
     fingerprint = pretrain_fingerprint(pre)
     for folder in folders:
         try:
             record = json.loads((Path(folder) / PRETRAIN_RECORD).read_text())
             best = Path(record["result"]["best_checkpoint"])
             if (record["fingerprint"] == fingerprint and best.is_file()
-                    and _file_digest(best) == record["checkpoint_sha256"]):
+                    and path_digest(best) == record["checkpoint_digest"]):
                 return record
         except (OSError, ValueError, KeyError, TypeError):
             continue  # no record, or an unreadable one
@@ -781,8 +779,9 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
                                seed, note)
     for cfg in (pre, fine):
         cfg.tracking.tracking_uri = tracking_uri or cfg.tracking.tracking_uri
-    pretrained_in = [out / "pretrain", *info.pop("pretrained_in", [])]
-    record = reusable_pretraining(pre, pretrained_in) if reuse_pretrain else None
+    folders = [out / "pretrain"] + ([Path(info["config_pretrain_dir"])]
+                                    if "config_pretrain_dir" in info else [])
+    record = reusable_pretraining(pre, folders) if reuse_pretrain else None
     if record:  # finetuning starts from it, wherever it is
         fine.train.init_from = record["result"]["best_checkpoint"]
     section = _fit_section(insp, splits, info)
