@@ -301,6 +301,9 @@ def fit(
     reuse_pretrain: bool = typer.Option(True, help="Reuse OUT/pretrain when its pretraining "
                                         "settings and style are unchanged (e.g. a --config "
                                         "rerun that edits only finetuning)."),
+    precision: str = typer.Option("auto", help="Training precision: auto (bfloat16 autocast "
+                                  "where the probe finds it faster, e.g. CPUs with AMX), no "
+                                  "(float32) or bf16."),
 ) -> None:
     """Train a reader for a new captcha style from labeled examples: inspect, split, match the
     style, pretrain on synthetic, finetune, test, register (one MLflow parent run "fit")."""
@@ -308,4 +311,4 @@ def fit(
 
     fitting.run(data, out, not case_insensitive, budget_minutes,
                 str(config_path) if config_path else None, name, max_steps, tracking_uri, seed,
-                skip_bad, reuse_pretrain, say=typer.echo)
+                skip_bad, reuse_pretrain, precision, say=typer.echo)

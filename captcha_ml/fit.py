@@ -389,31 +389,75 @@ def style_samples(insp: Inspection, spec: SyntheticSpec, n: int = 8) -> Image.Im
 
 # ----------------------------------------------------------------------------- 5. budget, configs
 
+PRECISIONS = ("auto", "no", "bf16")  # fit's --precision: probe, float32, bfloat16 autocast
+# bfloat16 autocast is chosen when a training step runs this much faster than in float32: CPUs
+# with AMX or AVX512-BF16 run one ~2.4x faster (layer3 at 40x104: 143 -> 373 images/s), older
+# CPUs slower. Weights, optimizer and CTC stay float32 (model.forward's log_softmax).
+BF16_MIN_SPEEDUP = 1.3
+
+
+@dataclass
+class Probe:
+    """Training speed on this machine at the pretraining input, and the precision chosen."""
+
+    images_per_s: float  # at the chosen precision, rendering the synthetic images included
+    precision: str  # train.mixed_precision of both stages: "no" or "bf16"
+    step_images_per_s: dict[str, float]  # the training step alone, per precision measured
+    why: str = ""
+
+
+def _step_images_per_s(model, x, precision: str, steps: int) -> float:
+    """Images/s of forward + backward + optimizer steps, after one untimed warm-up step."""
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for i in range(steps + 1):
+        if i == 1:
+            start = time.perf_counter()
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = model(x).logsumexp(-1).mean()
+        loss.backward()
+        opt.step()
+    return steps * x.shape[0] / (time.perf_counter() - start)
+
+
 def probe_throughput(spec: SyntheticSpec, height: int, width: int, channels: int,
-                     num_classes: int, batch: int = 32, steps: int = 2) -> float:
-    """Training images/s on this machine: a few forward/backward passes plus rendering."""
+                     num_classes: int, precision: str = "auto", batch: int = 32,
+                     steps: int = 2) -> Probe:
+    """Training images/s on this machine (a few steps plus rendering), and with ``precision``
+    "auto", the faster of float32 and bfloat16 autocast (by at least BF16_MIN_SPEEDUP)."""
     import torch
 
     from .config import ModelConfig
     from .data.transforms import Preprocess
     from .model import build_model, channels_last
 
-    model = channels_last(build_model(ModelConfig(depth=FIT_DEPTH), num_classes, channels))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x = torch.randn(batch, channels, height, width)
     pre = Preprocess(height, width, channels)
     start = time.perf_counter()
     for i in range(8):
         pre(synthetic.render(spec, "probe", i)[0])
     render_s = (time.perf_counter() - start) / 8
-    for i in range(steps + 1):
-        if i == 1:
-            start = time.perf_counter()
-        opt.zero_grad()
-        model(x).logsumexp(-1).mean().backward()
-        opt.step()
-    train_s = (time.perf_counter() - start) / steps / batch
-    return 1.0 / (train_s + render_s)
+    x = torch.randn(batch, channels, height, width).contiguous(memory_format=torch.channels_last)
+    if precision != "auto":
+        tried, why = (precision,), f"--precision {precision}"
+    elif torch.cuda.is_available():  # the probe times the CPU, not the GPU that will train
+        tried, why = ("no",), "a GPU: not probed (set train.mixed_precision in fit.yaml)"
+    else:
+        tried = ("no", "bf16")
+    rates = {}
+    for p in tried:
+        model = channels_last(build_model(ModelConfig(depth=FIT_DEPTH), num_classes, channels))
+        rates[p] = _step_images_per_s(model, x, p, steps)
+    chosen = tried[0]
+    if len(tried) == 2:
+        speedup = rates["bf16"] / rates["no"]
+        chosen = "bf16" if speedup >= BF16_MIN_SPEEDUP else "no"
+        why = (f"a training step in bfloat16 autocast ran {speedup:.1f}x as fast as in float32 "
+               f"on this CPU ({rates['bf16']:.0f} vs {rates['no']:.0f} images/s; chosen at "
+               f">= {BF16_MIN_SPEEDUP:g}x)")
+    return Probe(1.0 / (1.0 / rates[chosen] + render_s), chosen,
+                 {k: round(v, 1) for k, v in rates.items()}, why)
 
 
 @dataclass
@@ -426,6 +470,7 @@ class Plan:
     pretrain_batch: int = 32
     finetune_batch: int = 16
     finetune_cost: float = 1.0  # time per finetuning image / per pretraining image
+    precision: str = "no"  # train.mixed_precision of both stages (Probe.precision)
 
 
 # The share of a training image's time that grows with its pixels (the rest: rendering and
@@ -466,7 +511,8 @@ def build_configs(insp: Inspection, out: Path, inputs: dict[str, tuple[int, int]
     common = [f"data.charset={insp.charset}", f"data.case_sensitive={insp.case_sensitive}",
               f"data.min_len={insp.min_len}", f"data.max_len={insp.max_len}",
               f"data.channels={insp.channels}", "data.num_workers=1", f"model.depth={FIT_DEPTH}",
-              f"train.seed={seed}", "tracking.log_model=true"]
+              f"train.seed={seed}", f"train.mixed_precision={plan.precision}",
+              "tracking.log_model=true"]
 
     def size(stage: str) -> list[str]:
         return [f"data.height={inputs[stage][0]}", f"data.width={inputs[stage][1]}"]
@@ -555,7 +601,7 @@ def _adopt_style(config_path: str, out: Path) -> None:
 
 def _configs(insp: Inspection, out: Path, spec: SyntheticSpec, splits: dict[str, Path],
              budget_minutes: float, config_path: str | None, max_steps: int, seed: int,
-             note: _Notes) -> tuple[Config, Config, dict[str, Any]]:
+             precision: str, note: _Notes) -> tuple[Config, Config, dict[str, Any]]:
     height, width, why = model_input(insp.size, insp.max_len)
     fine_h, fine_w, fine_why = model_input(insp.size, insp.max_len, FINETUNE_MAX_HEIGHT)
     inputs = {"pretrain": (height, width), "finetune": (fine_h, fine_w)}
@@ -567,13 +613,24 @@ def _configs(insp: Inspection, out: Path, spec: SyntheticSpec, splits: dict[str,
         note(f"model input (from the configs): pretraining {pre.data.height}x{pre.data.width}, "
              f"finetuning {fine.data.height}x{fine.data.width} (height x width)")
         info = {"config": str(config_path), "config_pretrain_dir": pretrained_in}
+        if precision != "auto":  # said on the command line: overrides the configs' own
+            pre.train.mixed_precision = fine.train.mixed_precision = precision
+        note(f"precision: train.mixed_precision={fine.train.mixed_precision}"
+             + (" (--precision)" if precision != "auto" else " (from the configs)"))
     else:
         note(f"model input: pretraining {why}; finetuning "
              + ("the same" if (fine_h, fine_w) == (height, width) else fine_why))
-        ips = (FALLBACK_IMAGES_PER_S if max_steps else  # --max-steps decides: no probe needed
-               probe_throughput(spec, height, width, insp.channels, len(insp.charset) + 1))
+        probe = (Probe(FALLBACK_IMAGES_PER_S, "no" if precision == "auto" else precision, {},
+                       f"--precision {precision} (--max-steps: no probe)")
+                 if max_steps else  # --max-steps decides the steps: no probe needed
+                 probe_throughput(spec, height, width, insp.channels, len(insp.charset) + 1,
+                                  precision))
+        ips = probe.images_per_s
         plan = plan_budget(budget_minutes, ips, max_steps,
                            input_cost(inputs["pretrain"], inputs["finetune"]))
+        plan.precision = probe.precision
+        note(f"precision: {'bfloat16 autocast' if probe.precision == 'bf16' else 'float32'}"
+             f" (train.mixed_precision={probe.precision}): {probe.why}")
         pre, fine = build_configs(insp, out, inputs, plan, splits, seed)
         note(f"budget: {budget_minutes:g} min at ~{ips:.0f} training images/s (probe) -> pretrain "
              f"{plan.pretrain_steps} steps x {plan.pretrain_batch} synthetic images, finetune "
@@ -581,7 +638,7 @@ def _configs(insp: Inspection, out: Path, spec: SyntheticSpec, splits: dict[str,
              f"strength {FINETUNE_AUGMENT_STRENGTH:g}; "
              f"{FINETUNE_SYNTHETIC_SHARE:.0%} synthetic)")
         info = {"budget_minutes": budget_minutes, "probe_images_per_s": round(ips, 1),
-                **asdict(plan)}
+                "probe_step_images_per_s": probe.step_images_per_s, **asdict(plan)}
     if max_steps:  # quick runs (tests, trials): few steps, one evaluation, small synthetic valid
         for cfg in (pre, fine):
             cfg.train.max_steps, cfg.train.eval_every = max_steps, max_steps
@@ -762,12 +819,15 @@ def _prepare(data: str | Path, out: Path, case_sensitive: bool, skip_bad: bool,
 def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = True,
         budget_minutes: float = DEFAULT_BUDGET_MINUTES, config_path: str | None = None,
         name: str = "", max_steps: int = 0, tracking_uri: str = "", seed: int = 0,
-        skip_bad: bool = False, reuse_pretrain: bool = True, say=print) -> dict[str, Any]:
+        skip_bad: bool = False, reuse_pretrain: bool = True, precision: str = "auto",
+        say=print) -> dict[str, Any]:
     """The whole fit (see the module docstring); returns metrics, run ids, files and times."""
     import mlflow
 
     from . import tracking
 
+    if precision not in PRECISIONS:
+        raise config.ConfigError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     start = time.perf_counter()
     out = Path(out or Path("outputs/fit") / Path(data).stem)
     out.mkdir(parents=True, exist_ok=True)
@@ -776,7 +836,7 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
         _adopt_style(config_path, out)
     insp, splits, spec = _prepare(data, out, case_sensitive, skip_bad, bool(config_path), seed, note)
     pre, fine, info = _configs(insp, out, spec, splits, budget_minutes, config_path, max_steps,
-                               seed, note)
+                               seed, precision, note)
     for cfg in (pre, fine):
         cfg.tracking.tracking_uri = tracking_uri or cfg.tracking.tracking_uri
     folders = [out / "pretrain"] + ([Path(info["config_pretrain_dir"])]

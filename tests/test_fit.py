@@ -98,6 +98,40 @@ def test_finetuning_reads_a_larger_input_and_the_plan_pays_for_it():
     assert dear.finetune_steps == pytest.approx(same.finetune_steps / cost, abs=1)
 
 
+@pytest.mark.parametrize("bf16_rate, chosen", [(250.0, "bf16"), (110.0, "no"), (60.0, "no")])
+def test_probe_chooses_bfloat16_only_where_it_is_faster(monkeypatch, bf16_rate, chosen):
+    """auto: bfloat16 autocast where a step runs >= BF16_MIN_SPEEDUP x faster (AMX CPUs), else
+    float32; a precision given is measured alone; the rate includes rendering."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU, as here
+    monkeypatch.setattr(fit, "_step_images_per_s",
+                        lambda model, x, p, steps: {"no": 100.0, "bf16": bf16_rate}[p])
+    spec = synthetic.preset("captcha", charset=DIGITS, min_len=4, max_len=4, width=96, height=32)
+    probe = fit.probe_throughput(spec, 32, 96, 3, 11)
+    assert probe.precision == chosen and probe.step_images_per_s == {"no": 100.0, "bf16": bf16_rate}
+    assert f"{bf16_rate / 100:.1f}x" in probe.why
+    assert 0 < probe.images_per_s < probe.step_images_per_s[chosen]  # rendering costs time too
+    forced = fit.probe_throughput(spec, 32, 96, 3, 11, precision="no")
+    assert forced.precision == "no" and list(forced.step_images_per_s) == ["no"]
+
+
+def test_probe_measures_real_steps_in_both_precisions():
+    """The probe's own timing runs real float32 and bfloat16 training steps on the CPU."""
+    import torch
+
+    model = CaptchaNet(11, 1)
+    x = torch.randn(4, 1, 32, 64)
+    assert fit._step_images_per_s(model, x, "no", steps=1) > 0
+    assert fit._step_images_per_s(model, x, "bf16", steps=1) > 0
+
+
+def test_unknown_precision_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="--precision 'fp8': use one of auto, no, bf16"):
+        fit.run(tmp_path / "missing", tmp_path / "out", precision="fp8")
+    assert not (tmp_path / "out").exists()
+
+
 def _styled(tmp_path: Path, name: str, spec: SyntheticSpec) -> fit.Inspection:
     synthetic.generate(tmp_path / name, 60, spec, seed=name, workers=1)
     return fit.inspect(tmp_path / name)
@@ -310,7 +344,9 @@ def test_budget_finetune_gets_the_time_pretraining_left(tmp_path, monkeypatch):
     """With a budget (no --max-steps), finetuning is re-planned from the time actually left at
     the rate pretraining ran; fit.yaml and the parent run record the steps that ran."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(fit, "probe_throughput", lambda *a, **k: 12.0)  # no probe: fixed plan
+    # No probe: a fixed plan, trained in bfloat16 autocast as on a CPU with AMX.
+    monkeypatch.setattr(fit, "probe_throughput",
+                        lambda *a, **k: fit.Probe(12.0, "bf16", {"no": 5.0, "bf16": 12.0}, "test"))
     spec = synthetic.preset("captcha", charset=DIGITS, min_len=4, max_len=4, width=96, height=32)
     synthetic.generate(tmp_path / "data", 60, spec, seed="budget", workers=1)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -324,6 +360,10 @@ def test_budget_finetune_gets_the_time_pretraining_left(tmp_path, monkeypatch):
     fit_yaml = yaml.safe_load((tmp_path / "out" / "fit.yaml").read_text())
     assert fit_yaml["finetune"]["train"]["max_steps"] == ran
     assert fit_yaml["fit"]["finetune_steps_replanned"] == ran
+    assert fit_yaml["fit"]["precision"] == "bf16"
+    assert any(line.startswith("precision: bfloat16 autocast") for line in lines)
+    assert fit_yaml["pretrain"]["train"]["mixed_precision"] == "bf16"
+    assert fit_yaml["finetune"]["train"]["mixed_precision"] == "bf16"
     parent = MlflowClient(uri).get_run(result["parent_run_id"])
     assert parent.data.params["fit.finetune_steps_replanned"] == str(ran)
     assert float(parent.data.params["fit.pretrain_images_per_s"]) > 0
