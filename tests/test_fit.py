@@ -17,7 +17,7 @@ from captcha_ml.config import DataConfig
 from captcha_ml.data import synthetic
 from captcha_ml.data.real import DataError
 from captcha_ml.data.synthetic import SyntheticSpec
-from captcha_ml.model import CaptchaNet
+from captcha_ml.model import CaptchaNet, output_length
 
 DIGITS = "0123456789"
 
@@ -82,7 +82,7 @@ def test_case_insensitive_lowercases_labels_and_charset(tmp_path):
 def test_model_input_gives_ctc_enough_steps(size, max_len):
     h, w, _ = fit.model_input(size, max_len)
     assert 32 <= h <= 64 and w % 8 == 0
-    assert CaptchaNet(11).output_length(w) == fit.output_length(w) >= 2 * max_len + 1
+    assert CaptchaNet(11).output_length(w) == output_length(w) >= 2 * max_len + 1
 
 
 def test_finetuning_reads_a_larger_input_and_the_plan_pays_for_it():
@@ -105,7 +105,7 @@ def test_probe_chooses_bfloat16_only_where_it_is_faster(monkeypatch, bf16_rate, 
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU, as here
-    monkeypatch.setattr(fit, "_step_images_per_s",
+    monkeypatch.setattr(fit.budget, "_step_images_per_s",
                         lambda model, x, p, steps: {"no": 100.0, "bf16": bf16_rate}[p])
     spec = synthetic.preset("captcha", charset=DIGITS, min_len=4, max_len=4, width=96, height=32)
     probe = fit.probe_throughput(spec, 32, 96, 3, 11)
@@ -122,8 +122,8 @@ def test_probe_measures_real_steps_in_both_precisions():
 
     model = CaptchaNet(11, 1)
     x = torch.randn(4, 1, 32, 64)
-    assert fit._step_images_per_s(model, x, "no", steps=1) > 0
-    assert fit._step_images_per_s(model, x, "bf16", steps=1) > 0
+    assert fit.budget._step_images_per_s(model, x, "no", steps=1) > 0
+    assert fit.budget._step_images_per_s(model, x, "bf16", steps=1) > 0
 
 
 def test_unknown_precision_is_refused_before_any_work(tmp_path):
@@ -179,13 +179,13 @@ def test_calibration_corrects_a_wrong_guess(tmp_path):
                           text_width=(0.5, 0.6), text_left=(0.2, 0.25), curves=0, dots=0,
                           strikes=(0, 0), grey=False)
     insp = _styled(tmp_path, "truth", truth)
-    real = [fit._image_stats(p) for p, _ in insp.samples[:24]]
+    real = [fit.style._image_stats(p) for p, _ in insp.samples[:24]]
     wrong = SyntheticSpec(**{**truth.to_dict(), "font_sizes": (60,), "text_width": (0.25, 0.3),
                              "text_left": (0.5, 0.55), "palette": truth.palette})
     fixed, note = fit.calibrate(wrong, real)
-    real_w, real_left, real_h = fit._line_measures(real)
-    measured = [fit._image_stats(synthetic.render(fixed, "check", i)[0]) for i in range(24)]
-    w, left, h = fit._line_measures(measured)
+    real_w, real_left, real_h = fit.style._line_measures(real)
+    measured = [fit.style._image_stats(synthetic.render(fixed, "check", i)[0]) for i in range(24)]
+    w, left, h = fit.style._line_measures(measured)
     assert abs(w - real_w) < 0.05 and abs(left - real_left) < 0.05 and abs(h - real_h) <= 3
     assert fixed.font_sizes[0] < 45 and "calibration" in note
 
@@ -198,7 +198,7 @@ def test_calibration_finds_how_often_glyphs_are_spaced(tmp_path, spaces):
                           max_len=5, font_sizes=(30,), palette=((235, 230, 200, 60, 90, 170),),
                           text_width=(0.5, 0.6), text_left=(0.2, 0.25), curves=0, dots=0,
                           strikes=(0, 0), grey=False, spaces=spaces)
-    real = [fit._image_stats(p) for p, _ in _styled(tmp_path, "truth", truth).samples[:24]]
+    real = [fit.style._image_stats(p) for p, _ in _styled(tmp_path, "truth", truth).samples[:24]]
     fixed, note = fit.calibrate(SyntheticSpec(**{**truth.to_dict(), "spaces": 0.5,
                                                  "palette": truth.palette}), real)
     assert abs(fixed.spaces - spaces) <= 0.25 and f"spaces {fixed.spaces}" in note
@@ -264,10 +264,10 @@ def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
     # Rerun into another --out: the style file the configs trained on comes along.
     other = tmp_path / "other"
     other.mkdir()
-    fit._adopt_style(str(out / "edited.yaml"), other)
+    fit.configs.adopt_style(str(out / "edited.yaml"), other)
     assert (other / "style.yaml").read_text() == (out / "style.yaml").read_text()
     pre, fine = fit.read_fit_yaml(out / "edited.yaml")
-    fit._repoint(pre, fine, other, {"train": other / "t.csv", "valid": other / "v.csv"})
+    fit.configs.repoint(pre, fine, other, {"train": other / "t.csv", "valid": other / "v.csv"})
     assert pre.data.style == fine.data.style == str(other / "style.yaml")
     (out / "broken.yaml").write_text(yaml.safe_dump({"pretrain": fit_yaml["pretrain"]}))
     with pytest.raises(DataError, match="finetune"):
@@ -345,7 +345,7 @@ def test_budget_finetune_gets_the_time_pretraining_left(tmp_path, monkeypatch):
     the rate pretraining ran; fit.yaml and the parent run record the steps that ran."""
     monkeypatch.chdir(tmp_path)
     # No probe: a fixed plan, trained in bfloat16 autocast as on a CPU with AMX.
-    monkeypatch.setattr(fit, "probe_throughput",
+    monkeypatch.setattr(fit.budget, "probe_throughput",
                         lambda *a, **k: fit.Probe(12.0, "bf16", {"no": 5.0, "bf16": 12.0}, "test"))
     spec = synthetic.preset("captcha", charset=DIGITS, min_len=4, max_len=4, width=96, height=32)
     synthetic.generate(tmp_path / "data", 60, spec, seed="budget", workers=1)

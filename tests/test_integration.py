@@ -199,7 +199,6 @@ def test_mlproject_main_chains_steps_under_one_parent(tmp_path, real_dir):
 
 
 def test_conda_env_lists_the_same_packages_as_pyproject():
-    import re
     import tomllib
 
     import yaml

@@ -10,7 +10,6 @@ import mlflow
 import numpy as np
 import onnx
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 from typer.testing import CliRunner

@@ -11,7 +11,6 @@ workers are processes.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import functools
 import hashlib

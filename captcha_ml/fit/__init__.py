@@ -1,0 +1,30 @@
+"""`captcha-ml fit`: a reader for a new captcha style from a folder of labeled examples.
+
+One module per step, in the order the command runs them (`runner.run` chains them):
+
+  sample   read and check the labeled images (charset, lengths, sizes, label noise); split
+  style    derive a synthetic style from the sample's pixels and calibrate it
+  budget   model input sizes; probe the machine's speed and precision; split the wall time
+  configs  the pretrain and finetune configs, and OUT/fit.yaml (written, edited, read back)
+  reuse    skip pretraining when an unchanged one already lies in OUT/pretrain
+  runner   the command: the steps above, training, zero-shot check, test, registration,
+           one MLflow parent run with a child run per step
+"""
+
+from .budget import (DEFAULT_BUDGET_MINUTES, FINETUNE_MAX_HEIGHT, PRECISIONS, Plan, Probe,
+                     input_cost, model_input, plan_budget, probe_throughput, replan_finetune)
+from .configs import (FINETUNE_AUGMENT_STRENGTH, FINETUNE_SYNTHETIC_SHARE, build_configs,
+                      read_fit_yaml, write_fit_yaml)
+from .reuse import PRETRAIN_RECORD, pretrain_fingerprint, reusable_pretraining
+from .runner import confusion_line, run
+from .sample import Inspection, inspect, inspection_notes, make_split, split_sizes
+from .style import calibrate, derive_style, style_samples
+
+__all__ = [
+    "DEFAULT_BUDGET_MINUTES", "FINETUNE_AUGMENT_STRENGTH", "FINETUNE_MAX_HEIGHT",
+    "FINETUNE_SYNTHETIC_SHARE", "PRECISIONS", "PRETRAIN_RECORD", "Inspection", "Plan", "Probe",
+    "build_configs", "calibrate", "confusion_line", "derive_style", "input_cost", "inspect",
+    "inspection_notes", "make_split", "model_input", "plan_budget", "pretrain_fingerprint",
+    "probe_throughput", "read_fit_yaml", "replan_finetune", "reusable_pretraining", "run",
+    "split_sizes", "style_samples", "write_fit_yaml",
+]

@@ -1,0 +1,157 @@
+"""The budget: model input sizes, a probe of this machine's training speed and precision, and
+the split of the wall-time budget into pretraining and finetuning steps."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from ..data import synthetic
+from ..data.synthetic import SyntheticSpec
+from ..model import output_length
+
+FIT_DEPTH = "layer3"  # model.depth of both stages (the last ResNet-18 stage kept)
+# Model input height caps (any 32..64 works). Pretraining, most of the training time, runs at
+# <= 40 rows for CPU speed; finetuning reads the real images at up to 56 (wheezy's warped glyphs
+# are ~14 rows high at 40). The network is convolutional, so the pretrained weights carry over
+# (captcha_images_v2: pretraining at 40x160, finetuning at 50x200 is the default recipe).
+PRETRAIN_MAX_HEIGHT, FINETUNE_MAX_HEIGHT = 40, 56
+CTC_STEPS_PER_SYMBOL = 2  # the input is widened until CTC has this many steps per symbol
+PRETRAIN_SHARE, FINETUNE_SHARE = 0.6, 0.4
+# The whole command's wall time; the target is 20 minutes per style on a 2-core CPU, and a
+# run ends within the budget, so 18 leaves a margin for a slow machine.
+DEFAULT_BUDGET_MINUTES = 18.0
+FINAL_RESERVE_S = 45.0  # after finetuning: test evaluation, registration, logging
+FALLBACK_IMAGES_PER_S = 60.0  # a 2-core CPU at 40x120 when idle; used when no probe runs
+
+
+def model_input(size: tuple[int, int], max_len: int, max_height: int = PRETRAIN_MAX_HEIGHT
+                ) -> tuple[int, int, str]:
+    """(height, width, why): height 32..max_height keeping the aspect, width a multiple of 8
+    with at least max(2*max_len+1, CTC_STEPS_PER_SYMBOL*max_len) CTC steps (room for a blank
+    between repeated symbols, and for each symbol's alignment)."""
+    w, h = size
+    height = min(max_height, max(32, h))
+    width = max(8, round(w * height / h / 8) * 8)
+    steps = max(2 * max_len + 1, CTC_STEPS_PER_SYMBOL * max_len)
+    need = 8 * steps
+    why = f"height {height} (source {h}, kept in 32..{max_height}), width {width} keeps the aspect"
+    if width < need:
+        width, why = need, (f"height {height}, width raised to {need} so CTC has "
+                            f"{steps} time steps for at most {max_len} symbols")
+    return height, width, why + f"; CTC steps {output_length(width)}"
+
+
+PRECISIONS = ("auto", "no", "bf16")  # fit's --precision: probe, float32, bfloat16 autocast
+# bfloat16 autocast is chosen when a training step runs this much faster than in float32: CPUs
+# with AMX or AVX512-BF16 run one ~2.4x faster (layer3 at 40x104: 143 -> 373 images/s), older
+# CPUs slower. Weights, optimizer and CTC stay float32 (model.forward's log_softmax).
+BF16_MIN_SPEEDUP = 1.3
+
+
+@dataclass
+class Probe:
+    """Training speed on this machine at the pretraining input, and the precision chosen."""
+
+    images_per_s: float  # at the chosen precision, rendering the synthetic images included
+    precision: str  # train.mixed_precision of both stages: "no" or "bf16"
+    step_images_per_s: dict[str, float]  # the training step alone, per precision measured
+    why: str = ""
+
+
+def _step_images_per_s(model, x, precision: str, steps: int) -> float:
+    """Images/s of forward + backward + optimizer steps, after one untimed warm-up step."""
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for i in range(steps + 1):
+        if i == 1:
+            start = time.perf_counter()
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = model(x).logsumexp(-1).mean()
+        loss.backward()
+        opt.step()
+    return steps * x.shape[0] / (time.perf_counter() - start)
+
+
+def probe_throughput(spec: SyntheticSpec, height: int, width: int, channels: int,
+                     num_classes: int, precision: str = "auto", batch: int = 32,
+                     steps: int = 2) -> Probe:
+    """Training images/s on this machine (a few steps plus rendering), and with ``precision``
+    "auto", the faster of float32 and bfloat16 autocast (by at least BF16_MIN_SPEEDUP)."""
+    import torch
+
+    from ..config import ModelConfig
+    from ..data.transforms import Preprocess
+    from ..model import build_model, channels_last
+
+    pre = Preprocess(height, width, channels)
+    start = time.perf_counter()
+    for i in range(8):
+        pre(synthetic.render(spec, "probe", i)[0])
+    render_s = (time.perf_counter() - start) / 8
+    x = torch.randn(batch, channels, height, width).contiguous(memory_format=torch.channels_last)
+    if precision != "auto":
+        tried, why = (precision,), f"--precision {precision}"
+    elif torch.cuda.is_available():  # the probe times the CPU, not the GPU that will train
+        tried, why = ("no",), "a GPU: not probed (set train.mixed_precision in fit.yaml)"
+    else:
+        tried = ("no", "bf16")
+    rates = {}
+    for p in tried:
+        model = channels_last(build_model(ModelConfig(depth=FIT_DEPTH), num_classes, channels))
+        rates[p] = _step_images_per_s(model, x, p, steps)
+    chosen = tried[0]
+    if len(tried) == 2:
+        speedup = rates["bf16"] / rates["no"]
+        chosen = "bf16" if speedup >= BF16_MIN_SPEEDUP else "no"
+        why = (f"a training step in bfloat16 autocast ran {speedup:.1f}x as fast as in float32 "
+               f"on this CPU ({rates['bf16']:.0f} vs {rates['no']:.0f} images/s; chosen at "
+               f">= {BF16_MIN_SPEEDUP:g}x)")
+    return Probe(1.0 / (1.0 / rates[chosen] + render_s), chosen,
+                 {k: round(v, 1) for k, v in rates.items()}, why)
+
+
+@dataclass
+class Plan:
+    """How the budget is spent."""
+
+    images_per_s: float  # at the pretraining input
+    pretrain_steps: int
+    finetune_steps: int
+    pretrain_batch: int = 32
+    finetune_batch: int = 16
+    finetune_cost: float = 1.0  # time per finetuning image / per pretraining image
+    precision: str = "no"  # train.mixed_precision of both stages (Probe.precision)
+
+
+# The share of a training image's time that grows with its pixels (the rest: rendering and
+# loading it, per-step overhead). Measured in fit runs: finetuning at ~2x the pixels ran at
+# 0.58x (wheezy, 40x104 -> 56x152) and 0.65x (alnum62, 40x136 -> 56x192) pretraining's rate.
+PIXEL_BOUND_SHARE = 0.7
+
+
+def input_cost(pre: tuple[int, int], fine: tuple[int, int]) -> float:
+    """Training time of an image at input ``fine`` relative to one at ``pre`` (height, width)."""
+    return 1 + PIXEL_BOUND_SHARE * ((fine[0] * fine[1]) / (pre[0] * pre[1]) - 1)
+
+
+def plan_budget(minutes: float, images_per_s: float, max_steps: int = 0,
+                finetune_cost: float = 1.0) -> Plan:
+    """Split the budget: a fixed reserve for startup, evaluation and logging, then 60/40."""
+    train_s = max(30.0, 60 * minutes - min(120.0, 0.15 * 60 * minutes))
+    plan = Plan(images_per_s, 0, 0, finetune_cost=round(finetune_cost, 3))
+    plan.pretrain_steps = max(1, int(PRETRAIN_SHARE * train_s * images_per_s / plan.pretrain_batch))
+    plan.finetune_steps = max(1, int(FINETUNE_SHARE * train_s * images_per_s / finetune_cost
+                                     / plan.finetune_batch))
+    if max_steps:
+        plan.pretrain_steps = plan.finetune_steps = max_steps
+    return plan
+
+
+def replan_finetune(planned: int, batch: int, seconds_left: float, images_per_s: float) -> int:
+    """Finetuning steps that fill the time left after pretraining, at the rate pretraining
+    actually ran (the probe's estimate is rough; the caller scales it to the finetuning input);
+    at least a quarter of the planned steps."""
+    return max(1, planned // 4, int(seconds_left * images_per_s / batch))

@@ -1,0 +1,105 @@
+"""The two training configs fit writes (pretrain, finetune), and OUT/fit.yaml: write, read back
+after the user's edits, and re-point its paths to another run's folder."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import config
+from ..config import Config
+from ..data import synthetic
+from ..data.real import DataError
+from .budget import FIT_DEPTH, Plan
+from .sample import Inspection
+
+# Half of the finetuning images are style-matched synthetic ones: a few hundred real images
+# seen for hundreds of epochs would otherwise wash out what pretraining taught.
+FINETUNE_SYNTHETIC_SHARE = 0.5
+# Twice the default jitter on the real images: a few hundred of them are all fit has (wheezy:
+# test 0.43 -> 0.51, one seed; captcha_images_v2 with 100 labels: 0.9708 -> 0.9792, 3 seeds).
+FINETUNE_AUGMENT_STRENGTH = 2.0
+
+
+def build_configs(insp: Inspection, out: Path, inputs: dict[str, tuple[int, int]], plan: Plan,
+                  splits: dict[str, Path], seed: int = 0) -> tuple[Config, Config]:
+    """The resolved pretrain and finetune configs; ``inputs`` maps each stage to its
+    (height, width)."""
+    common = [f"data.charset={insp.charset}", f"data.case_sensitive={insp.case_sensitive}",
+              f"data.min_len={insp.min_len}", f"data.max_len={insp.max_len}",
+              f"data.channels={insp.channels}", "data.num_workers=1", f"model.depth={FIT_DEPTH}",
+              f"train.seed={seed}", f"train.mixed_precision={plan.precision}",
+              "tracking.log_model=true"]
+
+    def size(stage: str) -> list[str]:
+        return [f"data.height={inputs[stage][0]}", f"data.width={inputs[stage][1]}"]
+
+    n_pre, n_fine = plan.pretrain_steps, plan.finetune_steps
+    pre = config.load(None, common + size("pretrain") + [
+        "data.train=synthetic", "data.valid=synthetic", f"data.style={out / 'style.yaml'}",
+        f"data.synthetic_train_size={n_pre * plan.pretrain_batch}",
+        "data.synthetic_valid_size=256", "train.stage=pretrain", f"train.output_dir={out / 'pretrain'}",
+        "train.epochs=1", f"train.max_steps={n_pre}", f"train.batch_size={plan.pretrain_batch}",
+        "train.lr=1e-3", f"train.eval_every={max(1, n_pre // 5)}", "tracking.log_model=false"])
+    fine = config.load(None, common + size("finetune") + [
+        f"data.train={splits['train']}", f"data.valid={splits['valid']}", "data.augment=true",
+        f"data.augment_strength={FINETUNE_AUGMENT_STRENGTH}", f"data.style={out / 'style.yaml'}",
+        f"data.synthetic_share={FINETUNE_SYNTHETIC_SHARE}",
+        "train.stage=finetune", f"train.output_dir={out / 'finetune'}",
+        f"train.init_from={out / 'pretrain' / 'best.pt'}", f"train.max_steps={n_fine}",
+        f"train.batch_size={plan.finetune_batch}", "train.lr=1e-3", "train.warmup_frac=0.05",
+        f"train.eval_every={max(1, n_fine // 10)}"])
+    return pre, fine
+
+
+def write_fit_yaml(path: Path, fit_section: dict[str, Any], pre: Config, fine: Config) -> None:
+    header = ("# captcha-ml fit: resolved settings. Edit any key and rerun with\n"
+              "#   captcha-ml fit DATA --out OUT --config THIS_FILE\n"
+              "# 'fit' is informational (inspection and budget); 'pretrain' and 'finetune' are\n"
+              "# full training configs (see experiments/*.yaml for the keys).\n")
+    body = {"fit": fit_section, "pretrain": pre.to_dict(), "finetune": fine.to_dict()}
+    path.write_text(header + yaml.safe_dump(body, sort_keys=False))
+
+
+def read_fit_yaml(path: str | Path) -> tuple[Config, Config]:
+    """The pretrain and finetune configs of an (edited) fit.yaml, validated."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"--config {p}: no such file; pass the fit.yaml a previous fit wrote")
+    raw = yaml.safe_load(p.read_text()) or {}
+    missing = [k for k in ("pretrain", "finetune") if not isinstance(raw.get(k), dict)]
+    if missing:
+        raise DataError(f"--config {p}: sections {missing} missing; pass a fit.yaml written by fit")
+    configs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("pretrain", "finetune"):
+            part = Path(tmp) / f"{name}.yaml"
+            part.write_text(yaml.safe_dump(raw[name]))
+            try:
+                configs.append(config.load(part))
+            except config.ConfigError as e:
+                raise config.ConfigError(f"{p}, section {name}: {e}") from e
+    return configs[0], configs[1]
+
+
+def repoint(pre: Config, fine: Config, out: Path, splits: dict[str, Path]) -> None:
+    """An edited fit.yaml keeps its settings; paths follow this run's OUT and split (a style
+    file too: `adopt_style` copied the one the configs named to OUT/style.yaml)."""
+    pre.train.output_dir, fine.train.output_dir = str(out / "pretrain"), str(out / "finetune")
+    fine.data.train, fine.data.valid = str(splits["train"]), str(splits["valid"])
+    fine.train.init_from = str(out / "pretrain" / "best.pt")
+    for cfg in (pre, fine):
+        if synthetic.is_style_file(cfg.data.style):
+            cfg.data.style = str(out / "style.yaml")
+
+
+def adopt_style(config_path: str, out: Path) -> None:
+    """Rerunning an (edited) fit.yaml into another --out: bring the style file it trained on,
+    so that OUT/style.yaml (kept, not re-derived) is the style both stages use."""
+    pre, _ = read_fit_yaml(config_path)
+    src, dst = Path(pre.data.style), out / "style.yaml"
+    if synthetic.is_style_file(pre.data.style) and src.is_file() and not dst.exists():
+        dst.write_text(src.read_text())

@@ -1,0 +1,302 @@
+"""`captcha-ml fit`, the whole command: a reader for a new captcha style from labeled examples.
+
+inspect -> model input -> split -> style matching -> configs -> pretrain on style-matched
+synthetic captchas -> zero-shot check -> finetune on the real train part -> test -> register,
+under one MLflow parent run "fit" (pretrain, zero_shot, finetune, test are its child runs).
+Every choice is printed and logged to the parent run. Files under OUT:
+
+  splits/{train,valid,test}.csv  the deterministic split (content hash + seed)
+  style.yaml                     the derived SyntheticSpec (editable; data.style points here)
+  fit.yaml                       sections fit / pretrain / finetune: the resolved configs;
+                                 edit and pass back with --config to rerun with your changes
+  inspection.json, style_samples.png, pretrain/, finetune/ (checkpoints), fit_report.txt
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .. import config
+from ..config import Config
+from ..data import synthetic
+from ..data.synthetic import SyntheticSpec
+from . import budget
+from .budget import (DEFAULT_BUDGET_MINUTES, FALLBACK_IMAGES_PER_S, FINAL_RESERVE_S,
+                     FINETUNE_MAX_HEIGHT, PRECISIONS, Probe, input_cost, model_input,
+                     plan_budget, replan_finetune)
+from .configs import (FINETUNE_AUGMENT_STRENGTH, FINETUNE_SYNTHETIC_SHARE, adopt_style,
+                      build_configs, read_fit_yaml, repoint, write_fit_yaml)
+from .reuse import PRETRAIN_RECORD, reusable_pretraining, write_pretrain_record
+from .sample import Inspection, inspect, inspection_notes, make_split, split_sizes
+from .style import derive_style, style_samples
+
+
+class _Notes:
+    """Print each choice and keep it for fit_report.txt."""
+
+    def __init__(self, say) -> None:
+        self.lines: list[str] = []
+        self.say = say
+
+    def __call__(self, line: str) -> None:
+        self.lines.append(line)
+        self.say(line)
+
+
+def _configs(insp: Inspection, out: Path, spec: SyntheticSpec, splits: dict[str, Path],
+             budget_minutes: float, config_path: str | None, max_steps: int, seed: int,
+             precision: str, note: _Notes) -> tuple[Config, Config, dict[str, Any]]:
+    height, width, why = model_input(insp.size, insp.max_len)
+    fine_h, fine_w, fine_why = model_input(insp.size, insp.max_len, FINETUNE_MAX_HEIGHT)
+    inputs = {"pretrain": (height, width), "finetune": (fine_h, fine_w)}
+    if config_path:
+        pre, fine = read_fit_yaml(config_path)
+        pretrained_in = pre.train.output_dir  # the run that wrote it may be reusable
+        repoint(pre, fine, out, splits)
+        note(f"configs: from {config_path} (budget not applied; paths follow --out)")
+        note(f"model input (from the configs): pretraining {pre.data.height}x{pre.data.width}, "
+             f"finetuning {fine.data.height}x{fine.data.width} (height x width)")
+        info = {"config": str(config_path), "config_pretrain_dir": pretrained_in}
+        if precision != "auto":  # said on the command line: overrides the configs' own
+            pre.train.mixed_precision = fine.train.mixed_precision = precision
+        note(f"precision: train.mixed_precision={fine.train.mixed_precision}"
+             + (" (--precision)" if precision != "auto" else " (from the configs)"))
+    else:
+        note(f"model input: pretraining {why}; finetuning "
+             + ("the same" if (fine_h, fine_w) == (height, width) else fine_why))
+        probe = (Probe(FALLBACK_IMAGES_PER_S, "no" if precision == "auto" else precision, {},
+                       f"--precision {precision} (--max-steps: no probe)")
+                 if max_steps else  # --max-steps decides the steps: no probe needed
+                 budget.probe_throughput(spec, height, width, insp.channels, len(insp.charset) + 1,
+                                  precision))
+        ips = probe.images_per_s
+        plan = plan_budget(budget_minutes, ips, max_steps,
+                           input_cost(inputs["pretrain"], inputs["finetune"]))
+        plan.precision = probe.precision
+        note(f"precision: {'bfloat16 autocast' if probe.precision == 'bf16' else 'float32'}"
+             f" (train.mixed_precision={probe.precision}): {probe.why}")
+        pre, fine = build_configs(insp, out, inputs, plan, splits, seed)
+        note(f"budget: {budget_minutes:g} min at ~{ips:.0f} training images/s (probe) -> pretrain "
+             f"{plan.pretrain_steps} steps x {plan.pretrain_batch} synthetic images, finetune "
+             f"{plan.finetune_steps} steps x {plan.finetune_batch} images (real, augmented at "
+             f"strength {FINETUNE_AUGMENT_STRENGTH:g}; "
+             f"{FINETUNE_SYNTHETIC_SHARE:.0%} synthetic)")
+        info = {"budget_minutes": budget_minutes, "probe_images_per_s": round(ips, 1),
+                "probe_step_images_per_s": probe.step_images_per_s, **asdict(plan)}
+    if max_steps:  # quick runs (tests, trials): few steps, one evaluation, small synthetic valid
+        for cfg in (pre, fine):
+            cfg.train.max_steps, cfg.train.eval_every = max_steps, max_steps
+        pre.data.synthetic_valid_size = min(pre.data.synthetic_valid_size, 32)
+    return pre, fine, info
+
+
+def _fit_section(insp: Inspection, splits: dict[str, Path], info: dict[str, Any]) -> dict[str, Any]:
+    return {"data": insp.path, "images": len(insp.samples), "charset": insp.charset,
+            "case_sensitive": insp.case_sensitive, "lengths": [insp.min_len, insp.max_len],
+            "source_size": list(insp.size), "channels": insp.channels,
+            "splits": {k: str(v) for k, v in splits.items()}, **info}
+
+
+def _log_parent(out: Path, section: dict[str, Any], insp: Inspection, spec: SyntheticSpec) -> None:
+    import mlflow
+
+    flat = {f"fit.{k}": v for k, v in section.items() if not isinstance(v, dict)}
+    style = {f"style.{k}": v for k, v in spec.to_dict().items() if k != "fonts"}
+    style["style.fonts"] = ",".join(Path(f).name for f in spec.fonts)
+    mlflow.log_params({k: str(v)[:500] for k, v in {**flat, **style}.items()})
+    mlflow.set_tags({"stage": "fit", "fit.style_drawer": spec.style,
+                     "fit.warnings": str(sum(n.startswith("warning") for n in inspection_notes(insp)))})
+    for name in ("fit.yaml", "style.yaml", "inspection.json", "style_samples.png"):
+        mlflow.log_artifact(str(out / name))
+    for path in section["splits"].values():
+        mlflow.log_artifact(path, "splits")
+
+
+def _eval_config(pre: Config, run_name: str) -> Config:
+    return config.load(None, [f"tracking.tracking_uri={pre.tracking.tracking_uri}",
+                              f"tracking.experiment={pre.tracking.experiment}",
+                              f"tracking.run_name={run_name}", "data.num_workers=0"])
+
+
+def _train(pre: Config, fine: Config, splits: dict[str, Path], note: _Notes,
+           deadline: float | None = None, replanned=None,
+           record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """pretrain -> zero-shot on valid -> finetune -> test: each a child run of the active run.
+    With a ``record`` (`reusable_pretraining`), its pretrained model is used instead of training.
+    With a ``deadline`` (perf_counter seconds), finetuning gets the time left (`replan_finetune`)
+    and ``replanned()`` is called after the finetune config changed."""
+    import mlflow
+
+    from .. import engine
+
+    times, t0 = {}, time.perf_counter()
+    if record:
+        pre_result, pre_seconds = record["result"], record["seconds"]
+        note(f"pretrain: reusing {pre_result['best_checkpoint']} (same pretraining settings and "
+             f"style as the run {pre_result['run_id']} that wrote it; --no-reuse-pretrain trains "
+             f"again): synthetic valid seq_acc {pre_result['val'].get('seq_acc', 0):.4f}")
+        mlflow.set_tags({"fit.pretrain_reused_from_run": str(pre_result["run_id"])})
+    else:
+        record_path = Path(pre.train.output_dir) / PRETRAIN_RECORD
+        record_path.unlink(missing_ok=True)  # best.pt is about to change
+        pre_result = engine.train(pre)
+        pre_seconds = time.perf_counter() - t0
+        write_pretrain_record(pre, pre_result, pre_seconds)
+        note(f"pretrain: synthetic valid seq_acc {pre_result['val'].get('seq_acc', 0):.4f} "
+             f"({pre_seconds / 60:.1f} min)")
+    times["pretrain"] = time.perf_counter() - t0
+    zero = engine.evaluate_model(_eval_config(pre, "zero_shot"), pre_result["best_checkpoint"],
+                                 str(splits["valid"]), split="valid")["metrics"]
+    mlflow.log_metrics({f"zero_shot/valid_{k}": v for k, v in zero.items() if k != "count"})
+    note(f"zero-shot (pretrained only) on the real valid part: seq_acc {zero['seq_acc']:.4f}, "
+         f"char_acc {zero['char_acc']:.4f}")
+    if deadline is not None:
+        ips = pre_result["steps"] * pre.train.batch_size / max(pre_seconds, 1e-6)
+        cost = input_cost((pre.data.height, pre.data.width), (fine.data.height, fine.data.width))
+        left = deadline - time.perf_counter()
+        planned = fine.train.max_steps
+        fine.train.max_steps = replan_finetune(planned, fine.train.batch_size, left, ips / cost)
+        fine.train.eval_every = max(1, fine.train.max_steps // 10)
+        note(f"budget: pretraining ran at {ips:.0f} images/s"
+             + (f" (finetuning's larger input: ~{ips / cost:.0f})" if cost != 1 else "")
+             + f"; {left / 60:.1f} min left -> finetune {fine.train.max_steps} steps "
+             f"(planned {planned})")
+        mlflow.log_params({"fit.finetune_steps_replanned": fine.train.max_steps,
+                           "fit.pretrain_images_per_s": round(ips, 1)})
+        if replanned:
+            replanned()
+    t1 = time.perf_counter()
+    fine_result = engine.train(fine)
+    times["finetune"] = time.perf_counter() - t1
+    note(f"finetune: valid seq_acc {fine_result['val'].get('seq_acc', 0):.4f} "
+         f"({times['finetune'] / 60:.1f} min)")
+    test = engine.evaluate_model(_eval_config(pre, "test"), fine_result["best_checkpoint"],
+                                 str(splits["test"]), split="test")
+    mlflow.log_metrics({f"test/{k}": v for k, v in test["metrics"].items()})
+    return {"pretrain": pre_result, "zero_shot": zero, "finetune": fine_result, "test": test,
+            "times": times}
+
+
+def _register(fine_run_id: str, name: str, note: _Notes) -> dict[str, Any]:
+    """tracking.register: a new version of the reader; alias champion if it beats the holder."""
+    from .. import tracking
+
+    r = tracking.register(fine_run_id, name)
+    note(f"registered {r['name']} v{r['version']} (test/seq_acc {r['score']:.4f})"
+         + (f"; alias '{r['alias']}' now points to it" if r["moved"] else
+            f"; alias '{r['alias']}' stays on v{r['previous']['version']}"))
+    return r
+
+
+def _prepare(data: str | Path, out: Path, case_sensitive: bool, skip_bad: bool,
+             keep_style: bool, seed: int, note: _Notes) -> tuple[Inspection, dict[str, Path], SyntheticSpec]:
+    """Steps 1, 3, 4: inspect, split, derive (or keep, with --config) the style."""
+    insp = inspect(data, case_sensitive, skip_bad)
+    for line in inspection_notes(insp):
+        note(line)
+    (out / "inspection.json").write_text(json.dumps(insp.summary(), indent=1, default=str))
+    splits = make_split(insp, out, seed)
+    note(f"split: {split_sizes(len(insp.samples))} (valid, test) images by content hash, seed "
+         f"{seed}; rest train -> {out / 'splits'}")
+    spec, style_notes = derive_style(insp, seed=seed)
+    for line in style_notes:
+        note(line)
+    style_file = out / "style.yaml"
+    if keep_style and style_file.exists():
+        note(f"style: keeping {style_file} (it may hold your edits)")
+    else:
+        synthetic.save_style(spec, style_file, "# derived by captcha-ml fit; edit and rerun with "
+                             "--config OUT/fit.yaml\n")
+    spec = SyntheticSpec(**synthetic.load_style(style_file))
+    style_samples(insp, spec).save(out / "style_samples.png")
+    return insp, splits, spec
+
+
+def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = True,
+        budget_minutes: float = DEFAULT_BUDGET_MINUTES, config_path: str | None = None,
+        name: str = "", max_steps: int = 0, tracking_uri: str = "", seed: int = 0,
+        skip_bad: bool = False, reuse_pretrain: bool = True, precision: str = "auto",
+        say=print) -> dict[str, Any]:
+    """The whole fit (see the module docstring); returns metrics, run ids, files and times."""
+    import mlflow
+
+    from .. import tracking
+
+    if precision not in PRECISIONS:
+        raise config.ConfigError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    start = time.perf_counter()
+    out = Path(out or Path("outputs/fit") / Path(data).stem)
+    out.mkdir(parents=True, exist_ok=True)
+    note = _Notes(say)
+    if config_path:
+        adopt_style(config_path, out)
+    insp, splits, spec = _prepare(data, out, case_sensitive, skip_bad, bool(config_path), seed, note)
+    pre, fine, info = _configs(insp, out, spec, splits, budget_minutes, config_path, max_steps,
+                               seed, precision, note)
+    for cfg in (pre, fine):
+        cfg.tracking.tracking_uri = tracking_uri or cfg.tracking.tracking_uri
+    folders = [out / "pretrain"] + ([Path(info["config_pretrain_dir"])]
+                                    if "config_pretrain_dir" in info else [])
+    record = reusable_pretraining(pre, folders) if reuse_pretrain else None
+    if record:  # finetuning starts from it, wherever it is
+        fine.train.init_from = record["result"]["best_checkpoint"]
+    section = _fit_section(insp, splits, info)
+    write_fit_yaml(out / "fit.yaml", section, pre, fine)
+    tracking.check_reachable(pre.tracking.tracking_uri)
+    mlflow.set_experiment(pre.tracking.experiment)
+    name = name or f"captcha-{out.name}"
+    # The budget holds for the whole command: finetuning gets what pretraining left of it,
+    # less a reserve for the test, registration and logging.
+    deadline = (start + 60 * budget_minutes - FINAL_RESERVE_S
+                if "budget_minutes" in info and not max_steps else None)
+
+    def replanned() -> None:  # fit.yaml says what ran, so a --config rerun repeats it
+        section["finetune_steps_replanned"] = fine.train.max_steps
+        write_fit_yaml(out / "fit.yaml", section, pre, fine)
+        mlflow.log_artifact(str(out / "fit.yaml"))
+
+    with mlflow.start_run(run_name="fit") as parent:
+        _log_parent(out, section, insp, spec)
+        result = _train(pre, fine, splits, note, deadline, replanned, record)
+        reg = _register(result["finetune"]["run_id"], name, note)
+        minutes = (time.perf_counter() - start) / 60
+        mlflow.log_metric("fit/minutes", minutes)
+        summary = _summary(result, reg, minutes, out, parent.info.run_id)
+        for line in summary:
+            note(line)
+        (out / "fit_report.txt").write_text("\n".join(note.lines) + "\n")
+        mlflow.log_artifact(str(out / "fit_report.txt"))
+    return {"out": str(out), "parent_run_id": parent.info.run_id, "minutes": minutes,
+            "test": result["test"]["metrics"], "zero_shot": result["zero_shot"],
+            "registered": reg, "best_checkpoint": result["finetune"]["best_checkpoint"],
+            "run_ids": {"pretrain": result["pretrain"]["run_id"],
+                        "finetune": result["finetune"]["run_id"],
+                        "test": result["test"].get("run_id")}, "inspection": insp.summary()}
+
+
+def confusion_line(test: dict[str, Any], top: int = 6) -> str:
+    """The test's most frequent misread symbols, where to look or label more examples."""
+    pairs = [f"{c['true']}->{c['pred']} x{c['count']}" for c in test.get("confusions", [])[:top]]
+    if not pairs:
+        return "test misreads: none of equal length (no symbol confusions to list)"
+    return ("test misreads, true->read: " + ", ".join(pairs)
+            + " (label more examples with these symbols; every misread is in the test run's "
+            "test_report.json)")
+
+
+def _summary(result: dict[str, Any], reg: dict[str, Any], minutes: float, out: Path,
+             parent_id: str) -> list[str]:
+    t, z = result["test"]["metrics"], result["zero_shot"]
+    return ["--- fit summary ---",
+            f"test: seq_acc {t['seq_acc']:.4f}  char_acc {t['char_acc']:.4f}  cer {t['cer']:.4f} "
+            f"({int(t['count'])} images); zero-shot valid seq_acc {z['seq_acc']:.4f}",
+            confusion_line(result["test"]),
+            f"time: {minutes:.1f} min (pretrain {result['times']['pretrain'] / 60:.1f}, "
+            f"finetune {result['times']['finetune'] / 60:.1f})",
+            f"model: {result['finetune']['best_checkpoint']}; registered "
+            f"models:/{reg['name']}/{reg['version']}",
+            f"MLflow parent run {parent_id}; files in {out}"]

@@ -1,0 +1,205 @@
+"""Style matching: a synthetic captcha style (SyntheticSpec) derived from the sample's pixel
+statistics, then calibrated by measuring renders exactly as the sample was measured."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from ..data import synthetic
+from ..data.synthetic import SyntheticSpec
+from ..data.transforms import load_image
+from .sample import Inspection
+
+FONT_MIX = ("DroidSansMono.ttf", "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSansMono.ttf",
+            "DejaVuSerif.ttf", "DejaVuSans-BoldOblique.ttf")
+CALIBRATION_IMAGES = 24  # synthetic images measured per style-calibration round
+
+
+def _box_mean(mask: np.ndarray, k: int) -> np.ndarray:
+    """Mean of a k x k neighbourhood (integral image; edges padded with zeros)."""
+    pad = np.pad(mask.astype(np.float32), k // 2 + 1)
+    c = pad.cumsum(0).cumsum(1)
+    h, w = mask.shape
+    s = c[k:k + h, k:k + w] - c[:h, k:k + w] - c[k:k + h, :w] + c[:h, :w]
+    return s / (k * k)
+
+
+def _image_stats(image: str | Image.Image) -> dict[str, Any]:
+    """Background / glyph colours, polarity, text height and noise measures of one image."""
+    rgb = np.asarray(load_image(image).convert("RGB"), dtype=np.float32)
+    lum = rgb.mean(axis=2)
+    bg = float(np.median(lum))
+    lo, hi = np.percentile(lum, [2, 98])
+    dark_text = bg - lo >= hi - bg
+    glyph = lo if dark_text else hi
+    ink = np.abs(lum - bg) > 0.5 * abs(glyph - bg) if abs(glyph - bg) > 10 else lum < -1
+    h, w = lum.shape
+    rows = ink.mean(axis=1)
+    text_rows = int((rows >= 0.3 * rows.max()).sum()) if ink.any() else h // 2
+    # The text line's horizontal extent: columns holding a good share of the densest columns'
+    # ink (a curve or strike crossing the whole image leaves only a few pixels per column).
+    cols = ink.sum(axis=0)
+    dense_min = max(2.0, 0.35 * np.percentile(cols, 90))
+    dense = np.flatnonzero(cols >= dense_min) if ink.any() else []
+    span = ((float(np.percentile(dense, 2)) / w, float(np.percentile(dense, 98) + 1) / w)
+            if len(dense) else (0.0, 1.0))
+    # Gaps in the line: the share of its columns without dense ink (spaces between glyphs).
+    line = cols[int(span[0] * w):max(int(span[0] * w) + 1, int(span[1] * w))]
+    gaps = float((line < dense_min).mean()) if len(dense) else 0.0
+    isolated = ink & (_box_mean(ink, 7) < 0.2)
+    mask = Image.fromarray(ink.astype(np.uint8) * 255)
+    opened = np.asarray(mask.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))) > 0
+    edge = max(1, w // 7)
+    back = ~ink
+    left, right = lum[:, :edge][back[:, :edge]], lum[:, -edge:][back[:, -edge:]]
+    return {"dark_text": bool(dark_text), "bg": np.median(rgb[back], axis=0) if back.any() else rgb.mean((0, 1)),
+            "fg": np.median(rgb[ink], axis=0) if ink.any() else rgb.min((0, 1)),
+            "text_rows": text_rows, "span": span, "gaps": gaps, "dots": float(isolated.sum()) / 7.0,
+            "thin": float((ink & ~opened).sum()) / max(1.0, float(ink.sum())),
+            "ramp": float(np.median(right) - np.median(left)) if left.size and right.size else 0.0}
+
+
+def _range(values: list[float], pad: int = 8) -> tuple[int, int]:
+    lo, hi = np.percentile(values, [5, 95])
+    return max(0, int(lo) - pad), min(255, int(math.ceil(hi)) + pad)
+
+
+def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0) -> tuple[SyntheticSpec, list[str]]:
+    """A SyntheticSpec that resembles the sample, from pixel statistics; and why, as lines."""
+    paths = [p for p, _ in insp.samples]
+    paths = [paths[i] for i in np.random.default_rng(seed).permutation(len(paths))[:max_images]]
+    stats = [_image_stats(p) for p in paths]
+    dark = sum(s["dark_text"] for s in stats) >= len(stats) / 2
+    stats = [s for s in stats if s["dark_text"] == dark] or stats
+    bg = _range([float(v) for s in stats for v in s["bg"]])
+    fg = _range([float(v) for s in stats for v in s["fg"]])
+    w, h = insp.size
+    text_h = statistics.median(s["text_rows"] for s in stats)
+    font = min(max(10, round(text_h / 0.75)), round(1.1 * h))
+    sizes = tuple(sorted({round(font * k) for k in (0.85, 1.0, 1.15)}))
+    dots = round(statistics.median(s["dots"] for s in stats))
+    dots = 0 if dots < 3 else min(dots, 120)
+    thin = statistics.median(s["thin"] for s in stats)
+    strikes = (1, 3) if thin > 0.35 else (0, 2) if thin > 0.2 else (0, 0)
+    ramp = statistics.median(s["ramp"] for s in stats)
+    drawer = "real" if dark and insp.channels == 1 and ramp > 20 else "captcha"
+    letters = any(c.isalpha() for c in insp.charset)
+    lefts = [s["span"][0] for s in stats]
+    widths = [s["span"][1] - s["span"][0] for s in stats]
+    text_width = tuple(round(float(v), 3) for v in np.clip(np.percentile(widths, [10, 90]), 0.1, 1))
+    text_left = tuple(round(float(v), 3) for v in np.clip(np.percentile(lefts, [10, 90]), 0, 0.9))
+    palette = tuple(tuple(int(round(float(c))) for c in (*s["bg"], *s["fg"])) for s in stats[:32])
+    spec = SyntheticSpec(
+        style=drawer, width=w, height=h, charset=insp.charset, min_len=insp.min_len,
+        max_len=insp.max_len, fonts=tuple(synthetic.font_path(f) for f in FONT_MIX),
+        font_sizes=sizes, background=bg, foreground=fg, dots=dots, strikes=strikes,
+        blur=(0.0, 0.6), grey=insp.channels == 1,
+        mixed_case=insp.mixed_case or (not insp.case_sensitive and letters),
+        # Measured: colour pairs and the text line's extent ("captcha" drawer).
+        palette=palette if drawer == "captcha" else (),  # "real" draws a grey ramp and ink
+        text_width=text_width if drawer == "captcha" else (0.0, 0.0),
+        text_left=text_left if drawer == "captcha" else (0.0, 0.0),
+        # Not measured, drawn broadly for generality: a thin-to-thick curve on every image,
+        # stronger per-glyph warp and rotation than the library's defaults.
+        curves=1, curve_width=(1, 4), warp=(0.05, 0.3), rotate=(-20.0, 20.0))
+    spec, calibration = calibrate(spec, stats)
+    notes = [f"style: {'dark glyphs on light' if dark else 'light glyphs on dark'} background, "
+             f"background {bg}, glyphs {fg} (5-95th percentiles over {len(stats)} images)",
+             f"style: drawer {drawer!r}" + (" (left-right background ramp)" if drawer == "real" else ""),
+             f"style: font sizes {sizes} from text height ~{text_h:.0f}px; fonts "
+             f"{', '.join(FONT_MIX)} (a mix, for generality)",
+             (f"style: {len(palette)} (background, glyph) colour pairs taken from the sample; "
+              f"text line {text_width[0]:.2f}-{text_width[1]:.2f} of the width, starting at "
+              f"{text_left[0]:.2f}-{text_left[1]:.2f}" if drawer == "captcha" else
+              "style: grey ramp background and ink level from the ranges above"),
+             f"style: noise dots {dots}, thin-stroke share {thin:.2f} -> strike lines {strikes}; "
+             f"for generality every image gets one curve (width {spec.curve_width}), glyph "
+             f"warp {spec.warp} and rotation {spec.rotate}; blur {spec.blur}"
+             + ("; letters drawn in mixed case" if spec.mixed_case else ""), calibration]
+    return spec, notes
+
+
+def _line_measures(stats: list[dict[str, Any]]) -> tuple[float, float, float]:
+    """Median text-line width and start (shares of the image width) and text height (rows)."""
+    return (statistics.median(s["span"][1] - s["span"][0] for s in stats),
+            statistics.median(s["span"][0] for s in stats),
+            statistics.median(s["text_rows"] for s in stats))
+
+
+def _text_stats(spec: SyntheticSpec, seed: str, images: int) -> list[dict[str, Any]]:
+    """`_image_stats` of renders of the style without its noise: the text alone, since our own
+    curves (they reach across the image) would blur the measures calibration compares."""
+    quiet = replace(spec, curves=0, strikes=(0, 0), dots=0)
+    return [_image_stats(synthetic.render(quiet, seed, i)[0]) for i in range(images)]
+
+
+def calibrate(spec: SyntheticSpec, real_stats: list[dict[str, Any]], rounds: int = 3,
+              images: int = CALIBRATION_IMAGES) -> tuple[SyntheticSpec, str]:
+    """Measure rendered images exactly as the sample was measured and correct the text box and
+    font sizes until the two agree: a drawer's margins, overlaps and warp make its ink narrower
+    and shorter than the box and size it is given, so measured values are not drawable ones."""
+    real_w, real_left, real_h = _line_measures(real_stats)
+    boxed = spec.text_width[1] > 0
+
+    def measure(s: SyntheticSpec, seed: str) -> tuple[float, float, float]:
+        return _line_measures(_text_stats(s, seed, images))
+
+    spaces = ""
+    if boxed:  # the "captcha" drawer's spaces between glyphs: as many as the sample has gaps
+        spec, spaces = _calibrate_spaces(spec, real_stats, images)
+    for r in range(rounds):
+        w, left, h = measure(spec, f"calibrate/{r}")
+        grow = float(np.clip(real_h / max(h, 1.0), 0.6, 1.6))
+        changes: dict[str, Any] = {"font_sizes": tuple(sorted({max(8, round(f * grow))
+                                                               for f in spec.font_sizes}))}
+        if boxed:
+            widen = float(np.clip(real_w / max(w, 1e-3), 0.6, 1.6))
+            tw = tuple(round(float(np.clip(v * widen, 0.1, 1.0)), 3) for v in spec.text_width)
+            shift = real_left - left
+            tl = tuple(round(float(np.clip(v + shift, 0.0, max(0.0, 1.0 - tw[1]))), 3)
+                       for v in spec.text_left)
+            changes.update(text_width=tw, text_left=tl)
+        spec = replace(spec, **changes)
+    w, left, h = measure(spec, "calibrate/check")
+    line = (f"calibration: synthetic text measured like the sample after {rounds} corrections: "
+            f"line width {w:.2f} (sample {real_w:.2f}), start {left:.2f} ({real_left:.2f}), "
+            f"height {h:.0f}px ({real_h:.0f}) -> font sizes {spec.font_sizes}")
+    if boxed:
+        line += f", text box {spec.text_width} starting at {spec.text_left}; {spaces}"
+    return spec, line
+
+
+def _calibrate_spaces(spec: SyntheticSpec, real_stats: list[dict[str, Any]], images: int
+                      ) -> tuple[SyntheticSpec, str]:
+    """The chance of a space before a glyph whose renders have the sample's share of gap
+    columns in the text line: the share measured without spaces and with the library's 0.5,
+    interpolated (the library spaces half of its glyphs apart; many generators pack them)."""
+    real = statistics.median(s["gaps"] for s in real_stats)
+
+    def gaps(spaces: float) -> float:
+        return statistics.median(s["gaps"] for s in _text_stats(replace(spec, spaces=spaces),
+                                                                 "calibrate/spaces", images))
+
+    none, half = gaps(0.0), gaps(0.5)
+    spaces = 0.5 * (real - none) / (half - none) if half - none > 0.01 else 0.5
+    spaces = round(float(np.clip(spaces, 0.0, 1.0)), 2)
+    return (replace(spec, spaces=spaces),
+            f"gaps in the line {real:.2f} (renders: {none:.2f} without spaces, {half:.2f} with "
+            f"half of the glyphs spaced) -> spaces {spaces}")
+
+
+def style_samples(insp: Inspection, spec: SyntheticSpec, n: int = 8) -> Image.Image:
+    """Real (left column) next to synthetic (right column) images, to judge the style match."""
+    w, h = insp.size
+    grid = Image.new("RGB", (2 * w + 4, n * (h + 2)), "white")
+    for i in range(min(n, len(insp.samples))):
+        grid.paste(load_image(insp.samples[i][0]).convert("RGB").resize((w, h)), (0, i * (h + 2)))
+        img, _ = synthetic.render(spec, "style-samples", i)
+        grid.paste(img.convert("RGB").resize((w, h)), (w + 4, i * (h + 2)))
+    return grid
