@@ -20,6 +20,8 @@ from captcha_ml.data.synthetic import SyntheticSpec
 from captcha_ml.model import CaptchaNet, output_length
 
 DIGITS = "0123456789"
+DIGITS_SPEC = synthetic.preset("captcha", charset=DIGITS, min_len=4, max_len=4, width=96,
+                               height=32)
 
 
 def _labels(n: int, length=4, charset=DIGITS) -> list[str]:
@@ -101,29 +103,48 @@ def test_finetuning_reads_a_larger_input_and_the_plan_pays_for_it():
 @pytest.mark.parametrize("bf16_rate, chosen", [(250.0, "bf16"), (110.0, "no"), (60.0, "no")])
 def test_probe_chooses_bfloat16_only_where_it_is_faster(monkeypatch, bf16_rate, chosen):
     """auto: bfloat16 autocast where a step runs >= BF16_MIN_SPEEDUP x faster (AMX CPUs), else
-    float32; a precision given is measured alone; the rate includes rendering."""
+    float32; then the chosen precision is timed with rendered batches; a precision given is
+    timed alone."""
+    import itertools
+
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU, as here
-    monkeypatch.setattr(fit.budget, "_step_images_per_s",
-                        lambda model, x, p, steps: {"no": 100.0, "bf16": bf16_rate}[p])
-    spec = synthetic.preset("captcha", charset=DIGITS, min_len=4, max_len=4, width=96, height=32)
-    probe = fit.probe_throughput(spec, 32, 96, 3, 11)
+    monkeypatch.setattr(fit.budget, "_rendered_batches", lambda *a: (x for x in ["rendered"]))
+    timed = []
+
+    def rate(model, batches, precision, steps):
+        rendered = not isinstance(batches, itertools.repeat)
+        timed.append((precision, rendered))
+        return {"no": 100.0, "bf16": bf16_rate}[precision] / (2 if rendered else 1)
+
+    monkeypatch.setattr(fit.budget, "_images_per_s", rate)
+    probe = fit.probe_throughput(DIGITS_SPEC, 32, 96, 3, 11)
     assert probe.precision == chosen and probe.step_images_per_s == {"no": 100.0, "bf16": bf16_rate}
     assert f"{bf16_rate / 100:.1f}x" in probe.why
-    assert 0 < probe.images_per_s < probe.step_images_per_s[chosen]  # rendering costs time too
-    forced = fit.probe_throughput(spec, 32, 96, 3, 11, precision="no")
-    assert forced.precision == "no" and list(forced.step_images_per_s) == ["no"]
+    assert probe.images_per_s == probe.step_images_per_s[chosen] / 2
+    assert timed == [("no", False), ("bf16", False), (chosen, True)]
+    timed.clear()
+    forced = fit.probe_throughput(DIGITS_SPEC, 32, 96, 3, 11, precision="bf16")
+    assert forced.precision == "bf16" and forced.step_images_per_s == {}
+    assert timed == [("bf16", True)]
 
 
-def test_probe_measures_real_steps_in_both_precisions():
-    """The probe's own timing runs real float32 and bfloat16 training steps on the CPU."""
+def test_probe_times_real_steps_on_rendered_batches():
+    """The probe's timing runs real float32 and bfloat16 training steps on the CPU, on batches
+    a DataLoader worker renders (its worker is stopped afterwards)."""
+    import itertools
+
     import torch
 
     model = CaptchaNet(11, 1)
     x = torch.randn(4, 1, 32, 64)
-    assert fit.budget._step_images_per_s(model, x, "no", steps=1) > 0
-    assert fit.budget._step_images_per_s(model, x, "bf16", steps=1) > 0
+    assert fit.budget._images_per_s(model, itertools.repeat(x), "no", steps=1) > 0
+    assert fit.budget._images_per_s(model, itertools.repeat(x), "bf16", steps=1) > 0
+    batches = fit.budget._rendered_batches(DIGITS_SPEC, 32, 96, 3, 4)
+    assert next(batches).shape == (4, 3, 32, 96)
+    assert fit.budget._images_per_s(CaptchaNet(11, 3), batches, "no", steps=1) > 0
+    batches.close()
 
 
 def test_unknown_precision_is_refused_before_any_work(tmp_path):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
-from ..data import synthetic
 from ..data.synthetic import SyntheticSpec
 from ..model import output_length
 
@@ -53,64 +53,83 @@ BF16_MIN_SPEEDUP = 1.3
 class Probe:
     """Training speed on this machine at the pretraining input, and the precision chosen."""
 
-    images_per_s: float  # at the chosen precision, rendering the synthetic images included
+    images_per_s: float  # training as fit does: images rendered in a DataLoader worker
     precision: str  # train.mixed_precision of both stages: "no" or "bf16"
     step_images_per_s: dict[str, float]  # the training step alone, per precision measured
     why: str = ""
 
 
-def _step_images_per_s(model, x, precision: str, steps: int) -> float:
-    """Images/s of forward + backward + optimizer steps, after one untimed warm-up step."""
+def _images_per_s(model, batches: Iterator, precision: str, steps: int) -> float:
+    """Images/s of ``steps`` training steps (forward, backward, optimizer) on the next
+    ``batches``, after two untimed warm-up steps."""
     import torch
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    for i in range(steps + 1):
-        if i == 1:
-            start = time.perf_counter()
+    images = 0
+    for i in range(steps + 2):
+        if i == 2:
+            start, images = time.perf_counter(), 0
+        x = next(batches).contiguous(memory_format=torch.channels_last)
         opt.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = model(x).logsumexp(-1).mean()
         loss.backward()
         opt.step()
-    return steps * x.shape[0] / (time.perf_counter() - start)
+        images += x.shape[0]
+    return images / (time.perf_counter() - start)
+
+
+def _rendered_batches(spec: SyntheticSpec, height: int, width: int, channels: int,
+                      batch: int) -> Iterator:
+    """Batches of the style rendered in one DataLoader worker, as fit's training gets them:
+    on a 2-core CPU the rendering takes its share of the cores from the training step."""
+    from torch.utils.data import DataLoader
+
+    from ..data.datasets import SyntheticImages
+    from ..data.transforms import Preprocess
+
+    images = SyntheticImages(spec, 10_000, Preprocess(height, width, channels), stream="probe")
+    for x, _ in DataLoader(images, batch_size=batch, num_workers=1, prefetch_factor=4):
+        yield x
 
 
 def probe_throughput(spec: SyntheticSpec, height: int, width: int, channels: int,
                      num_classes: int, precision: str = "auto", batch: int = 32,
-                     steps: int = 2) -> Probe:
-    """Training images/s on this machine (a few steps plus rendering), and with ``precision``
-    "auto", the faster of float32 and bfloat16 autocast (by at least BF16_MIN_SPEEDUP)."""
+                     steps: int = 12) -> Probe:
+    """Training images/s on this machine, measured as fit trains (images rendered in a worker
+    while the model trains); with ``precision`` "auto", first the faster of float32 and bfloat16
+    autocast on a fixed batch (bfloat16 when at least BF16_MIN_SPEEDUP x faster)."""
+    import itertools
+
     import torch
 
     from ..config import ModelConfig
-    from ..data.transforms import Preprocess
     from ..model import build_model, channels_last
 
-    pre = Preprocess(height, width, channels)
-    start = time.perf_counter()
-    for i in range(8):
-        pre(synthetic.render(spec, "probe", i)[0])
-    render_s = (time.perf_counter() - start) / 8
-    x = torch.randn(batch, channels, height, width).contiguous(memory_format=torch.channels_last)
+    def model():
+        return channels_last(build_model(ModelConfig(depth=FIT_DEPTH), num_classes, channels))
+
     if precision != "auto":
         tried, why = (precision,), f"--precision {precision}"
     elif torch.cuda.is_available():  # the probe times the CPU, not the GPU that will train
         tried, why = ("no",), "a GPU: not probed (set train.mixed_precision in fit.yaml)"
     else:
         tried = ("no", "bf16")
-    rates = {}
-    for p in tried:
-        model = channels_last(build_model(ModelConfig(depth=FIT_DEPTH), num_classes, channels))
-        rates[p] = _step_images_per_s(model, x, p, steps)
-    chosen = tried[0]
+    rates, chosen = {}, tried[0]
     if len(tried) == 2:
+        x = torch.randn(batch, channels, height, width)
+        rates = {p: _images_per_s(model(), itertools.repeat(x), p, 3) for p in tried}
         speedup = rates["bf16"] / rates["no"]
         chosen = "bf16" if speedup >= BF16_MIN_SPEEDUP else "no"
         why = (f"a training step in bfloat16 autocast ran {speedup:.1f}x as fast as in float32 "
                f"on this CPU ({rates['bf16']:.0f} vs {rates['no']:.0f} images/s; chosen at "
                f">= {BF16_MIN_SPEEDUP:g}x)")
-    return Probe(1.0 / (1.0 / rates[chosen] + render_s), chosen,
-                 {k: round(v, 1) for k, v in rates.items()}, why)
+    batches = _rendered_batches(spec, height, width, channels, batch)
+    try:
+        images_per_s = _images_per_s(model(), batches, chosen, steps)
+    finally:
+        batches.close()  # stops the DataLoader worker
+    return Probe(images_per_s, chosen, {k: round(v, 1) for k, v in rates.items()}, why)
 
 
 @dataclass
