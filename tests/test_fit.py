@@ -388,6 +388,8 @@ def test_budget_finetune_gets_the_time_pretraining_left(tmp_path, monkeypatch):
     parent = MlflowClient(uri).get_run(result["parent_run_id"])
     assert parent.data.params["fit.finetune_steps_replanned"] == str(ran)
     assert float(parent.data.params["fit.pretrain_images_per_s"]) > 0
+    assert float(parent.data.params["fit.finetune_images_per_s"]) > 0  # timed on its own data
+    assert "(timed on its own data)" in note
     assert fit.replan_finetune(100, 16, seconds_left=-5, images_per_s=50) == 25  # floor
     assert fit.replan_finetune(100, 16, seconds_left=64, images_per_s=50) == 200
 

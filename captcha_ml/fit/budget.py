@@ -93,6 +93,26 @@ def _rendered_batches(spec: SyntheticSpec, height: int, width: int, channels: in
         yield x
 
 
+def config_images_per_s(cfg, steps: int = 12) -> float:
+    """Training images/s of ``cfg`` as engine.train runs it (its data, input size, precision),
+    timed over a few steps: finetuning loads and augments real images besides rendering
+    synthetic ones, a cost no pixel count predicts (lower4to7: 0.83x pretraining's rate at
+    the same input, where 1x was planned, and finetuning overran by 1.3 minutes)."""
+    import itertools
+
+    from .. import engine
+    from ..model import build_model, channels_last
+
+    data = engine.build_data(cfg)
+    model = channels_last(build_model(cfg.model, data.charset.num_classes, cfg.data.channels))
+    loader = engine.make_loader(data.train, cfg, data.charset, train=True)
+    batches = (b["images"] for _ in itertools.count() for b in loader)  # a small set repeats
+    try:
+        return _images_per_s(model, batches, cfg.train.mixed_precision, steps)
+    finally:
+        batches.close()  # stops the DataLoader worker
+
+
 def probe_throughput(spec: SyntheticSpec, height: int, width: int, channels: int,
                      num_classes: int, precision: str = "auto", batch: int = 32,
                      steps: int = 12) -> Probe:

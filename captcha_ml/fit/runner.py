@@ -156,17 +156,17 @@ def _train(pre: Config, fine: Config, splits: dict[str, Path], note: _Notes,
          f"char_acc {zero['char_acc']:.4f}")
     if deadline is not None:
         ips = pre_result["steps"] * pre.train.batch_size / max(pre_seconds, 1e-6)
-        cost = input_cost((pre.data.height, pre.data.width), (fine.data.height, fine.data.width))
+        fine_ips = budget.config_images_per_s(fine)
         left = deadline - time.perf_counter()
         planned = fine.train.max_steps
-        fine.train.max_steps = replan_finetune(planned, fine.train.batch_size, left, ips / cost)
+        fine.train.max_steps = replan_finetune(planned, fine.train.batch_size, left, fine_ips)
         fine.train.eval_every = max(1, fine.train.max_steps // 10)
-        note(f"budget: pretraining ran at {ips:.0f} images/s"
-             + (f" (finetuning's larger input: ~{ips / cost:.0f})" if cost != 1 else "")
-             + f"; {left / 60:.1f} min left -> finetune {fine.train.max_steps} steps "
-             f"(planned {planned})")
+        note(f"budget: pretraining ran at {ips:.0f} images/s, finetuning at {fine_ips:.0f} "
+             f"(timed on its own data); {left / 60:.1f} min left -> finetune "
+             f"{fine.train.max_steps} steps (planned {planned})")
         mlflow.log_params({"fit.finetune_steps_replanned": fine.train.max_steps,
-                           "fit.pretrain_images_per_s": round(ips, 1)})
+                           "fit.pretrain_images_per_s": round(ips, 1),
+                           "fit.finetune_images_per_s": round(fine_ips, 1)})
         if replanned:
             replanned()
     t1 = time.perf_counter()
