@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterator
 
+from ..config import Config
 from ..data.synthetic import SyntheticSpec
 from ..model import output_length
 
@@ -44,8 +45,9 @@ def model_input(size: tuple[int, int], max_len: int, max_height: int = PRETRAIN_
 
 PRECISIONS = ("auto", "no", "bf16")  # fit's --precision: probe, float32, bfloat16 autocast
 # bfloat16 autocast is chosen when a training step runs this much faster than in float32: CPUs
-# with AMX or AVX512-BF16 run one ~2.4x faster (layer3 at 40x104: 143 -> 373 images/s), older
-# CPUs slower. Weights, optimizer and CTC stay float32 (model.forward's log_softmax).
+# with AMX run one 2.0-2.2x faster (the probe on wheezy's 40x104 input: 285 -> 574 images/s);
+# where it is not faster, float32 stays. Weights, optimizer and CTC stay float32 (the model's
+# log_softmax).
 BF16_MIN_SPEEDUP = 1.3
 
 
@@ -93,7 +95,7 @@ def _rendered_batches(spec: SyntheticSpec, height: int, width: int, channels: in
         yield x
 
 
-def config_images_per_s(cfg, steps: int = 12) -> float:
+def config_images_per_s(cfg: Config, steps: int = 12) -> float:
     """Training images/s of ``cfg`` as engine.train runs it (its data, input size, precision),
     timed over a few steps: finetuning loads and augments real images besides rendering
     synthetic ones, a cost no pixel count predicts (lower4to7: 0.83x pretraining's rate at
