@@ -147,6 +147,16 @@ def test_probe_times_real_steps_on_rendered_batches():
     batches.close()
 
 
+def test_config_rerun_keeps_its_precision_unless_told():
+    from captcha_ml import config
+
+    pre, fine = config.load(None, ["train.mixed_precision=bf16"]), config.load(None)
+    assert fit.configs.override_precision(pre, fine, "auto").endswith("=no (from the configs)")
+    assert (pre.train.mixed_precision, fine.train.mixed_precision) == ("bf16", "no")
+    assert "(--precision)" in fit.configs.override_precision(pre, fine, "bf16")
+    assert pre.train.mixed_precision == fine.train.mixed_precision == "bf16"
+
+
 def test_unknown_precision_is_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="--precision 'fp8': use one of auto, no, bf16"):
         fit.run(tmp_path / "missing", tmp_path / "out", precision="fp8")

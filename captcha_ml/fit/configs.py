@@ -103,3 +103,12 @@ def adopt_style(config_path: str, out: Path) -> None:
     src, dst = Path(pre.data.style), out / "style.yaml"
     if synthetic.is_style_file(pre.data.style) and src.is_file() and not dst.exists():
         dst.write_text(src.read_text())
+
+
+def override_precision(pre: Config, fine: Config, precision: str) -> str:
+    """A --config rerun keeps its configs' train.mixed_precision unless --precision names one
+    (not "auto"), which then sets both; returns the line fit prints."""
+    if precision != "auto":
+        pre.train.mixed_precision = fine.train.mixed_precision = precision
+    return (f"precision: train.mixed_precision={fine.train.mixed_precision} ("
+            + ("--precision)" if precision != "auto" else "from the configs)"))

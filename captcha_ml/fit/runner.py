@@ -29,7 +29,8 @@ from .budget import (DEFAULT_BUDGET_MINUTES, FALLBACK_IMAGES_PER_S, FINAL_RESERV
                      FINETUNE_MAX_HEIGHT, PRECISIONS, Probe, input_cost, model_input,
                      plan_budget, replan_finetune)
 from .configs import (FINETUNE_AUGMENT_STRENGTH, FINETUNE_SYNTHETIC_SHARE, adopt_style,
-                      build_configs, read_fit_yaml, repoint, write_fit_yaml)
+                      build_configs, override_precision, read_fit_yaml, repoint,
+                      write_fit_yaml)
 from .reuse import PRETRAIN_RECORD, reusable_pretraining, write_pretrain_record
 from .sample import Inspection, inspect, inspection_notes, make_split, split_sizes
 from .style import derive_style, style_samples
@@ -61,18 +62,15 @@ def _configs(insp: Inspection, out: Path, spec: SyntheticSpec, splits: dict[str,
         note(f"model input (from the configs): pretraining {pre.data.height}x{pre.data.width}, "
              f"finetuning {fine.data.height}x{fine.data.width} (height x width)")
         info = {"config": str(config_path), "config_pretrain_dir": pretrained_in}
-        if precision != "auto":  # said on the command line: overrides the configs' own
-            pre.train.mixed_precision = fine.train.mixed_precision = precision
-        note(f"precision: train.mixed_precision={fine.train.mixed_precision}"
-             + (" (--precision)" if precision != "auto" else " (from the configs)"))
+        note(override_precision(pre, fine, precision))
     else:
         note(f"model input: pretraining {why}; finetuning "
              + ("the same" if (fine_h, fine_w) == (height, width) else fine_why))
         probe = (Probe(FALLBACK_IMAGES_PER_S, "no" if precision == "auto" else precision, {},
                        f"--precision {precision} (--max-steps: no probe)")
                  if max_steps else  # --max-steps decides the steps: no probe needed
-                 budget.probe_throughput(spec, height, width, insp.channels, len(insp.charset) + 1,
-                                  precision))
+                 budget.probe_throughput(spec, height, width, insp.channels,
+                                         len(insp.charset) + 1, precision))
         ips = probe.images_per_s
         plan = plan_budget(budget_minutes, ips, max_steps,
                            input_cost(inputs["pretrain"], inputs["finetune"]))
