@@ -48,7 +48,7 @@ def model_input(size: tuple[int, int], max_len: int, max_height: int = PRETRAIN_
 
 PRECISIONS = ("auto", "no", "bf16")  # fit's --precision: probe, float32, bfloat16 autocast
 # bfloat16 autocast is chosen when a training step runs this much faster than in float32: CPUs
-# with AMX run one 2.0-2.2x faster (the probe on wheezy's 40x104 input: 285 -> 574 images/s);
+# with AMX run one 2.0-2.4x faster (the probe on wheezy's 40x104 input: 285 -> 574 images/s);
 # where it is not faster, float32 stays. Weights, optimizer and CTC stay float32 (the model's
 # log_softmax).
 BF16_MIN_SPEEDUP = 1.3
