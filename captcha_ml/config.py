@@ -45,6 +45,12 @@ class DataConfig:
     # Labeled data.train only: this share of every training epoch is synthetic images of
     # data.style (few real images then do not wash out what pretraining taught); 0: real only.
     synthetic_share: float = 0.0
+    # Synthetic training images (data.train=synthetic, or the synthetic_share part): 0 renders
+    # each one on the fly in the DataLoader workers (new images every epoch); N > 0 renders N
+    # once, in parallel, before training, and cycles through them. On a CPU, where rendering
+    # takes cores from the training step, that trains ~2x faster (2 cores: ~270 -> ~500
+    # images/s); N x height x width x channels bytes stay in memory.
+    synthetic_pool: int = 0
     skip_bad: bool = False
     num_workers: int = 2
 
@@ -203,6 +209,9 @@ def validate(cfg: Config) -> None:
         problems.append(f"data.charset={d.charset!r}: must be non-empty without repeated symbols")
     if not 0 < d.augment_strength <= 4:
         problems.append(f"data.augment_strength={d.augment_strength}: use a value in (0, 4]")
+    if d.synthetic_pool < 0:
+        problems.append(f"data.synthetic_pool={d.synthetic_pool}: use 0 (render on the fly) or "
+                        "the number of images to render once, e.g. 20000")
     if not 0 <= d.synthetic_share < 1:
         problems.append(f"data.synthetic_share={d.synthetic_share}: use a share in [0, 1)")
     elif d.synthetic_share and d.train == "synthetic":

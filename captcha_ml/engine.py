@@ -70,11 +70,16 @@ def build_data(cfg: Config) -> Data:
     charset = Charset(d.charset, d.case_sensitive)
     pre = Preprocess(d.height, d.width, d.channels)
 
+    def rendered(size: int, stream: str) -> Dataset:
+        spec = synthetic.spec_from_config(d)
+        if d.synthetic_pool and stream != "valid":  # validation stays one fixed set
+            return datasets.SyntheticPool(spec, size, pre, d.synthetic_pool, seed=cfg.train.seed,
+                                          stream=stream, desc=f"{cfg.train.stage}: render pool")
+        return datasets.SyntheticImages(spec, size, pre, seed=cfg.train.seed, stream=stream)
+
     def make(source: str, size: int, train: bool) -> Dataset:
         if source == "synthetic":
-            return datasets.SyntheticImages(synthetic.spec_from_config(d), size, pre,
-                                            seed=cfg.train.seed,
-                                            stream="train" if train else "valid")
+            return rendered(size, "train" if train else "valid")
         labeled = real.read_labeled(source, charset=charset, min_len=d.min_len,
                                     max_len=d.max_len, skip_bad=d.skip_bad)
         return datasets.LabeledImages(_normalized(labeled.samples, charset), pre,
@@ -84,8 +89,7 @@ def build_data(cfg: Config) -> Data:
     train = make(d.train, d.synthetic_train_size, True)
     if d.synthetic_share:
         extra = round(len(train) * d.synthetic_share / (1 - d.synthetic_share))
-        train = datasets.MixedImages([train, datasets.SyntheticImages(
-            synthetic.spec_from_config(d), extra, pre, seed=cfg.train.seed, stream="mix")])
+        train = datasets.MixedImages([train, rendered(extra, "mix")])
     return Data(charset, pre, train, make(d.valid, d.synthetic_valid_size, False),
                 {"train": d.train, "valid": d.valid})
 

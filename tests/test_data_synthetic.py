@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from captcha_ml.data.datasets import LabeledImages, SyntheticImages
+from captcha_ml.data.datasets import LabeledImages, SyntheticImages, SyntheticPool
 from captcha_ml.data.real import DataError, read_manifest
 from captcha_ml.config import DataConfig
 from captcha_ml.data.synthetic import (SyntheticSpec, generate, load_style, preset, render,
@@ -156,6 +156,27 @@ def test_synthetic_dataset_epochs_and_indices():
     assert not torch.equal(SyntheticImages(spec, 4, pre, seed=0, stream="valid")[0][0], x0)
     with pytest.raises(IndexError):
         ds[4]
+
+
+def test_synthetic_pool_holds_the_on_the_fly_images_and_cycles_them():
+    """A pool renders SyntheticImages' epoch 0 once (in parallel or not: the same pixels) and
+    keeps it as uint8; the network sees exactly what on-the-fly rendering would give it, and
+    every epoch moves on through the pool."""
+    spec = preset("captcha", **SMALL)
+    pre = Preprocess(height=24, width=80, channels=3)
+    fly = SyntheticImages(spec, 5, pre, seed=3, stream="mix")
+    pool = SyntheticPool(spec, 2, pre, pool=5, seed=3, stream="mix", workers=0)
+    assert pool.pixels.dtype == torch.uint8 and pool.pixels.shape == (5, 3, 24, 80)
+    assert len(pool) == 2 and [pool[i][1] for i in range(2)] == [fly[i][1] for i in range(2)]
+    assert torch.equal(pool[1][0], fly[1][0])  # pixels -> normalize == the one preprocessing
+    pool.set_epoch(2)  # items 4, 5 -> pool images 4, 0
+    assert pool[0][1] == fly[4][1] and torch.equal(pool[1][0], fly[0][0])
+    parallel = SyntheticPool(spec, 2, pre, pool=5, seed=3, stream="mix", workers=2)
+    assert torch.equal(parallel.pixels, pool.pixels) and parallel.labels == pool.labels
+    with pytest.raises(IndexError):
+        pool[2]
+    with pytest.raises(ValueError, match="at least one image"):
+        SyntheticPool(spec, 2, pre, pool=0)
 
 
 def test_labeled_images_augment_and_broken_file(tmp_path, make_images):

@@ -103,14 +103,14 @@ def test_finetuning_reads_a_larger_input_and_the_plan_pays_for_it():
 @pytest.mark.parametrize("bf16_rate, chosen", [(250.0, "bf16"), (110.0, "no"), (60.0, "no")])
 def test_probe_chooses_bfloat16_only_where_it_is_faster(monkeypatch, bf16_rate, chosen):
     """auto: bfloat16 autocast where a step runs >= BF16_MIN_SPEEDUP x faster (AMX CPUs), else
-    float32; then the chosen precision is timed with rendered batches; a precision given is
-    timed alone."""
+    float32; then the chosen precision is timed on batches from a rendered pool; a precision
+    given is timed alone."""
     import itertools
 
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU, as here
-    monkeypatch.setattr(fit.budget, "_rendered_batches", lambda *a: (x for x in ["rendered"]))
+    monkeypatch.setattr(fit.budget, "_pool_batches", lambda *a: ((x for x in ["pool"]), 0.002))
     timed = []
 
     def rate(model, batches, precision, steps):
@@ -122,7 +122,7 @@ def test_probe_chooses_bfloat16_only_where_it_is_faster(monkeypatch, bf16_rate, 
     probe = fit.probe_throughput(DIGITS_SPEC, 32, 96, 3, 11)
     assert probe.precision == chosen and probe.step_images_per_s == {"no": 100.0, "bf16": bf16_rate}
     assert f"{bf16_rate / 100:.1f}x" in probe.why
-    assert probe.images_per_s == probe.step_images_per_s[chosen] / 2
+    assert probe.images_per_s == probe.step_images_per_s[chosen] / 2 and probe.render_s == 0.002
     assert timed == [("no", False), ("bf16", False), (chosen, True)]
     timed.clear()
     forced = fit.probe_throughput(DIGITS_SPEC, 32, 96, 3, 11, precision="bf16")
@@ -130,9 +130,9 @@ def test_probe_chooses_bfloat16_only_where_it_is_faster(monkeypatch, bf16_rate, 
     assert timed == [("bf16", True)]
 
 
-def test_probe_times_real_steps_on_rendered_batches():
+def test_probe_times_real_steps_on_pool_batches():
     """The probe's timing runs real float32 and bfloat16 training steps on the CPU, on batches
-    a DataLoader worker renders (its worker is stopped afterwards)."""
+    from a small pool it rendered (timing the rendering too)."""
     import itertools
 
     import torch
@@ -141,10 +141,29 @@ def test_probe_times_real_steps_on_rendered_batches():
     x = torch.randn(4, 1, 32, 64)
     assert fit.budget._images_per_s(model, itertools.repeat(x), "no", steps=1) > 0
     assert fit.budget._images_per_s(model, itertools.repeat(x), "bf16", steps=1) > 0
-    batches = fit.budget._rendered_batches(DIGITS_SPEC, 32, 96, 3, 4)
-    assert next(batches).shape == (4, 3, 32, 96)
-    assert fit.budget._images_per_s(CaptchaNet(11, 3), batches, "no", steps=1) > 0
-    batches.close()
+    batches, render_s = fit.budget._pool_batches(DIGITS_SPEC, 32, 96, 3, 4, pool=6)
+    assert next(batches).shape == (4, 3, 32, 96) and 0 < render_s < 5
+    assert fit.budget._images_per_s(CaptchaNet(11, 3), batches, "no", steps=4) > 0  # cycles
+
+
+def test_steps_and_pool_fill_the_time_together():
+    """Rendering a stage's pool (its synthetic images / POOL_REUSE, over the cores) plus
+    training its steps takes the stage's seconds; pools are capped; finetuning's pool holds
+    only its synthetic share."""
+    seconds, ips, render_s = 100.0, 500.0, 0.002
+    steps, pool = fit.budget.pooled_steps(seconds, ips, 32, 1.0, render_s, cores=2)
+    assert pool == -(-steps * 32 // fit.budget.POOL_REUSE)
+    step_s = 32 / ips + 32 * render_s / (fit.budget.POOL_REUSE * 2)  # one step, rounded away
+    assert pool * render_s / 2 + steps * 32 / ips == pytest.approx(seconds, abs=step_s)
+    no_render, _ = fit.budget.pooled_steps(seconds, ips, 32, 1.0, 0.0, cores=2)
+    assert no_render == int(seconds * ips / 32) > steps
+    steps16, half = fit.budget.pooled_steps(seconds, ips, 16, 0.5, render_s, cores=2)
+    assert half == -(-steps16 * 8 // fit.budget.POOL_REUSE)  # 8 synthetic images a step
+    assert fit.budget.pooled_steps(1e6, ips, 32, 1.0, render_s, 2)[1] == fit.budget.POOL_MAX_IMAGES
+    plan = fit.plan_budget(10, ips, render_s=render_s, cores=2, finetune_share=0.5)
+    assert plan.pretrain_pool == fit.budget.pool_size(plan.pretrain_steps, 32, 1.0)
+    assert plan.finetune_pool == fit.budget.pool_size(plan.finetune_steps, 16, 0.5)
+    assert fit.plan_budget(10, ips, max_steps=3).pretrain_pool == 24  # 3 x 32 / 4
 
 
 def test_config_rerun_keeps_its_precision_unless_told():
@@ -400,8 +419,11 @@ def test_budget_finetune_gets_the_time_pretraining_left(tmp_path, monkeypatch):
     assert float(parent.data.params["fit.pretrain_images_per_s"]) > 0
     assert float(parent.data.params["fit.finetune_images_per_s"]) > 0  # timed on its own data
     assert "(timed on its own data)" in note
-    assert fit.replan_finetune(100, 16, seconds_left=-5, images_per_s=50) == 25  # floor
-    assert fit.replan_finetune(100, 16, seconds_left=64, images_per_s=50) == 200
+    assert fit.replan_finetune(100, 16, seconds_left=-5, images_per_s=50) == (25, 1)  # floor
+    assert fit.replan_finetune(100, 16, seconds_left=64, images_per_s=50) == (200, 1)
+    assert fit.replan_finetune(100, 16, 64, 50, synthetic_share=0.5) == (200, 400)
+    assert fit_yaml["finetune"]["data"]["synthetic_pool"] == fit.budget.pool_size(ran, 16, 0.5)
+    assert fit_yaml["pretrain"]["data"]["num_workers"] == 0  # a CPU: no loader process
 
 
 def test_cli_budget_default_is_fits():

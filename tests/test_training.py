@@ -162,6 +162,24 @@ def test_synthetic_share_mixes_new_synthetic_images_into_real_training(tmp_path,
         tiny_config(tmp_path, "data.synthetic_share=0.5")  # data.train is synthetic there
 
 
+def test_synthetic_pool_serves_training_and_the_mix_but_not_validation(tmp_path, real_dir):
+    """data.synthetic_pool renders the training images once (pretraining's set and the mixed-in
+    part of finetuning); validation stays the fixed on-the-fly set."""
+    from captcha_ml.data.datasets import SyntheticImages, SyntheticPool
+
+    data = engine.build_data(tiny_config(tmp_path, "data.synthetic_pool=6"))
+    assert isinstance(data.train, SyntheticPool) and len(data.train.labels) == 6
+    assert isinstance(data.valid, SyntheticImages)
+    m = write_manifests(real_dir, tmp_path / "splits")
+    mixed = engine.build_data(tiny_config(
+        tmp_path, f"data.train={m['train']}", f"data.valid={m['valid']}",
+        "data.charset=2345678bcdefgmnpwxy", "data.min_len=5", "data.max_len=5",
+        "data.synthetic_share=0.25", "data.synthetic_pool=10")).train
+    assert isinstance(mixed.parts[1], SyntheticPool) and len(mixed) == 24 + 8
+    with pytest.raises(ConfigError, match="synthetic_pool=-1"):
+        tiny_config(tmp_path, "data.synthetic_pool=-1")
+
+
 def test_missing_init_checkpoint_is_named(tmp_path):
     cfg = tiny_config(tmp_path, f"train.init_from={tmp_path / 'nope.pt'}")
     with pytest.raises(CheckpointError, match="nope.pt not found"):

@@ -37,12 +37,20 @@ class Preprocess:
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         """PIL image of any mode and size -> float tensor (channels, height, width)."""
+        return self.normalize(self.pixels(img))
+
+    def pixels(self, img: Image.Image) -> torch.Tensor:
+        """The first half: PIL image -> resized uint8 tensor (channels, height, width), the
+        compact form a pool of pre-rendered images keeps in memory."""
         img = img.convert("L" if self.channels == 1 else "RGB")
         if img.size != (self.width, self.height):
             img = img.resize((self.width, self.height), Image.BILINEAR)
         data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-        x = data.view(self.height, self.width, self.channels).permute(2, 0, 1).float()
-        return (x / 255.0 - self.mean) / self.std
+        return data.view(self.height, self.width, self.channels).permute(2, 0, 1).contiguous()
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The second half: uint8 pixels (..., channels, height, width) -> the network's input."""
+        return (pixels.float() / 255.0 - self.mean) / self.std
 
     def to_dict(self) -> dict:
         return asdict(self)

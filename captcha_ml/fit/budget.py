@@ -3,6 +3,7 @@ the split of the wall-time budget into pretraining and finetuning steps."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -27,6 +28,11 @@ PRETRAIN_SHARE, FINETUNE_SHARE = 0.35, 0.65
 DEFAULT_BUDGET_MINUTES = 18.0
 FINAL_RESERVE_S = 45.0  # after finetuning: test evaluation, registration, logging
 FALLBACK_IMAGES_PER_S = 60.0  # a 2-core CPU at 40x120 when idle; used when no probe runs
+# Synthetic training images are rendered into a pool before each stage, by one process per
+# core, and each is trained on POOL_REUSE times (data.synthetic_pool). Rendering in a DataLoader
+# worker took cores from the training step: lower4to7 (40x120, bfloat16) trained 270 images/s
+# that way and 500-540 from memory. At most POOL_MAX_IMAGES (56x192 RGB: 1.9 GB).
+POOL_REUSE, POOL_MAX_IMAGES = 4, 60_000
 
 
 def model_input(size: tuple[int, int], max_len: int, max_height: int = PRETRAIN_MAX_HEIGHT
@@ -58,10 +64,20 @@ BF16_MIN_SPEEDUP = 1.3
 class Probe:
     """Training speed on this machine at the pretraining input, and the precision chosen."""
 
-    images_per_s: float  # training as fit does: images rendered in a DataLoader worker
+    images_per_s: float  # training as fit does: batches from a pool of rendered images
     precision: str  # train.mixed_precision of both stages: "no" or "bf16"
     step_images_per_s: dict[str, float]  # the training step alone, per precision measured
     why: str = ""
+    render_s: float = 0.0  # seconds one process takes to render one image of the style
+
+
+def loader_workers() -> int:
+    """data.num_workers of both stages: none on a CPU, where a loader process competes with the
+    training step's threads (lower4to7's finetuning, 350 real images loaded and augmented:
+    265 images/s with one worker, 361 without); two to feed a GPU."""
+    import torch
+
+    return 2 if torch.cuda.is_available() else 0
 
 
 def _images_per_s(model, batches: Iterator, precision: str, steps: int) -> float:
@@ -84,30 +100,38 @@ def _images_per_s(model, batches: Iterator, precision: str, steps: int) -> float
     return images / (time.perf_counter() - start)
 
 
-def _rendered_batches(spec: SyntheticSpec, height: int, width: int, channels: int,
-                      batch: int) -> Iterator:
-    """Batches of the style rendered in one DataLoader worker, as fit's training gets them:
-    on a 2-core CPU the rendering takes its share of the cores from the training step."""
+def _pool_batches(spec: SyntheticSpec, height: int, width: int, channels: int,
+                  batch: int, pool: int = 64) -> tuple[Iterator, float]:
+    """Shuffled batches from a small pool of the style (rendered here, in this process), as
+    fit's training gets them, and the seconds rendering took per image."""
+    import itertools
+
     from torch.utils.data import DataLoader
 
-    from ..data.datasets import SyntheticImages
+    from ..data.datasets import SyntheticPool
     from ..data.transforms import Preprocess
 
-    images = SyntheticImages(spec, 10_000, Preprocess(height, width, channels), stream="probe")
-    for x, _ in DataLoader(images, batch_size=batch, num_workers=1, prefetch_factor=4):
-        yield x
+    start = time.perf_counter()
+    images = SyntheticPool(spec, 10_000, Preprocess(height, width, channels), pool,
+                           stream="probe", workers=0, desc="probe: render")
+    render_s = (time.perf_counter() - start) / pool
+    loader = DataLoader(images, batch_size=batch, shuffle=True, num_workers=0)
+    return (x for _ in itertools.count() for x, _ in loader), render_s
 
 
 def config_images_per_s(cfg: Config, steps: int = 12) -> float:
     """Training images/s of ``cfg`` as engine.train runs it (its data, input size, precision),
-    timed over a few steps: finetuning loads and augments real images besides rendering
-    synthetic ones, a cost no pixel count predicts (lower4to7: 0.83x pretraining's rate at
+    timed over a few steps: finetuning loads and augments real images besides its synthetic
+    ones, a cost no pixel count predicts (lower4to7: 0.83x pretraining's rate at
     the same input, where 1x was planned, and finetuning overran by 1.3 minutes)."""
+    import copy
     import itertools
 
     from .. import engine
     from ..model import build_model, channels_last
 
+    cfg = copy.deepcopy(cfg)  # a small pool: the timing must not render the stage's whole pool
+    cfg.data.synthetic_pool = min(cfg.data.synthetic_pool, 64)
     data = engine.build_data(cfg)
     model = channels_last(build_model(cfg.model, data.charset.num_classes, cfg.data.channels))
     loader = engine.make_loader(data.train, cfg, data.charset, train=True)
@@ -121,9 +145,10 @@ def config_images_per_s(cfg: Config, steps: int = 12) -> float:
 def probe_throughput(spec: SyntheticSpec, height: int, width: int, channels: int,
                      num_classes: int, precision: str = "auto", batch: int = 32,
                      steps: int = 12) -> Probe:
-    """Training images/s on this machine, measured as fit trains (images rendered in a worker
-    while the model trains); with ``precision`` "auto", first the faster of float32 and bfloat16
-    autocast on a fixed batch (bfloat16 when at least BF16_MIN_SPEEDUP x faster)."""
+    """Training images/s on this machine, measured as fit trains (batches from a pool of
+    rendered images), and the time to render one; with ``precision`` "auto", first the faster
+    of float32 and bfloat16 autocast on a fixed batch (bfloat16 when at least
+    BF16_MIN_SPEEDUP x faster)."""
     import itertools
 
     import torch
@@ -149,12 +174,10 @@ def probe_throughput(spec: SyntheticSpec, height: int, width: int, channels: int
         why = (f"a training step in bfloat16 autocast ran {speedup:.1f}x as fast as in float32 "
                f"on this CPU ({rates['bf16']:.0f} vs {rates['no']:.0f} images/s; chosen at "
                f">= {BF16_MIN_SPEEDUP:g}x)")
-    batches = _rendered_batches(spec, height, width, channels, batch)
-    try:
-        images_per_s = _images_per_s(model(), batches, chosen, steps)
-    finally:
-        batches.close()  # stops the DataLoader worker
-    return Probe(images_per_s, chosen, {k: round(v, 1) for k, v in rates.items()}, why)
+    batches, render_s = _pool_batches(spec, height, width, channels, batch)
+    images_per_s = _images_per_s(model(), batches, chosen, steps)
+    return Probe(images_per_s, chosen, {k: round(v, 1) for k, v in rates.items()}, why,
+                 render_s)
 
 
 @dataclass
@@ -168,6 +191,9 @@ class Plan:
     finetune_batch: int = 16
     finetune_cost: float = 1.0  # time per finetuning image / per pretraining image
     precision: str = "no"  # train.mixed_precision of both stages (Probe.precision)
+    pretrain_pool: int = 1  # data.synthetic_pool of each stage (images rendered up front)
+    finetune_pool: int = 1
+    loader_workers: int = 0  # data.num_workers of both stages
 
 
 # The share of a training image's time that grows with its pixels (the rest: rendering and
@@ -181,22 +207,49 @@ def input_cost(pre: tuple[int, int], fine: tuple[int, int]) -> float:
     return 1 + PIXEL_BOUND_SHARE * ((fine[0] * fine[1]) / (pre[0] * pre[1]) - 1)
 
 
+def pooled_steps(seconds: float, images_per_s: float, batch: int, synthetic_share: float,
+                 render_s: float, cores: int) -> tuple[int, int]:
+    """(steps, pool): the training steps that fill ``seconds`` together with rendering their
+    pool first (``cores`` processes, ``render_s`` seconds per image each), and the pool's size:
+    the stage's synthetic images (``synthetic_share`` of each batch) / POOL_REUSE, at most
+    POOL_MAX_IMAGES."""
+    render_per_image = synthetic_share * render_s / (POOL_REUSE * max(1, cores))
+    images = max(0.0, seconds) / (1 / images_per_s + render_per_image)
+    steps = max(1, int(images / batch))
+    return steps, pool_size(steps, batch, synthetic_share)
+
+
+def pool_size(steps: int, batch: int, synthetic_share: float) -> int:
+    """Images to render for ``steps`` steps: each synthetic image used POOL_REUSE times."""
+    return max(1, min(POOL_MAX_IMAGES, math.ceil(steps * batch * synthetic_share / POOL_REUSE)))
+
+
 def plan_budget(minutes: float, images_per_s: float, max_steps: int = 0,
-                finetune_cost: float = 1.0) -> Plan:
+                finetune_cost: float = 1.0, render_s: float = 0.0, cores: int = 1,
+                finetune_share: float = 0.5) -> Plan:
     """Split the budget: a fixed reserve for startup, evaluation and logging, then
-    PRETRAIN_SHARE / FINETUNE_SHARE."""
+    PRETRAIN_SHARE / FINETUNE_SHARE, each stage's share paying for rendering its pool
+    (``finetune_share``: the synthetic share of finetuning's batches)."""
     train_s = max(30.0, 60 * minutes - min(120.0, 0.15 * 60 * minutes))
     plan = Plan(images_per_s, 0, 0, finetune_cost=round(finetune_cost, 3))
-    plan.pretrain_steps = max(1, int(PRETRAIN_SHARE * train_s * images_per_s / plan.pretrain_batch))
-    plan.finetune_steps = max(1, int(FINETUNE_SHARE * train_s * images_per_s / finetune_cost
-                                     / plan.finetune_batch))
+    plan.pretrain_steps, plan.pretrain_pool = pooled_steps(
+        PRETRAIN_SHARE * train_s, images_per_s, plan.pretrain_batch, 1.0, render_s, cores)
+    plan.finetune_steps, plan.finetune_pool = pooled_steps(
+        FINETUNE_SHARE * train_s, images_per_s / finetune_cost, plan.finetune_batch,
+        finetune_share, render_s, cores)
     if max_steps:
         plan.pretrain_steps = plan.finetune_steps = max_steps
+        plan.pretrain_pool = pool_size(max_steps, plan.pretrain_batch, 1.0)
+        plan.finetune_pool = pool_size(max_steps, plan.finetune_batch, finetune_share)
     return plan
 
 
-def replan_finetune(planned: int, batch: int, seconds_left: float, images_per_s: float) -> int:
-    """Finetuning steps that fill the time left after pretraining, at the rate pretraining
-    actually ran (the probe's estimate is rough; the caller scales it to the finetuning input);
-    at least a quarter of the planned steps."""
-    return max(1, planned // 4, int(seconds_left * images_per_s / batch))
+def replan_finetune(planned: int, batch: int, seconds_left: float, images_per_s: float,
+                    synthetic_share: float = 0.0, render_s: float = 0.0, cores: int = 1
+                    ) -> tuple[int, int]:
+    """(steps, pool) of finetuning that fill the time left after pretraining at the rate timed
+    on the finetuning data, rendering its pool included; at least a quarter of the planned
+    steps."""
+    steps, _ = pooled_steps(seconds_left, images_per_s, batch, synthetic_share, render_s, cores)
+    steps = max(1, planned // 4, steps)
+    return steps, pool_size(steps, batch, synthetic_share)

@@ -30,7 +30,8 @@ def build_configs(insp: Inspection, out: Path, inputs: dict[str, tuple[int, int]
     (height, width)."""
     common = [f"data.charset={insp.charset}", f"data.case_sensitive={insp.case_sensitive}",
               f"data.min_len={insp.min_len}", f"data.max_len={insp.max_len}",
-              f"data.channels={insp.channels}", "data.num_workers=1", f"model.depth={FIT_DEPTH}",
+              f"data.channels={insp.channels}", f"data.num_workers={plan.loader_workers}",
+              f"model.depth={FIT_DEPTH}",
               f"train.seed={seed}", f"train.mixed_precision={plan.precision}",
               "tracking.log_model=true"]
 
@@ -41,13 +42,14 @@ def build_configs(insp: Inspection, out: Path, inputs: dict[str, tuple[int, int]
     pre = config.load(None, common + size("pretrain") + [
         "data.train=synthetic", "data.valid=synthetic", f"data.style={out / 'style.yaml'}",
         f"data.synthetic_train_size={n_pre * plan.pretrain_batch}",
+        f"data.synthetic_pool={plan.pretrain_pool}",
         "data.synthetic_valid_size=256", "train.stage=pretrain", f"train.output_dir={out / 'pretrain'}",
         "train.epochs=1", f"train.max_steps={n_pre}", f"train.batch_size={plan.pretrain_batch}",
         "train.lr=1e-3", f"train.eval_every={max(1, n_pre // 5)}", "tracking.log_model=false"])
     fine = config.load(None, common + size("finetune") + [
         f"data.train={splits['train']}", f"data.valid={splits['valid']}", "data.augment=true",
         f"data.augment_strength={FINETUNE_AUGMENT_STRENGTH}", f"data.style={out / 'style.yaml'}",
-        f"data.synthetic_share={FINETUNE_SYNTHETIC_SHARE}",
+        f"data.synthetic_share={FINETUNE_SYNTHETIC_SHARE}", f"data.synthetic_pool={plan.finetune_pool}",
         "train.stage=finetune", f"train.output_dir={out / 'finetune'}",
         f"train.init_from={out / 'pretrain' / 'best.pt'}", f"train.max_steps={n_fine}",
         f"train.batch_size={plan.finetune_batch}", "train.lr=1e-3", "train.warmup_frac=0.05",

@@ -23,11 +23,12 @@ from typing import Any
 from .. import config
 from ..config import Config
 from ..data import synthetic
+from ..data.datasets import available_cores
 from ..data.synthetic import SyntheticSpec
 from . import budget
 from .budget import (DEFAULT_BUDGET_MINUTES, FALLBACK_IMAGES_PER_S, FINAL_RESERVE_S,
-                     FINETUNE_MAX_HEIGHT, PRECISIONS, Probe, input_cost, model_input,
-                     plan_budget, replan_finetune)
+                     FINETUNE_MAX_HEIGHT, POOL_REUSE, PRECISIONS, Probe, input_cost,
+                     model_input, plan_budget, replan_finetune)
 from .configs import (FINETUNE_AUGMENT_STRENGTH, FINETUNE_SYNTHETIC_SHARE, adopt_style,
                       build_configs, override_precision, read_fit_yaml, repoint,
                       write_fit_yaml)
@@ -73,8 +74,9 @@ def _configs(insp: Inspection, out: Path, spec: SyntheticSpec, splits: dict[str,
                                          len(insp.charset) + 1, precision))
         ips = probe.images_per_s
         plan = plan_budget(budget_minutes, ips, max_steps,
-                           input_cost(inputs["pretrain"], inputs["finetune"]))
-        plan.precision = probe.precision
+                           input_cost(inputs["pretrain"], inputs["finetune"]), probe.render_s,
+                           available_cores(), FINETUNE_SYNTHETIC_SHARE)
+        plan.precision, plan.loader_workers = probe.precision, budget.loader_workers()
         note(f"precision: {'bfloat16 autocast' if probe.precision == 'bf16' else 'float32'}"
              f" (train.mixed_precision={probe.precision}): {probe.why}")
         pre, fine = build_configs(insp, out, inputs, plan, splits, seed)
@@ -83,8 +85,13 @@ def _configs(insp: Inspection, out: Path, spec: SyntheticSpec, splits: dict[str,
              f"{plan.finetune_steps} steps x {plan.finetune_batch} images (real, augmented at "
              f"strength {FINETUNE_AUGMENT_STRENGTH:g}; "
              f"{FINETUNE_SYNTHETIC_SHARE:.0%} synthetic)")
+        note(f"synthetic pools: {plan.pretrain_pool} images for pretraining, "
+             f"{plan.finetune_pool} for finetuning, rendered before each stage by "
+             f"{available_cores()} processes ({1000 * probe.render_s:.1f} ms an image each), "
+             f"each image used ~{POOL_REUSE} times; data.num_workers={plan.loader_workers}")
         info = {"budget_minutes": budget_minutes, "probe_images_per_s": round(ips, 1),
-                "probe_step_images_per_s": probe.step_images_per_s, **asdict(plan)}
+                "probe_step_images_per_s": probe.step_images_per_s,
+                "probe_render_ms": round(1000 * probe.render_s, 2), **asdict(plan)}
     if max_steps:  # quick runs (tests, trials): few steps, one evaluation, small synthetic valid
         for cfg in (pre, fine):
             cfg.train.max_steps, cfg.train.eval_every = max_steps, max_steps
@@ -122,10 +129,11 @@ def _eval_config(pre: Config, run_name: str) -> Config:
 
 def _train(pre: Config, fine: Config, splits: dict[str, Path], note: _Notes,
            deadline: float | None = None, replanned=None,
-           record: dict[str, Any] | None = None) -> dict[str, Any]:
+           record: dict[str, Any] | None = None, render_s: float = 0.0) -> dict[str, Any]:
     """pretrain -> zero-shot on valid -> finetune -> test: each a child run of the active run.
     With a ``record`` (`reusable_pretraining`), its pretrained model is used instead of training.
     With a ``deadline`` (perf_counter seconds), finetuning gets the time left (`replan_finetune`)
+    (``render_s``: the probe's seconds to render one synthetic image, for finetuning's pool)
     and ``replanned()`` is called after the finetune config changed."""
     import mlflow
 
@@ -157,11 +165,14 @@ def _train(pre: Config, fine: Config, splits: dict[str, Path], note: _Notes,
         fine_ips = budget.config_images_per_s(fine)
         left = deadline - time.perf_counter()
         planned = fine.train.max_steps
-        fine.train.max_steps = replan_finetune(planned, fine.train.batch_size, left, fine_ips)
+        fine.train.max_steps, fine.data.synthetic_pool = replan_finetune(
+            planned, fine.train.batch_size, left, fine_ips, fine.data.synthetic_share, render_s,
+            available_cores())
         fine.train.eval_every = max(1, fine.train.max_steps // 10)
         note(f"budget: pretraining ran at {ips:.0f} images/s, finetuning at {fine_ips:.0f} "
              f"(timed on its own data); {left / 60:.1f} min left -> finetune "
-             f"{fine.train.max_steps} steps (planned {planned})")
+             f"{fine.train.max_steps} steps (planned {planned}), a pool of "
+             f"{fine.data.synthetic_pool} synthetic images")
         mlflow.log_params({"fit.finetune_steps_replanned": fine.train.max_steps,
                            "fit.pretrain_images_per_s": round(ips, 1),
                            "fit.finetune_images_per_s": round(fine_ips, 1)})
@@ -259,7 +270,8 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
 
     with mlflow.start_run(run_name="fit") as parent:
         _log_parent(out, section, insp, spec)
-        result = _train(pre, fine, splits, note, deadline, replanned, record)
+        result = _train(pre, fine, splits, note, deadline, replanned, record,
+                        info.get("probe_render_ms", 0.0) / 1000)
         reg = _register(result["finetune"]["run_id"], name, note)
         minutes = (time.perf_counter() - start) / 60
         mlflow.log_metric("fit/minutes", minutes)
