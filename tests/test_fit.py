@@ -87,6 +87,18 @@ def test_model_input_gives_ctc_enough_steps(size, max_len):
     assert CaptchaNet(11).output_length(w) == output_length(w) >= 2 * max_len + 1
 
 
+def test_narrow_text_widens_the_input_for_ctc():
+    """Symbols that take a small share of the width get CTC_STEPS_PER_SYMBOL steps each in the
+    text line (lower4to7: 7 symbols in 57% of 120 pixels had 1.2 and dropped or merged
+    doubled letters); at most MAX_WIDEN x the aspect's width; wide symbols change nothing."""
+    share = 0.57 / 7
+    h, w, why = fit.model_input((120, 40), 7, symbol_share=share)
+    assert h == 40 and output_length(w) * share >= fit.budget.CTC_STEPS_PER_SYMBOL > (
+        output_length(120) * share) and "2 per symbol" in why
+    assert fit.model_input((120, 40), 7, symbol_share=0.001)[1] == fit.budget.MAX_WIDEN * 120
+    assert fit.model_input((120, 40), 7, symbol_share=0.2) == fit.model_input((120, 40), 7)
+
+
 def test_finetuning_reads_a_larger_input_and_the_plan_pays_for_it():
     """Tall sources are pretrained at <= 40 rows and finetuned at up to 56; the budget gives
     finetuning fewer steps in proportion to the pixels; short sources use one input."""
@@ -163,7 +175,7 @@ def test_steps_and_pool_fill_the_time_together():
     plan = fit.plan_budget(10, ips, render_s=render_s, cores=2, finetune_share=0.5)
     assert plan.pretrain_pool == fit.budget.pool_size(plan.pretrain_steps, 32, 1.0)
     assert plan.finetune_pool == fit.budget.pool_size(plan.finetune_steps, 16, 0.5)
-    assert fit.plan_budget(10, ips, max_steps=3).pretrain_pool == 24  # 3 x 32 / 4
+    assert fit.plan_budget(10, ips, max_steps=3).pretrain_pool == 3 * 32 // fit.budget.POOL_REUSE
 
 
 def test_config_rerun_keeps_its_precision_unless_told():
@@ -218,6 +230,8 @@ def test_style_measures_text_line_and_colour_pairs(tmp_path):
     for row in spec.palette:  # every measured pair is near one of the true pairs
         assert min(max(abs(a - b) for a, b in zip(row[:3], p[:3])) for p in pairs) <= 25
     assert len(spec.palette) >= 2 and any("text line" in n for n in notes)
+    # 5 symbols in about half the width: each takes about a tenth of it.
+    assert 0.07 <= fit.symbol_share(fit.sample_stats(insp)) <= 0.13
     assert any(n.startswith("calibration:") for n in notes)
 
 
@@ -411,6 +425,7 @@ def test_budget_finetune_gets_the_time_pretraining_left(tmp_path, monkeypatch):
     assert fit_yaml["finetune"]["train"]["max_steps"] == ran
     assert fit_yaml["fit"]["finetune_steps_replanned"] == ran
     assert fit_yaml["fit"]["precision"] == "bf16"
+    assert 0 < fit_yaml["fit"]["symbol_share"] < 0.5  # measured on the sample, for the input
     assert any(line.startswith("precision: bfloat16 autocast") for line in lines)
     assert fit_yaml["pretrain"]["train"]["mixed_precision"] == "bf16"
     assert fit_yaml["finetune"]["train"]["mixed_precision"] == "bf16"
@@ -421,7 +436,8 @@ def test_budget_finetune_gets_the_time_pretraining_left(tmp_path, monkeypatch):
     assert "(timed on its own data)" in note
     assert fit.replan_finetune(100, 16, seconds_left=-5, images_per_s=50) == (25, 1)  # floor
     assert fit.replan_finetune(100, 16, seconds_left=64, images_per_s=50) == (200, 1)
-    assert fit.replan_finetune(100, 16, 64, 50, synthetic_share=0.5) == (200, 400)
+    assert fit.replan_finetune(100, 16, 64, 50, synthetic_share=0.5) == (
+        200, 200 * 8 // fit.budget.POOL_REUSE)  # 8 synthetic images a step
     assert fit_yaml["finetune"]["data"]["synthetic_pool"] == fit.budget.pool_size(ran, 16, 0.5)
     assert fit_yaml["pretrain"]["data"]["num_workers"] == 0  # a CPU: no loader process
 

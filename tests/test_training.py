@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import mlflow
 import pytest
 import torch
 from mlflow.tracking import MlflowClient

@@ -18,7 +18,7 @@ from .configs import (FINETUNE_AUGMENT_STRENGTH, FINETUNE_SYNTHETIC_SHARE, build
 from .reuse import PRETRAIN_RECORD, pretrain_fingerprint, reusable_pretraining
 from .runner import confusion_line, run
 from .sample import Inspection, inspect, inspection_notes, make_split, split_sizes
-from .style import calibrate, derive_style, style_samples
+from .style import calibrate, derive_style, sample_stats, style_samples, symbol_share
 
 __all__ = [
     "DEFAULT_BUDGET_MINUTES", "FINETUNE_AUGMENT_STRENGTH", "FINETUNE_MAX_HEIGHT",
@@ -26,5 +26,5 @@ __all__ = [
     "build_configs", "calibrate", "confusion_line", "derive_style", "input_cost", "inspect",
     "inspection_notes", "make_split", "model_input", "plan_budget", "pretrain_fingerprint",
     "probe_throughput", "read_fit_yaml", "replan_finetune", "reusable_pretraining", "run",
-    "split_sizes", "style_samples", "write_fit_yaml",
+    "sample_stats", "split_sizes", "style_samples", "symbol_share", "write_fit_yaml",
 ]

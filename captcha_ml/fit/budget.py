@@ -18,7 +18,13 @@ FIT_DEPTH = "layer3"  # model.depth of both stages (the last ResNet-18 stage kep
 # are ~14 rows high at 40). The network is convolutional, so the pretrained weights carry over
 # (captcha_images_v2: pretraining at 40x160, finetuning at 50x200 is the default recipe).
 PRETRAIN_MAX_HEIGHT, FINETUNE_MAX_HEIGHT = 40, 56
-CTC_STEPS_PER_SYMBOL = 2  # the input is widened until CTC has this many steps per symbol
+# The input is widened until CTC has this many steps per symbol of the text line (measured:
+# its width / label length), and per symbol of the whole width: two identical symbols in a row
+# need a blank step between them. lower4to7 (7 symbols in 57% of 120 pixels, 1.2 steps a
+# symbol): 37 of its 79 misreads of 1000 holdout images had the wrong length, 13 of them one
+# of a doubled letter dropped, others a double merged (nn read as m, vv as w).
+CTC_STEPS_PER_SYMBOL = 2
+MAX_WIDEN = 2.0  # at most this many times the width that keeps the aspect
 # Most of the time goes to finetuning (half of its images are synthetic too): 35/65 read the
 # 1000-image holdouts at least as well as 60/40 (wheezy 0.724 vs 0.704, alnum62 0.949 vs 0.930,
 # lower4to7 0.903 vs 0.902; bfloat16, one seed, README: Any captcha).
@@ -31,24 +37,34 @@ FALLBACK_IMAGES_PER_S = 60.0  # a 2-core CPU at 40x120 when idle; used when no p
 # Synthetic training images are rendered into a pool before each stage, by one process per
 # core, and each is trained on POOL_REUSE times (data.synthetic_pool). Rendering in a DataLoader
 # worker took cores from the training step: lower4to7 (40x120, bfloat16) trained 270 images/s
-# that way and 500-540 from memory. At most POOL_MAX_IMAGES (56x192 RGB: 1.9 GB).
-POOL_REUSE, POOL_MAX_IMAGES = 4, 60_000
+# that way and 500-540 from memory. Reused 4 times, pretraining overfitted its pool (training
+# loss per symbol 0.11 against about 0.28 on new images; 0.29 and 0.32 without a pool), so twice:
+# ~10% fewer images a second than 4 times, twice as many different ones. At most
+# POOL_MAX_IMAGES (56x192 RGB: 1.9 GB).
+POOL_REUSE, POOL_MAX_IMAGES = 2, 60_000
 
 
-def model_input(size: tuple[int, int], max_len: int, max_height: int = PRETRAIN_MAX_HEIGHT
-                ) -> tuple[int, int, str]:
+def model_input(size: tuple[int, int], max_len: int, max_height: int = PRETRAIN_MAX_HEIGHT,
+                symbol_share: float = 0.0) -> tuple[int, int, str]:
     """(height, width, why): height 32..max_height keeping the aspect, width a multiple of 8
     with at least max(2*max_len+1, CTC_STEPS_PER_SYMBOL*max_len) CTC steps (room for a blank
-    between repeated symbols, and for each symbol's alignment)."""
+    between repeated symbols, and for each symbol's alignment) and, where the sample's symbols
+    take ``symbol_share`` of the width each, CTC_STEPS_PER_SYMBOL steps per symbol in the
+    text line (at most MAX_WIDEN x the aspect's width)."""
     w, h = size
     height = min(max_height, max(32, h))
     width = max(8, round(w * height / h / 8) * 8)
     steps = max(2 * max_len + 1, CTC_STEPS_PER_SYMBOL * max_len)
+    reason = f"{steps} time steps for at most {max_len} symbols"
+    if symbol_share > 0:
+        in_line = min(math.ceil(CTC_STEPS_PER_SYMBOL / symbol_share), int(MAX_WIDEN * width) // 8)
+        if in_line > steps:
+            steps, reason = in_line, (f"{in_line} time steps: {CTC_STEPS_PER_SYMBOL} per symbol, "
+                                      f"each {symbol_share:.0%} of the width")
     need = 8 * steps
     why = f"height {height} (source {h}, kept in 32..{max_height}), width {width} keeps the aspect"
     if width < need:
-        width, why = need, (f"height {height}, width raised to {need} so CTC has "
-                            f"{steps} time steps for at most {max_len} symbols")
+        width, why = need, f"height {height}, width raised to {need} so CTC has {reason}"
     return height, width, why + f"; CTC steps {output_length(width)}"
 
 

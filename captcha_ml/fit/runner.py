@@ -34,7 +34,7 @@ from .configs import (FINETUNE_AUGMENT_STRENGTH, FINETUNE_SYNTHETIC_SHARE, adopt
                       write_fit_yaml)
 from .reuse import PRETRAIN_RECORD, reusable_pretraining, write_pretrain_record
 from .sample import Inspection, inspect, inspection_notes, make_split, split_sizes
-from .style import derive_style, style_samples
+from .style import derive_style, sample_stats, style_samples, symbol_share
 
 
 class _Notes:
@@ -51,9 +51,11 @@ class _Notes:
 
 def _configs(insp: Inspection, out: Path, spec: SyntheticSpec, splits: dict[str, Path],
              budget_minutes: float, config_path: str | None, max_steps: int, seed: int,
-             precision: str, note: _Notes) -> tuple[Config, Config, dict[str, Any]]:
-    height, width, why = model_input(insp.size, insp.max_len)
-    fine_h, fine_w, fine_why = model_input(insp.size, insp.max_len, FINETUNE_MAX_HEIGHT)
+             precision: str, note: _Notes, share: float = 0.0
+             ) -> tuple[Config, Config, dict[str, Any]]:
+    """``share``: the width share of one symbol in the sample (style.symbol_share)."""
+    height, width, why = model_input(insp.size, insp.max_len, symbol_share=share)
+    fine_h, fine_w, fine_why = model_input(insp.size, insp.max_len, FINETUNE_MAX_HEIGHT, share)
     inputs = {"pretrain": (height, width), "finetune": (fine_h, fine_w)}
     if config_path:
         pre, fine = read_fit_yaml(config_path)
@@ -92,6 +94,7 @@ def _configs(insp: Inspection, out: Path, spec: SyntheticSpec, splits: dict[str,
         info = {"budget_minutes": budget_minutes, "probe_images_per_s": round(ips, 1),
                 "probe_step_images_per_s": probe.step_images_per_s,
                 "probe_render_ms": round(1000 * probe.render_s, 2), **asdict(plan)}
+    info["symbol_share"] = round(share, 4)
     if max_steps:  # quick runs (tests, trials): few steps, one evaluation, small synthetic valid
         for cfg in (pre, fine):
             cfg.train.max_steps, cfg.train.eval_every = max_steps, max_steps
@@ -202,8 +205,10 @@ def _register(fine_run_id: str, name: str, note: _Notes) -> dict[str, Any]:
 
 
 def _prepare(data: str | Path, out: Path, case_sensitive: bool, skip_bad: bool,
-             keep_style: bool, seed: int, note: _Notes) -> tuple[Inspection, dict[str, Path], SyntheticSpec]:
-    """Steps 1, 3, 4: inspect, split, derive (or keep, with --config) the style."""
+             keep_style: bool, seed: int, note: _Notes
+             ) -> tuple[Inspection, dict[str, Path], SyntheticSpec, float]:
+    """Steps 1, 3, 4: inspect, split, derive (or keep, with --config) the style; also the width
+    share of one symbol (for the model input)."""
     insp = inspect(data, case_sensitive, skip_bad)
     for line in inspection_notes(insp):
         note(line)
@@ -211,7 +216,8 @@ def _prepare(data: str | Path, out: Path, case_sensitive: bool, skip_bad: bool,
     splits = make_split(insp, out, seed)
     note(f"split: {split_sizes(len(insp.samples))} (valid, test) images by content hash, seed "
          f"{seed}; rest train -> {out / 'splits'}")
-    spec, style_notes = derive_style(insp, seed=seed)
+    stats = sample_stats(insp, seed=seed)
+    spec, style_notes = derive_style(insp, seed=seed, stats=stats)
     for line in style_notes:
         note(line)
     style_file = out / "style.yaml"
@@ -222,7 +228,7 @@ def _prepare(data: str | Path, out: Path, case_sensitive: bool, skip_bad: bool,
                              "--config OUT/fit.yaml\n")
     spec = SyntheticSpec(**synthetic.load_style(style_file))
     style_samples(insp, spec).save(out / "style_samples.png")
-    return insp, splits, spec
+    return insp, splits, spec, symbol_share(stats)
 
 
 def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = True,
@@ -243,9 +249,10 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
     note = _Notes(say)
     if config_path:
         adopt_style(config_path, out)
-    insp, splits, spec = _prepare(data, out, case_sensitive, skip_bad, bool(config_path), seed, note)
+    insp, splits, spec, share = _prepare(data, out, case_sensitive, skip_bad, bool(config_path),
+                                         seed, note)
     pre, fine, info = _configs(insp, out, spec, splits, budget_minutes, config_path, max_steps,
-                               seed, precision, note)
+                               seed, precision, note, share)
     for cfg in (pre, fine):
         cfg.tracking.tracking_uri = tracking_uri or cfg.tracking.tracking_uri
     folders = [out / "pretrain"] + ([Path(info["config_pretrain_dir"])]

@@ -70,11 +70,26 @@ def _range(values: list[float], pad: int = 8) -> tuple[int, int]:
     return max(0, int(lo) - pad), min(255, int(math.ceil(hi)) + pad)
 
 
-def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0) -> tuple[SyntheticSpec, list[str]]:
-    """A SyntheticSpec that resembles the sample, from pixel statistics; and why, as lines."""
-    paths = [p for p, _ in insp.samples]
-    paths = [paths[i] for i in np.random.default_rng(seed).permutation(len(paths))[:max_images]]
-    stats = [_image_stats(p) for p in paths]
+def sample_stats(insp: Inspection, max_images: int = 120, seed: int = 0) -> list[dict[str, Any]]:
+    """`_image_stats` of up to ``max_images`` sample images (a seeded choice), each with its
+    label's length."""
+    chosen = np.random.default_rng(seed).permutation(len(insp.samples))[:max_images]
+    return [{**_image_stats(insp.samples[i][0]), "length": len(insp.samples[i][1])}
+            for i in chosen]
+
+
+def symbol_share(stats: list[dict[str, Any]]) -> float:
+    """The share of the image width one symbol takes: the median of text-line width / label
+    length (what decides how many CTC steps fall on each symbol)."""
+    return float(statistics.median((s["span"][1] - s["span"][0]) / max(1, s["length"])
+                                   for s in stats))
+
+
+def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0,
+                 stats: list[dict[str, Any]] | None = None) -> tuple[SyntheticSpec, list[str]]:
+    """A SyntheticSpec that resembles the sample, from pixel statistics (``sample_stats``,
+    measured here unless given); and why, as lines."""
+    stats = sample_stats(insp, max_images, seed) if stats is None else stats
     dark = sum(s["dark_text"] for s in stats) >= len(stats) / 2
     stats = [s for s in stats if s["dark_text"] == dark] or stats
     bg = _range([float(v) for s in stats for v in s["bg"]])
