@@ -415,23 +415,27 @@ def _score(result: dict[str, float]) -> list[float]:
 
 
 def _validate(loop: Loop) -> bool:
-    """Evaluate on the validation set, keep best/last checkpoints; True to stop early."""
+    """Evaluate on the validation set, keep best/last checkpoints (best.pt: the run's model,
+    by train.select); True to stop early."""
     acc, p, cfg = loop.accelerator, loop.progress, loop.cfg
     _sync_ema_buffers(loop)
     result, preds, labels = evaluate(loop.model if loop.ema is None else loop.ema.module,
                                      loop.valid_dl, acc, loop.data.charset)
     improved = not p.best or _score(result) > p.best
     if improved:
-        p.best, p.best_step, p.stale_evals = _score(result), p.step, 0
+        p.best, p.stale_evals = _score(result), 0
     else:
         p.stale_evals += 1
+    keep = improved or cfg.train.select == "last"  # these weights become the run's model
+    if keep:
+        p.best_step = p.step
     p.history.append({"step": p.step, **{k: round(v, 6) for k, v in result.items()}})
     if acc.is_main_process:
         extra = {"step": p.step, "val": result, "run_id": loop.tracker.run_id if loop.tracker else ""}
         model = loop.weights()
         checkpoint.save(loop.out / "last.pt", model, loop.data.charset, loop.data.preprocess,
                         cfg.model, extra)
-        if improved:
+        if keep:
             checkpoint.save(loop.out / "best.pt", model, loop.data.charset,
                             loop.data.preprocess, cfg.model, extra)
         if loop.tracker:

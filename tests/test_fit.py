@@ -426,6 +426,7 @@ def test_budget_finetune_gets_the_time_pretraining_left(tmp_path, monkeypatch):
     assert fit_yaml["fit"]["finetune_steps_replanned"] == ran
     assert fit_yaml["fit"]["precision"] == "bf16"
     assert 0 < fit_yaml["fit"]["symbol_share"] < 0.5  # measured on the sample, for the input
+    assert fit_yaml["finetune"]["train"]["select"] == "last"  # its final weights are the model
     assert any(line.startswith("precision: bfloat16 autocast") for line in lines)
     assert fit_yaml["pretrain"]["train"]["mixed_precision"] == "bf16"
     assert fit_yaml["finetune"]["train"]["mixed_precision"] == "bf16"

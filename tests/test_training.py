@@ -114,6 +114,25 @@ def test_channels_last_changes_the_memory_layout_not_the_weights(tmp_path):
     assert model.features[4][0].conv1.weight.is_contiguous()
 
 
+@pytest.mark.parametrize("select, kept", [("best", 1), ("last", 3)])
+def test_select_decides_which_validated_weights_are_the_model(tmp_path, monkeypatch, select, kept):
+    """Validation scores that fall (0.9, 0.5, 0.1): train.select=best keeps step 1's weights as
+    best.pt and the result, select=last the final ones; last.pt is always the final."""
+    scores = iter([0.9, 0.5, 0.1])
+
+    def falling(model, loader, accelerator, charset, with_ids=False):
+        return {"seq_acc": next(scores), "char_acc": 0.5, "cer": 0.5, "loss": 1.0}, [], []
+
+    monkeypatch.setattr(engine, "evaluate", falling)
+    result = engine.train(tiny_config(tmp_path, "train.max_steps=3", "train.eval_every=1",
+                                      f"train.select={select}", "tracking.log_model=false"))
+    assert result["best_step"] == kept and result["val"]["step"] == kept
+    assert checkpoint.load_payload(result["best_checkpoint"])["step"] == kept
+    assert checkpoint.load_payload(tmp_path / "out" / "last.pt")["step"] == 3
+    with pytest.raises(ConfigError, match="train.select='first'"):
+        tiny_config(tmp_path, "train.select=first")
+
+
 def test_resume_without_state_is_refused(tmp_path):
     with pytest.raises(engine.TrainingError, match="no saved state"):
         engine.train(tiny_config(tmp_path), resume=True)
