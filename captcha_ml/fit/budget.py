@@ -88,9 +88,10 @@ class Probe:
 
 
 def loader_workers() -> int:
-    """data.num_workers of both stages: none on a CPU, where a loader process competes with the
-    training step's threads (lower4to7's finetuning, 350 real images loaded and augmented:
-    265 images/s with one worker, 361 without); two to feed a GPU."""
+    """data.num_workers of both stages: none on a CPU, where with a pool a loader process
+    neither helps nor hurts (lower4to7 at 40x168, `benchmarks/loader_speed.py`: 351 vs 356
+    images/s pretraining, 263 vs 267 finetuning) and would be forked again every epoch of a
+    few hundred real images; two to feed a GPU."""
     import torch
 
     return 2 if torch.cuda.is_available() else 0
