@@ -48,8 +48,8 @@ class DataConfig:
     # Synthetic training images (data.train=synthetic, or the synthetic_share part): 0 renders
     # each one on the fly in the DataLoader workers (new images every epoch); N > 0 renders N
     # once, in parallel, before training, and cycles through them. On a CPU, where rendering
-    # takes cores from the training step, that trains ~2x faster (2 cores: ~270 -> ~500
-    # images/s); N x height x width x channels bytes stay in memory.
+    # takes cores from the training step, that trains 1.3-1.7x faster (benchmarks/loader_speed.py);
+    # N x height x width x channels bytes stay in memory.
     synthetic_pool: int = 0
     skip_bad: bool = False
     num_workers: int = 2

@@ -43,7 +43,24 @@ class LabeledImages(Dataset):
         return self.preprocess(img), label
 
 
-class SyntheticImages(Dataset):
+class _PerEpoch(Dataset):
+    """``size`` items per epoch, item ``i`` of epoch ``e`` a pure function of (e, i)."""
+
+    size: int
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _check(self, index: int) -> None:
+        if not 0 <= index < self.size:
+            raise IndexError(f"index {index} out of range for {self.size} synthetic images")
+
+
+class SyntheticImages(_PerEpoch):
     """A virtual set of ``size`` captchas rendered on the fly in DataLoader workers (no disk).
 
     Item ``i`` of epoch ``e`` is ``render(spec, f"{seed}/{stream}/epoch{e}", i)``: every epoch
@@ -61,28 +78,22 @@ class SyntheticImages(Dataset):
         self.stream = stream
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.size
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
-        if not 0 <= index < self.size:
-            raise IndexError(f"index {index} out of range for {self.size} synthetic images")
+        self._check(index)
         img, label = render(self.spec, f"{self.seed}/{self.stream}/epoch{self.epoch}", index)
         return self.preprocess(img), label
 
 
-class SyntheticPool(Dataset):
+class SyntheticPool(_PerEpoch):
     """``size`` synthetic captchas per epoch drawn from ``pool`` images rendered once, before
     training, in parallel processes, and kept in memory as uint8 pixels.
 
-    On a CPU, rendering in a DataLoader worker takes cores from the training step (a 2-core
-    machine trained ~270 images/s that way and ~500 from memory). Item ``i`` of epoch ``e`` is
-    pool image ``(e * size + i) % pool``, and pool image ``j`` is ``SyntheticImages``' item
-    ``j`` of epoch 0: a pure function of (seed, stream, e, i), so resuming and sharding work as
-    for the other sets. Each image is seen about ``size * epochs / pool`` times.
+    On a CPU, rendering in a DataLoader worker takes cores from the training step (lower4to7's
+    pretraining in `fit` on 2 cores: 257 images/s that way, 427 from a pool, rendering
+    included). Item ``i`` of epoch ``e`` is pool image ``(e * size + i) % pool``, and pool
+    image ``j`` is ``SyntheticImages``' item ``j`` of epoch 0: a pure function of (seed,
+    stream, e, i), so resuming and sharding work as for the other sets. Each image is seen
+    about ``size * epochs / pool`` times.
     """
 
     def __init__(self, spec: SyntheticSpec, size: int, preprocess: Preprocess, pool: int,
@@ -95,15 +106,8 @@ class SyntheticPool(Dataset):
         self.epoch = 0
         self.pixels, self.labels = render_pool(spec, pool, preprocess, seed, stream, workers, desc)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.size
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
-        if not 0 <= index < self.size:
-            raise IndexError(f"index {index} out of range for {self.size} synthetic images")
+        self._check(index)
         j = (self.epoch * self.size + index) % len(self.labels)
         return self.preprocess.normalize(self.pixels[j]), self.labels[j]
 

@@ -36,11 +36,12 @@ FINAL_RESERVE_S = 45.0  # after finetuning: test evaluation, registration, loggi
 FALLBACK_IMAGES_PER_S = 60.0  # a 2-core CPU at 40x120 when idle; used when no probe runs
 # Synthetic training images are rendered into a pool before each stage, by one process per
 # core, and each is trained on POOL_REUSE times (data.synthetic_pool). Rendering in a DataLoader
-# worker took cores from the training step: lower4to7 (40x120, bfloat16) trained 270 images/s
-# that way and 500-540 from memory. Reused 4 times, pretraining overfitted its pool (training
-# loss per symbol 0.11 against about 0.28 on new images; 0.29 and 0.32 without a pool), so twice:
-# ~10% fewer images a second than 4 times, twice as many different ones. At most
-# POOL_MAX_IMAGES (56x192 RGB: 1.9 GB).
+# worker took cores from the training step: lower4to7's pretraining (40x120, bfloat16) ran at
+# 257 images/s that way and at 427 from a pool, rendering included. Reused 4 times,
+# pretraining overfitted its pool (training loss per symbol 0.11 against about 0.28 on new
+# images; 0.29 and 0.32 without a pool), so twice: by the render rate ~10% fewer images a
+# second than 4 times, twice as many different ones. At most POOL_MAX_IMAGES (56x192 RGB:
+# 1.9 GB).
 POOL_REUSE, POOL_MAX_IMAGES = 2, 60_000
 
 
