@@ -11,6 +11,7 @@ import os
 import random
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from captcha_ml.data.synthetic import SyntheticSpec, render
@@ -78,9 +79,13 @@ class SyntheticImages(_PerEpoch):
         self.stream = stream
         self.epoch = 0
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+    def render(self, index: int) -> tuple[Image.Image, str]:
+        """Item ``index`` of this epoch as a PIL image and its label."""
         self._check(index)
-        img, label = render(self.spec, f"{self.seed}/{self.stream}/epoch{self.epoch}", index)
+        return render(self.spec, f"{self.seed}/{self.stream}/epoch{self.epoch}", index)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        img, label = self.render(index)
         return self.preprocess(img), label
 
 
@@ -112,17 +117,11 @@ class SyntheticPool(_PerEpoch):
         return self.preprocess.normalize(self.pixels[j]), self.labels[j]
 
 
-class _Pixels(Dataset):
+class _Pixels(SyntheticImages):
     """SyntheticImages' items as uint8 pixels (what a pool keeps)."""
 
-    def __init__(self, spec: SyntheticSpec, size: int, preprocess: Preprocess, key: str) -> None:
-        self.spec, self.size, self.preprocess, self.key = spec, size, preprocess, key
-
-    def __len__(self) -> int:
-        return self.size
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
-        img, label = render(self.spec, self.key, index)
+        img, label = self.render(index)
         return self.preprocess.pixels(img), label
 
 
@@ -146,7 +145,7 @@ def render_pool(spec: SyntheticSpec, n: int, preprocess: Preprocess, seed: int =
     from tqdm.auto import tqdm
 
     workers = available_cores() if workers is None else workers
-    source = _Pixels(spec, n, preprocess, f"{seed}/{stream}/epoch0")
+    source = _Pixels(spec, n, preprocess, seed, stream)  # epoch 0
     pixels = torch.empty((n, preprocess.channels, preprocess.height, preprocess.width),
                          dtype=torch.uint8)
     labels: list[str] = []
