@@ -42,6 +42,9 @@ class DataConfig:
     # How hard augmentation jitters (1: up to 4 deg rotation, 6% scale, 0.15 shear, 4%/8% shift,
     # 30% contrast, 15% brightness; 2 doubles each): more for few labels or wobbly styles.
     augment_strength: float = 1.0
+    # Local jitter on top (data.transforms.augment): mesh warps that bend parts of the line,
+    # background-coloured specks that break strokes, slight blur (what `captcha-ml fit` uses).
+    augment_local: bool = False
     # Labeled data.train only: this share of every training epoch is synthetic images of
     # data.style (few real images then do not wash out what pretraining taught); 0: real only.
     synthetic_share: float = 0.0

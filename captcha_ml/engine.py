@@ -84,7 +84,7 @@ def build_data(cfg: Config) -> Data:
                                     max_len=d.max_len, skip_bad=d.skip_bad)
         return datasets.LabeledImages(_normalized(labeled.samples, charset), pre,
                                       augment=train and d.augment, seed=cfg.train.seed,
-                                      strength=d.augment_strength)
+                                      strength=d.augment_strength, local=d.augment_local)
 
     train = make(d.train, d.synthetic_train_size, True)
     if d.synthetic_share:

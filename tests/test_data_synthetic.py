@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import random
 import secrets
 from pathlib import Path
 
@@ -9,13 +11,15 @@ import captcha.image
 import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageDraw
 
 from captcha_ml.data.datasets import LabeledImages, SyntheticImages, SyntheticPool
 from captcha_ml.data.real import DataError, read_manifest
 from captcha_ml.config import DataConfig
 from captcha_ml.data.synthetic import (SyntheticSpec, generate, load_style, preset, render,
                                        save_style, spec_from_config)
-from captcha_ml.data.transforms import ImageError, Preprocess
+from captcha_ml.data.transforms import (ImageError, Preprocess, _mesh_warp,
+                                        _specks_and_blur, augment)
 
 SMALL = dict(width=80, height=24, font_sizes=(16, 18))
 
@@ -198,6 +202,57 @@ def test_labeled_images_augment_and_broken_file(tmp_path, make_images):
     Path(samples[1][0]).write_bytes(b"not a png")
     with pytest.raises(ImageError, match="bcd23.png"):
         plain[1]
+
+
+def test_local_jitter_keeps_the_background_and_is_seeded():
+    """augment(local=True): mesh warp, specks and blur add to the affine jitter, draw their
+    colours from the image (a dark captcha gets no white corners or specks), and depend only on
+    the rng; local=False draws exactly what it drew before local existed."""
+    img = Image.new("RGB", (120, 40), (20, 30, 60))
+    ImageDraw.Draw(img).rectangle((40, 10, 80, 30), fill=(230, 230, 200))
+    outs = [augment(img, random.Random(k), 2.0, local=True) for k in range(12)]
+    for out in outs:
+        px = np.asarray(out)
+        assert out.size == img.size and out.mode == "RGB"
+        assert px.min(axis=2).max() > 100  # the glyph block survives
+        for corner in (px[0, 0], px[0, -1], px[-1, 0], px[-1, -1]):
+            assert corner.max() < 120, corner  # background colour, not white fill
+    again = augment(img, random.Random(3), 2.0, local=True)
+    assert again.tobytes() == outs[3].tobytes()
+    plain = augment(img, random.Random(3), 2.0)
+    assert plain.tobytes() != again.tobytes()
+    corners = [np.asarray(augment(img, random.Random(k), 2.0)).min(axis=2)[[0, 0, -1, -1], [0, -1, 0, -1]]
+               for k in range(12)]
+    assert max(c.max() for c in corners) > 100  # without local: the old white fill
+    # The mesh warp moves only inner grid points: a plain image stays plain (no outside pixels).
+    flat = Image.new("L", (90, 30), 200)
+    assert set(np.unique(np.asarray(_mesh_warp(flat, random.Random(0), 4.0)))) == {200}
+    # Specks cut the glyph block in the background's colour.
+    block = Image.new("L", (200, 50), 255)
+    ImageDraw.Draw(block).rectangle((0, 0, 199, 19), fill=0)
+    cut = np.asarray(_specks_and_blur(block, random.Random(5), 4.0))
+    assert (cut[:20] > 100).any()
+
+
+@pytest.mark.parametrize("style", ["captcha", "real"])
+def test_stroke_thins_and_thickens_the_glyphs(style):
+    """spec.stroke grows (+) or shrinks (-) every glyph stroke by whole pixels a side, in both
+    drawers; a fraction mixes the two nearest per image; out-of-range values are refused."""
+    quiet = dict(curves=0, dots=0, strikes=(0, 0), blur=(0.0, 0.0), hooks=(0, 0), jitter=(0, 0))
+    base = preset(style, **SMALL, **quiet)
+
+    def ink(stroke: float, index: int = 0) -> int:
+        img = np.asarray(render(dataclasses.replace(base, stroke=stroke), 3, index)[0]
+                         .convert("L"), dtype=np.float32)
+        return int((np.abs(img - np.median(img)) > 60).sum())
+
+    thin, plain, bold = ink(-1), ink(0), ink(1)
+    assert thin < 0.8 * plain and bold > 1.2 * plain, (thin, plain, bold)
+    mixed = [ink(-0.5, i) for i in range(8)]
+    assert any(m < 0.8 * ink(0, i) for i, m in enumerate(mixed))
+    assert any(m == ink(0, i) for i, m in enumerate(mixed))
+    with pytest.raises(DataError, match="stroke"):
+        SyntheticSpec(stroke=5)
 
 
 def test_spec_is_plain_configuration():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
@@ -254,6 +255,22 @@ def test_calibration_corrects_a_wrong_guess(tmp_path):
     assert fixed.font_sizes[0] < 45 and "calibration" in note
 
 
+def test_calibration_matches_the_stroke_thickness(tmp_path):
+    """A sample drawn with thin strokes: calibration thins the library's bolder glyphs until
+    renders measure like the sample (median horizontal ink run through the strokes)."""
+    truth = SyntheticSpec(style="captcha", width=200, height=70, charset=DIGITS, min_len=5,
+                          max_len=5, font_sizes=(34,), palette=((235, 230, 200, 60, 90, 170),),
+                          text_width=(0.5, 0.6), text_left=(0.2, 0.25), curves=0, dots=0,
+                          strikes=(0, 0), grey=False, stroke=-1.5)
+    real = [fit.style._image_stats(p) for p, _ in _styled(tmp_path, "thin", truth).samples[:24]]
+    fixed, note = fit.calibrate(SyntheticSpec(**{**truth.to_dict(), "stroke": 0.0,
+                                                 "palette": truth.palette}), real)
+    assert fixed.stroke < -0.7 and "stroke change" in note
+    measured = [fit.style._image_stats(synthetic.render(fixed, "check", i)[0]) for i in range(24)]
+    real_stroke = statistics.mean(s["stroke"] for s in real)
+    assert abs(statistics.mean(s["stroke"] for s in measured) - real_stroke) <= 0.6
+
+
 @pytest.mark.parametrize("spaces", [0.0, 0.6])
 def test_calibration_finds_how_often_glyphs_are_spaced(tmp_path, spaces):
     """The captcha library puts a space before half of the glyphs; other generators pack them.
@@ -311,6 +328,7 @@ def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
     assert fit_yaml["finetune"]["data"]["style"] == str(out / "style.yaml")
     assert fit_yaml["finetune"]["data"]["synthetic_share"] == fit.FINETUNE_SYNTHETIC_SHARE > 0
     assert fit_yaml["finetune"]["data"]["augment_strength"] == fit.FINETUNE_AUGMENT_STRENGTH
+    assert fit_yaml["finetune"]["data"]["augment_local"] is True
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("captcha_ml")
     runs = client.search_runs([exp.experiment_id])

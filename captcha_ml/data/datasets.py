@@ -22,11 +22,13 @@ class LabeledImages(Dataset):
     """``(path, label)`` samples -> ``(tensor C,H,W, label)``; augmentation keyed by (seed, epoch, index)."""
 
     def __init__(self, samples: list[tuple[str, str]], preprocess: Preprocess,
-                 augment: bool = False, seed: int = 0, strength: float = 1.0) -> None:
+                 augment: bool = False, seed: int = 0, strength: float = 1.0,
+                 local: bool = False) -> None:
         self.samples = list(samples)
         self.preprocess = preprocess
         self.augment = augment
         self.strength = strength
+        self.local = local
         self.seed = seed
         self.epoch = 0
 
@@ -40,7 +42,8 @@ class LabeledImages(Dataset):
         path, label = self.samples[index]
         img = load_image(path)  # raises ImageError naming the file if it broke after validation
         if self.augment:
-            img = augment(img, random.Random(f"{self.seed}:{self.epoch}:{index}"), self.strength)
+            img = augment(img, random.Random(f"{self.seed}:{self.epoch}:{index}"), self.strength,
+                          self.local)
         return self.preprocess(img), label
 
 

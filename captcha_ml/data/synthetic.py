@@ -89,6 +89,9 @@ class SyntheticSpec:
     # them are smooth waves across the whole width instead of the library's thin arcs
     spaces: float = 0.5  # "captcha" drawer: chance of a space before each glyph (the library's
     # own habit; generators that pack glyphs tightly have none)
+    stroke: float = 0.0  # pixels added (+) or taken (-) on each side of every glyph stroke
+    # (a fraction mixes the two nearest whole numbers, per image): the captcha library's
+    # stretched glyphs come out bolder than many generators' (measured by `captcha-ml fit`)
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -99,6 +102,8 @@ class SyntheticSpec:
         if not (0 <= self.overlap < 1 and 0 <= self.repeat < 1 and 0 <= self.spaces <= 1):
             raise DataError(f"synthetic spec: overlap and repeat must be in [0, 1), spaces in "
                             f"[0, 1] (got {self.overlap}, {self.repeat}, {self.spaces})")
+        if not -3 <= self.stroke <= 3:
+            raise DataError(f"synthetic spec: stroke must be in [-3, 3] pixels (got {self.stroke})")
         if any(len(p) != 6 for p in self.palette):
             raise DataError("synthetic spec: palette entries are (bg R, G, B, glyph R, G, B), "
                             f"six values each (got {list(self.palette)[:2]}...)")
@@ -275,6 +280,7 @@ class SpecCaptcha(ImageCaptcha):
             im = self._text_line(chars, fg, bg, rng)
         else:
             im = self.create_captcha_image(chars, fg, bg)
+        im = _restroke(im, bg, fg[:3], _stroke_pixels(s, rng))
         if s.dots:
             self.create_noise_dots(im, fg, number=s.dots)
         for _ in range(s.curves):
@@ -400,6 +406,7 @@ class RealCaptcha(SpecCaptcha):
             text = self.create_captcha_image(chars, (255, 255, 255, 255), (0, 0, 0))
         finally:
             self._width = full
+        text = _restroke(text, (0, 0, 0), (255, 255, 255), _stroke_pixels(s, rng))
         text = _jitter(text, rng, rng.randint(*s.jitter))
         text = text.point(lambda v: 255 - (255 - ink) * v // 255)
         canvas = Image.new("RGB", (w, h), (255, 255, 255))
@@ -416,6 +423,28 @@ class RealCaptcha(SpecCaptcha):
             self.create_noise_dots(out, (ink, ink, ink), width=1, number=s.dots)
         radius = rng.uniform(*s.blur)
         return out.filter(ImageFilter.GaussianBlur(radius)) if radius > 0 else out
+
+
+def _stroke_pixels(spec: SyntheticSpec, rng: random.Random) -> int:
+    """This image's whole-pixel stroke change: floor or ceil of spec.stroke, in proportion
+    (no draw from rng when it is a whole number, so older specs render as they did)."""
+    low = math.floor(spec.stroke)
+    frac = spec.stroke - low
+    return low + (1 if frac and rng.random() < frac else 0)
+
+
+def _restroke(text: Image.Image, bg: tuple, fg: tuple, pixels: int) -> Image.Image:
+    """Glyph strokes ``pixels`` thicker (> 0) or thinner (< 0) on each side: the ink mask
+    (where the text differs from its plain background) grown or shrunk, then recomposed."""
+    if pixels == 0:
+        return text
+    plain = Image.new(text.mode, text.size, bg)
+    ink = ImageChops.difference(text, plain).convert("L").point(lambda v: 255 if v > 24 else 0)
+    size = 2 * abs(pixels) + 1
+    if pixels < 0:
+        return Image.composite(text, plain, ink.filter(ImageFilter.MinFilter(size)))
+    return Image.composite(Image.new(text.mode, text.size, fg), text,
+                           ink.filter(ImageFilter.MaxFilter(size)))
 
 
 def _squeeze_slant(im: Image.Image, spec: SyntheticSpec, rand) -> Image.Image:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Union
 
 import torch
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageStat
 
 # Refuse images above this many pixels (decompression bombs); captchas are tiny.
 MAX_PIXELS = 4096 * 4096
@@ -106,8 +106,13 @@ def _check_size(img: Image.Image, label: str) -> None:
                          "captchas are small, so this input is refused")
 
 
-def augment(img: Image.Image, rng: random.Random, strength: float = 1.0) -> Image.Image:
-    """Mild geometric and photometric jitter for real training images (deterministic per rng)."""
+def augment(img: Image.Image, rng: random.Random, strength: float = 1.0,
+            local: bool = False) -> Image.Image:
+    """Jitter for real training images (deterministic per rng): a global affine map, contrast
+    and brightness; with ``local``, also a mesh warp that bends and stretches parts of the
+    line, background-coloured specks that break strokes, and blur (``local_jitter``)."""
+    if local:
+        img = _mesh_warp(img, rng, strength)
     w, h = img.size
     angle = math.radians(rng.uniform(-4, 4) * strength)
     scale = 1 + rng.uniform(-0.06, 0.06) * strength
@@ -121,6 +126,44 @@ def augment(img: Image.Image, rng: random.Random, strength: float = 1.0) -> Imag
     c = cx - a * (cx + tx) - b * (cy + ty)
     f = cy - d * (cx + tx) - e * (cy + ty)
     fill = (255,) * len(img.getbands()) if img.mode != "P" else 0
+    if local:  # the uncovered corners take the background's colour, not white
+        img = img.convert(img.mode if img.mode in ("L", "RGB") else "RGB")
+        fill = tuple(int(v) for v in ImageStat.Stat(img).median)
     out = img.transform((w, h), Image.AFFINE, (a, b, c, d, e, f), Image.BILINEAR, fillcolor=fill)
     out = ImageEnhance.Contrast(out).enhance(1 + rng.uniform(-0.3, 0.3) * strength)
-    return ImageEnhance.Brightness(out).enhance(1 + rng.uniform(-0.15, 0.15) * strength)
+    out = ImageEnhance.Brightness(out).enhance(1 + rng.uniform(-0.15, 0.15) * strength)
+    return _specks_and_blur(out, rng, strength) if local else out
+
+
+def _mesh_warp(img: Image.Image, rng: random.Random, strength: float) -> Image.Image:
+    """Move the inner points of a grid (cells ~0.4 x the height wide, 2 rows) by up to
+    3.5% of the height x strength: glyphs bend, widen and narrow locally, unlike under one
+    affine map. Border points slide only along the border, so no pixel comes from outside."""
+    w, h = img.size
+    cols, rows = max(2, round(w / (0.4 * h))), 2
+    amp = 0.035 * h * strength
+    xs = [w * i / cols for i in range(cols + 1)]
+    ys = [h * j / rows for j in range(rows + 1)]
+    src = {(i, j): (xs[i] + (0 if i in (0, cols) else rng.uniform(-amp, amp)),
+                    ys[j] + (0 if j in (0, rows) else rng.uniform(-amp, amp)))
+           for i in range(cols + 1) for j in range(rows + 1)}
+    mesh = [((round(xs[i]), round(ys[j]), round(xs[i + 1]), round(ys[j + 1])),
+             (*src[i, j], *src[i, j + 1], *src[i + 1, j + 1], *src[i + 1, j]))
+            for i in range(cols) for j in range(rows)]
+    mode = img.mode if img.mode in ("L", "RGB") else "RGB"
+    return img.convert(mode).transform((w, h), Image.MESH, mesh, Image.BILINEAR)
+
+
+def _specks_and_blur(img: Image.Image, rng: random.Random, strength: float) -> Image.Image:
+    """Up to 12 x strength specks per 200x50 pixels in the image's median (background) colour,
+    which cut strokes as many generators' noise does; then, half of the time, a slight blur."""
+    w, h = img.size
+    bg = tuple(int(v) for v in ImageStat.Stat(img).median)
+    draw = ImageDraw.Draw(img)
+    side = max(1, round(h / 30))
+    for _ in range(rng.randint(0, round(12 * strength * w * h / (200 * 50)))):
+        x, y, s = rng.uniform(0, w), rng.uniform(0, h), side * rng.randint(1, 2)
+        draw.rectangle((x, y, x + s - 1, y + s - 1), fill=bg if len(bg) > 1 else bg[0])
+    if rng.random() < 0.5:
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 0.4) * strength * h / 50))
+    return img

@@ -51,7 +51,8 @@ def build_configs(insp: Inspection, out: Path, inputs: dict[str, tuple[int, int]
         "train.lr=1e-3", f"train.eval_every={max(1, n_pre // 5)}", "tracking.log_model=false"])
     fine = config.load(None, common + size("finetune") + [
         f"data.train={splits['train']}", f"data.valid={splits['valid']}", "data.augment=true",
-        f"data.augment_strength={FINETUNE_AUGMENT_STRENGTH}", f"data.style={out / 'style.yaml'}",
+        f"data.augment_strength={FINETUNE_AUGMENT_STRENGTH}", "data.augment_local=true",
+        f"data.style={out / 'style.yaml'}",
         f"data.synthetic_share={FINETUNE_SYNTHETIC_SHARE}", f"data.synthetic_pool={plan.finetune_pool}",
         "train.stage=finetune", f"train.output_dir={out / 'finetune'}",
         f"train.init_from={out / 'pretrain' / 'best.pt'}", f"train.max_steps={n_fine}",

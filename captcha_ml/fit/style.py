@@ -52,6 +52,8 @@ def _image_stats(image: str | Image.Image) -> dict[str, Any]:
     # Gaps in the line: the share of its columns without dense ink (spaces between glyphs).
     line = cols[int(span[0] * w):max(int(span[0] * w) + 1, int(span[1] * w))]
     gaps = float((line < dense_min).mean()) if len(dense) else 0.0
+    x0 = int(span[0] * w)
+    stroke = _median_run(ink[:, x0:max(x0 + 1, int(span[1] * w))])
     isolated = ink & (_box_mean(ink, 7) < 0.2)
     mask = Image.fromarray(ink.astype(np.uint8) * 255)
     opened = np.asarray(mask.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))) > 0
@@ -60,9 +62,19 @@ def _image_stats(image: str | Image.Image) -> dict[str, Any]:
     left, right = lum[:, :edge][back[:, :edge]], lum[:, -edge:][back[:, -edge:]]
     return {"dark_text": bool(dark_text), "bg": np.median(rgb[back], axis=0) if back.any() else rgb.mean((0, 1)),
             "fg": np.median(rgb[ink], axis=0) if ink.any() else rgb.min((0, 1)),
-            "text_rows": text_rows, "span": span, "gaps": gaps, "dots": float(isolated.sum()) / 7.0,
+            "text_rows": text_rows, "span": span, "gaps": gaps, "stroke": stroke,
+            "dots": float(isolated.sum()) / 7.0,
             "thin": float((ink & ~opened).sum()) / max(1.0, float(ink.sum())),
             "ramp": float(np.median(right) - np.median(left)) if left.size and right.size else 0.0}
+
+
+def _median_run(ink: np.ndarray) -> float:
+    """Stroke thickness: the median length of the horizontal ink runs of 2+ pixels (most
+    cross a glyph's upright strokes; single-pixel specks and edges are left out)."""
+    edges = np.diff(np.pad(ink.astype(np.int8), ((0, 0), (1, 1))), axis=1).ravel()
+    runs = np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)
+    runs = runs[runs >= 2]
+    return float(np.median(runs)) if runs.size else 0.0
 
 
 def _range(values: list[float], pad: int = 8) -> tuple[int, int]:
@@ -156,20 +168,28 @@ def _text_stats(spec: SyntheticSpec, seed: str, images: int) -> list[dict[str, A
 
 def calibrate(spec: SyntheticSpec, real_stats: list[dict[str, Any]], rounds: int = 3,
               images: int = CALIBRATION_IMAGES) -> tuple[SyntheticSpec, str]:
-    """Measure rendered images exactly as the sample was measured and correct the text box and
-    font sizes until the two agree: a drawer's margins, overlaps and warp make its ink narrower
-    and shorter than the box and size it is given, so measured values are not drawable ones."""
+    """Measure rendered images exactly as the sample was measured and correct the text box,
+    font sizes and stroke thickness until the two agree: a drawer's margins, overlaps and warp
+    make its ink narrower and shorter than the box and size it is given, and the library's
+    stretched glyphs bolder than the font, so measured values are not drawable ones."""
     real_w, real_left, real_h = _line_measures(real_stats)
+    # Means of the per-image medians: whole-pixel runs make a median of medians jump.
+    real_stroke = statistics.mean(s["stroke"] for s in real_stats)
     boxed = spec.text_width[1] > 0
 
     def measure(s: SyntheticSpec, seed: str) -> tuple[float, float, float]:
         return _line_measures(_text_stats(s, seed, images))
 
+    def stroke_of(s: SyntheticSpec, seed: str) -> float:
+        """Measured on whole renders, noise included, as the sample's images are."""
+        return statistics.mean(_image_stats(synthetic.render(s, seed, i)[0])["stroke"]
+                               for i in range(2 * images))
+
     spaces = ""
     if boxed:  # the "captcha" drawer's spaces between glyphs: as many as the sample has gaps
         spec, spaces = _calibrate_spaces(spec, real_stats, images)
-    for r in range(rounds):
-        w, left, h = measure(spec, f"calibrate/{r}")
+    def resize(spec: SyntheticSpec, seed: str) -> SyntheticSpec:
+        w, left, h = measure(spec, seed)
         grow = float(np.clip(real_h / max(h, 1.0), 0.6, 1.6))
         changes: dict[str, Any] = {"font_sizes": tuple(sorted({max(8, round(f * grow))
                                                                for f in spec.font_sizes}))}
@@ -180,11 +200,26 @@ def calibrate(spec: SyntheticSpec, real_stats: list[dict[str, Any]], rounds: int
             tl = tuple(round(float(np.clip(v + shift, 0.0, max(0.0, 1.0 - tw[1]))), 3)
                        for v in spec.text_left)
             changes.update(text_width=tw, text_left=tl)
-        spec = replace(spec, **changes)
+        return replace(spec, **changes)
+
+    def restroke(spec: SyntheticSpec) -> SyntheticSpec:
+        # One pixel more on each side of a stroke makes its runs two pixels longer; the same
+        # images every round (and twice as many), so a correction is not noise.
+        stroke = spec.stroke + (real_stroke - stroke_of(spec, "calibrate/stroke")) / 2
+        return replace(spec, stroke=round(float(np.clip(stroke, -2.0, 2.5)), 2))
+
+    for r in range(rounds):
+        spec = resize(spec, f"calibrate/{r}")
+    # Then the strokes at the right size; thinning also shortens glyphs: one more size round.
+    for _ in range(2):
+        spec = restroke(spec)
+    spec = resize(spec, f"calibrate/{rounds}")
     w, left, h = measure(spec, "calibrate/check")
-    line = (f"calibration: synthetic text measured like the sample after {rounds} corrections: "
+    stroke = stroke_of(spec, "calibrate/check")
+    line = (f"calibration: synthetic text measured like the sample after {rounds + 3} corrections: "
             f"line width {w:.2f} (sample {real_w:.2f}), start {left:.2f} ({real_left:.2f}), "
-            f"height {h:.0f}px ({real_h:.0f}) -> font sizes {spec.font_sizes}")
+            f"height {h:.0f}px ({real_h:.0f}), strokes {stroke:.1f}px ({real_stroke:.1f}) -> "
+            f"font sizes {spec.font_sizes}, stroke change {spec.stroke:+.2f}px a side")
     if boxed:
         line += f", text box {spec.text_width} starting at {spec.text_left}; {spaces}"
     return spec, line
