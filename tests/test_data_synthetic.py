@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import secrets
 from pathlib import Path
@@ -145,6 +146,13 @@ def test_generate_refuses_other_seed_in_same_folder(tmp_path):
     generate(tmp_path / "g", 2, spec, seed=0, workers=1)
     with pytest.raises(DataError, match="another spec or seed"):
         generate(tmp_path / "g", 2, spec, seed=1, workers=1)
+    # A folder written before a spec field existed (here: stroke) resumes at its default.
+    meta = json.loads((tmp_path / "g" / "generate.json").read_text())
+    del meta["spec"]["stroke"]
+    (tmp_path / "g" / "generate.json").write_text(json.dumps(meta))
+    generate(tmp_path / "g", 3, spec, seed=0, workers=1)
+    with pytest.raises(DataError, match="another spec or seed"):
+        generate(tmp_path / "g", 3, dataclasses.replace(spec, stroke=1.0), seed=0, workers=1)
 
 
 def test_synthetic_dataset_epochs_and_indices():

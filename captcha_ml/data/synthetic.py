@@ -563,6 +563,10 @@ def _check_meta(out: Path, meta: dict) -> None:
     path = out / "generate.json"
     if path.exists():
         old = json.loads(path.read_text())
+        # Fields added to SyntheticSpec since that folder was written render as before at their
+        # defaults, so a spec without them is the same spec.
+        defaults = json.loads(json.dumps(SyntheticSpec().to_dict()))
+        old["spec"] = {**defaults, **old.get("spec", {})}
         if {k: old.get(k) for k in ("spec", "seed")} != {k: meta[k] for k in ("spec", "seed")}:
             raise DataError(f"{out} holds images made with another spec or seed (see {path}); "
                             "choose another --out or delete the folder")
