@@ -240,6 +240,8 @@ def test_local_jitter_keeps_the_background_and_is_seeded():
     ImageDraw.Draw(block).rectangle((0, 0, 199, 19), fill=0)
     cut = np.asarray(_specks_and_blur(block, random.Random(5), 4.0))
     assert (cut[:20] > 100).any()
+    for k in range(300):  # tiny images, many one-pixel specks: every box is drawable
+        _specks_and_blur(Image.new("L", (40, 16), 255), random.Random(k), 4.0)
 
 
 @pytest.mark.parametrize("style", ["captcha", "real"])

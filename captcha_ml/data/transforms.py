@@ -162,7 +162,8 @@ def _specks_and_blur(img: Image.Image, rng: random.Random, strength: float) -> I
     draw = ImageDraw.Draw(img)
     side = max(1, round(h / 30))
     for _ in range(rng.randint(0, round(12 * strength * w * h / (200 * 50)))):
-        x, y, s = rng.uniform(0, w), rng.uniform(0, h), side * rng.randint(1, 2)
+        # Whole pixels: Pillow refuses some float one-pixel boxes (y1 rounded below y0).
+        x, y, s = int(rng.uniform(0, w)), int(rng.uniform(0, h)), side * rng.randint(1, 2)
         draw.rectangle((x, y, x + s - 1, y + s - 1), fill=bg if len(bg) > 1 else bg[0])
     if rng.random() < 0.5:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 0.4) * strength * h / 50))
