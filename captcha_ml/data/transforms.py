@@ -110,7 +110,7 @@ def augment(img: Image.Image, rng: random.Random, strength: float = 1.0,
             local: bool = False) -> Image.Image:
     """Jitter for real training images (deterministic per rng): a global affine map, contrast
     and brightness; with ``local``, also a mesh warp that bends and stretches parts of the
-    line, background-coloured specks that break strokes, and blur (``local_jitter``)."""
+    line, background-coloured specks that break strokes, and blur (``data.augment_local``)."""
     if local:
         img = _mesh_warp(img, rng, strength)
     w, h = img.size

@@ -50,10 +50,9 @@ def _image_stats(image: str | Image.Image) -> dict[str, Any]:
     span = ((float(np.percentile(dense, 2)) / w, float(np.percentile(dense, 98) + 1) / w)
             if len(dense) else (0.0, 1.0))
     # Gaps in the line: the share of its columns without dense ink (spaces between glyphs).
-    line = cols[int(span[0] * w):max(int(span[0] * w) + 1, int(span[1] * w))]
-    gaps = float((line < dense_min).mean()) if len(dense) else 0.0
-    x0 = int(span[0] * w)
-    stroke = _median_run(ink[:, x0:max(x0 + 1, int(span[1] * w))])
+    x0, x1 = int(span[0] * w), max(int(span[0] * w) + 1, int(span[1] * w))
+    gaps = float((cols[x0:x1] < dense_min).mean()) if len(dense) else 0.0
+    stroke = _median_run(ink[:, x0:x1])  # stroke thickness, in the text line
     isolated = ink & (_box_mean(ink, 7) < 0.2)
     mask = Image.fromarray(ink.astype(np.uint8) * 255)
     opened = np.asarray(mask.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))) > 0
@@ -188,6 +187,7 @@ def calibrate(spec: SyntheticSpec, real_stats: list[dict[str, Any]], rounds: int
     spaces = ""
     if boxed:  # the "captcha" drawer's spaces between glyphs: as many as the sample has gaps
         spec, spaces = _calibrate_spaces(spec, real_stats, images)
+
     def resize(spec: SyntheticSpec, seed: str) -> SyntheticSpec:
         w, left, h = measure(spec, seed)
         grow = float(np.clip(real_h / max(h, 1.0), 0.6, 1.6))
