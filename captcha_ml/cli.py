@@ -304,6 +304,10 @@ def fit(
     precision: str = typer.Option("auto", help="Training precision: auto (bfloat16 autocast "
                                   "where the probe finds it faster, e.g. CPUs with AMX), no "
                                   "(float32) or bf16."),
+    match_stroke: bool = typer.Option(False, help="Thin or thicken the synthetic glyphs to "
+                                      "the sample's measured stroke width (helped a sample "
+                                      "drawn in thin faces, hurt one drawn in a single regular "
+                                      "serif: see the README)."),
 ) -> None:
     """Train a reader for a new captcha style from labeled examples: inspect, split, match the
     style, pretrain on synthetic, finetune, test, register (one MLflow parent run "fit")."""
@@ -311,4 +315,4 @@ def fit(
 
     fitting.run(data, out, not case_insensitive, budget_minutes,
                 str(config_path) if config_path else None, name, max_steps, tracking_uri, seed,
-                skip_bad, reuse_pretrain, precision, say=typer.echo)
+                skip_bad, reuse_pretrain, precision, say=typer.echo, match_stroke=match_stroke)

@@ -263,8 +263,10 @@ def test_calibration_matches_the_stroke_thickness(tmp_path):
                           text_width=(0.5, 0.6), text_left=(0.2, 0.25), curves=0, dots=0,
                           strikes=(0, 0), grey=False, stroke=-1.5)
     real = [fit.style._image_stats(p) for p, _ in _styled(tmp_path, "thin", truth).samples[:24]]
-    fixed, note = fit.calibrate(SyntheticSpec(**{**truth.to_dict(), "stroke": 0.0,
-                                                 "palette": truth.palette}), real)
+    start = SyntheticSpec(**{**truth.to_dict(), "stroke": 0.0, "palette": truth.palette})
+    kept, note = fit.calibrate(start, real)  # by default strokes are measured, not changed
+    assert kept.stroke == 0.0 and "strokes not changed (--match-stroke)" in note
+    fixed, note = fit.calibrate(start, real, match_stroke=True)
     assert fixed.stroke < -0.7 and "stroke change" in note
     measured = [fit.style._image_stats(synthetic.render(fixed, "check", i)[0]) for i in range(24)]
     real_stroke = statistics.mean(s["stroke"] for s in real)
@@ -309,9 +311,11 @@ def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
     synthetic.generate(tmp_path / "data", 60, spec, seed="e2e", workers=1)
     out, uri = tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = CliRunner().invoke(app, ["fit", str(tmp_path / "data"), "--out", str(out),
-                                      "--max-steps", "2", "--tracking-uri", uri, "--name", "e2e"])
+                                      "--max-steps", "2", "--tracking-uri", uri, "--name", "e2e",
+                                      "--match-stroke"])
     assert result.exit_code == 0, result.output
     assert "zero-shot (pretrained only)" in result.output and "fit summary" in result.output
+    assert "stroke change" in result.output  # --match-stroke reached the calibration
     assert "test misreads" in result.output
     for name in ("fit.yaml", "style.yaml", "inspection.json", "style_samples.png",
                  "fit_report.txt", "splits/train.csv", "splits/valid.csv", "splits/test.csv",

@@ -205,7 +205,7 @@ def _register(fine_run_id: str, name: str, note: _Notes) -> dict[str, Any]:
 
 
 def _prepare(data: str | Path, out: Path, case_sensitive: bool, skip_bad: bool,
-             keep_style: bool, seed: int, note: _Notes
+             keep_style: bool, seed: int, note: _Notes, match_stroke: bool = False
              ) -> tuple[Inspection, dict[str, Path], SyntheticSpec, float]:
     """Steps 1, 3, 4: inspect, split, derive (or keep, with --config) the style; also the width
     share of one symbol (for the model input)."""
@@ -217,7 +217,7 @@ def _prepare(data: str | Path, out: Path, case_sensitive: bool, skip_bad: bool,
     note(f"split: {split_sizes(len(insp.samples))} (valid, test) images by content hash, seed "
          f"{seed}; rest train -> {out / 'splits'}")
     stats = sample_stats(insp, seed=seed)
-    spec, style_notes = derive_style(insp, seed=seed, stats=stats)
+    spec, style_notes = derive_style(insp, seed=seed, stats=stats, match_stroke=match_stroke)
     for line in style_notes:
         note(line)
     style_file = out / "style.yaml"
@@ -235,7 +235,7 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
         budget_minutes: float = DEFAULT_BUDGET_MINUTES, config_path: str | None = None,
         name: str = "", max_steps: int = 0, tracking_uri: str = "", seed: int = 0,
         skip_bad: bool = False, reuse_pretrain: bool = True, precision: str = "auto",
-        say=print) -> dict[str, Any]:
+        say=print, match_stroke: bool = False) -> dict[str, Any]:
     """The whole fit (see the module docstring); returns metrics, run ids, files and times."""
     import mlflow
 
@@ -250,7 +250,7 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
     if config_path:
         adopt_style(config_path, out)
     insp, splits, spec, share = _prepare(data, out, case_sensitive, skip_bad, bool(config_path),
-                                         seed, note)
+                                         seed, note, match_stroke)
     pre, fine, info = _configs(insp, out, spec, splits, budget_minutes, config_path, max_steps,
                                seed, precision, note, share)
     for cfg in (pre, fine):
