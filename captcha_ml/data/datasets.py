@@ -80,7 +80,6 @@ class SyntheticImages(_PerEpoch):
         self.preprocess = preprocess
         self.seed = seed
         self.stream = stream
-        self.epoch = 0
 
     def render(self, index: int) -> tuple[Image.Image, str]:
         """Item ``index`` of this epoch as a PIL image and its label."""
@@ -111,7 +110,6 @@ class SyntheticPool(_PerEpoch):
             raise ValueError(f"a synthetic pool needs at least one image (got {pool})")
         self.size = size
         self.preprocess = preprocess
-        self.epoch = 0
         self.pixels, self.labels = render_pool(spec, pool, preprocess, seed, stream, workers, desc)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:

@@ -301,8 +301,7 @@ class SpecCaptcha(ImageCaptcha):
             text = self.create_captcha_image(chars, fg, bg)
         finally:
             self._width = full
-        ink = ImageChops.difference(text, Image.new("RGB", text.size, bg)).convert("L")
-        cols = ink.point(lambda v: 255 if v > 24 else 0).getbbox()
+        cols = _ink_mask(text, bg).getbbox()
         if cols:
             text = text.crop((cols[0], 0, cols[2], text.height))
         canvas = Image.new("RGB", (s.width, s.height), bg)
@@ -425,6 +424,12 @@ class RealCaptcha(SpecCaptcha):
         return out.filter(ImageFilter.GaussianBlur(radius)) if radius > 0 else out
 
 
+def _ink_mask(text: Image.Image, bg: tuple) -> Image.Image:
+    """255 where the text differs from its plain background colour by more than 24, else 0."""
+    diff = ImageChops.difference(text, Image.new(text.mode, text.size, bg)).convert("L")
+    return diff.point(lambda v: 255 if v > 24 else 0)
+
+
 def _stroke_pixels(spec: SyntheticSpec, rng: random.Random) -> int:
     """This image's whole-pixel stroke change: floor or ceil of spec.stroke, in proportion
     (no draw from rng when it is a whole number, so older specs render as they did)."""
@@ -439,7 +444,7 @@ def _restroke(text: Image.Image, bg: tuple, fg: tuple, pixels: int) -> Image.Ima
     if pixels == 0:
         return text
     plain = Image.new(text.mode, text.size, bg)
-    ink = ImageChops.difference(text, plain).convert("L").point(lambda v: 255 if v > 24 else 0)
+    ink = _ink_mask(text, bg)
     size = 2 * abs(pixels) + 1
     if pixels < 0:
         return Image.composite(text, plain, ink.filter(ImageFilter.MinFilter(size)))

@@ -126,8 +126,7 @@ def augment(img: Image.Image, rng: random.Random, strength: float = 1.0,
     c = cx - a * (cx + tx) - b * (cy + ty)
     f = cy - d * (cx + tx) - e * (cy + ty)
     fill = (255,) * len(img.getbands()) if img.mode != "P" else 0
-    if local:  # the uncovered corners take the background's colour, not white
-        img = img.convert(img.mode if img.mode in ("L", "RGB") else "RGB")
+    if local:  # the uncovered corners take the background's colour (_mesh_warp made it L/RGB)
         fill = tuple(int(v) for v in ImageStat.Stat(img).median)
     out = img.transform((w, h), Image.AFFINE, (a, b, c, d, e, f), Image.BILINEAR, fillcolor=fill)
     out = ImageEnhance.Contrast(out).enhance(1 + rng.uniform(-0.3, 0.3) * strength)
