@@ -34,6 +34,9 @@ class DataConfig:
     height: int = 50
     width: int = 200
     channels: int = 1
+    # Before resizing, keep only this part of every image: [left, top, right, bottom] as shares
+    # of its width and height (e.g. [0.1, 0, 0.9, 1]); [] keeps it whole.
+    crop: list = field(default_factory=list)
     # Synthetic data: style preset, virtual epoch sizes (images are generated per index).
     style: str = "real"
     synthetic_train_size: int = 100_000
@@ -129,6 +132,19 @@ class Config:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+def check_crop(crop: Iterable[float]) -> tuple[float, ...]:
+    """A (left, top, right, bottom) crop as floats, or ValueError saying what is wrong."""
+    values = tuple(float(v) for v in crop)
+    if len(values) != 4:
+        raise ValueError(f"crop {list(crop)}: give 4 shares (left, top, right, bottom), e.g. "
+                         "0.1,0,0.9,1, or none to keep the whole image")
+    left, top, right, bottom = values
+    if not (0 <= left < right <= 1 and 0 <= top < bottom <= 1):
+        raise ValueError(f"crop {list(values)}: need 0 <= left < right <= 1 and "
+                         "0 <= top < bottom <= 1 (shares of the image's width and height)")
+    return values
+
+
 _SECTION_TYPES = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
                   "tracking": TrackingConfig}
 
@@ -140,9 +156,14 @@ def valid_keys() -> list[str]:
 def _coerce(key: str, value: Any, default: Any) -> Any:
     """Convert a YAML or command-line value to the type of the field's default."""
     kind = type(default)
-    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+    plain = kind is not list and not (kind is int and isinstance(value, bool))
+    if isinstance(value, kind) and plain:
         return value
     try:
+        if kind is list:  # numbers: a YAML list, or "a,b,c" on the command line ("", none: [])
+            if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+                return []
+            return [float(v) for v in (value.split(",") if isinstance(value, str) else value)]
         if kind is bool:
             if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
                 return True
@@ -160,7 +181,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
             return "" if value is None else str(value)
     except (TypeError, ValueError):
         pass
-    raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
+    expected = "a list of numbers" if kind is list else kind.__name__
+    raise ConfigError(f"{key}: expected {expected}, got {value!r}")
 
 
 def _set(cfg: Config, key: str, value: Any) -> None:
@@ -214,6 +236,11 @@ def validate(cfg: Config) -> None:
         problems.append(f"data.channels={d.channels}: use 1 (grey) or 3 (RGB)")
     if d.height < 16 or d.width < 16:
         problems.append(f"data.height x data.width = {d.height}x{d.width}: both must be >= 16")
+    if d.crop:
+        try:
+            check_crop(d.crop)
+        except ValueError as e:
+            problems.append(f"data.crop: {e}")
     if len(set(d.charset)) != len(d.charset) or not d.charset:
         problems.append(f"data.charset={d.charset!r}: must be non-empty without repeated symbols")
     if not 0 < d.augment_strength <= 4:

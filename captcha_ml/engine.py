@@ -68,7 +68,7 @@ def build_data(cfg: Config) -> Data:
     """Datasets for the configured sources: 'synthetic' or a labeled folder / manifest."""
     d = cfg.data
     charset = Charset(d.charset, d.case_sensitive)
-    pre = Preprocess(d.height, d.width, d.channels)
+    pre = Preprocess(d.height, d.width, d.channels, crop=tuple(d.crop))
 
     def rendered(size: int, stream: str) -> Dataset:
         spec = synthetic.spec_from_config(d)

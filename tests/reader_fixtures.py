@@ -10,6 +10,7 @@ from captcha_ml import engine
 from helpers import tiny_config, write_manifests
 
 REAL_CHARSET = "2345678bcdefgmnpwxy"
+CROP = (0.02, 0.0, 0.98, 1.0)  # travels in the checkpoint, the MLflow model and ONNX metadata
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +20,8 @@ def trained(tmp_path_factory, real_dir) -> dict:
     m = write_manifests(real_dir, tmp / "splits", (("train", 16), ("valid", 8), ("test", 8)))
     result = engine.train(tiny_config(tmp, f"data.train={m['train']}", f"data.valid={m['valid']}",
                                       f"data.charset={REAL_CHARSET}", "data.min_len=5",
-                                      "data.max_len=5", "train.max_steps=4"))
+                                      "data.max_len=5", "train.max_steps=4",
+                                      f"data.crop={','.join(map(str, CROP))}"))
     files = [Path(line.split(",")[0]) for line in m["test"].read_text().splitlines()[1:]]
     return {**result, "tmp": tmp, "test_files": files,
             "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}"}

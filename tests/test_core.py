@@ -39,6 +39,9 @@ def test_config_unknown_key_lists_valid_keys(tmp_path):
     ("model.depth=layer9", "layer2, layer3 or layer4"),
     ("data.min_len=6", "min <= max"),
     ("data.augment_strength=0", "augment_strength"),
+    ("data.crop=0.5,0,0.4,1", "left < right"),
+    ("data.crop=0.1,0.2", "give 4 shares"),
+    ("data.crop=a,b,c,d", "expected a list of numbers"),
 ])
 def test_config_rejects_bad_values(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -84,6 +87,28 @@ def test_preprocess_any_mode_and_size():
     assert Preprocess(height=20, width=40, channels=3)(Image.new("L", (5, 5))).shape == (3, 20, 40)
     white = pre(Image.new("L", (40, 20), 255))
     assert torch.allclose(white, torch.ones_like(white))
+
+
+def test_preprocess_crop_keeps_a_share_of_any_size(tmp_path):
+    """A black block in the left 10% of the image: a crop from 20% leaves it out, a crop of the
+    left 10% is all of it, at any source size; the crop survives to_dict / from_dict, a YAML
+    list and a command-line override, and old dicts without it read as no crop."""
+    for size in ((100, 40), (333, 71)):
+        img = Image.new("L", size, 255)
+        img.paste(0, (0, 0, size[0] // 10, size[1]))
+        right = Preprocess(height=20, width=40, crop=(0.2, 0.0, 1.0, 1.0))
+        left = Preprocess(height=20, width=40, crop=(0.0, 0.0, 0.09, 1.0))
+        assert torch.all(right(img) == 1) and torch.all(left(img) == -1)
+        assert not torch.all(Preprocess(height=20, width=40)(img) == 1)
+    assert Preprocess.from_dict(right.to_dict()) == right
+    assert Preprocess.from_dict({"height": 20, "width": 40}).crop == ()
+    with pytest.raises(ValueError, match="left < right"):
+        Preprocess(crop=(0.5, 0, 0.2, 1))
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  crop: [0.1, 0, 0.9, 1]\n")
+    assert config.load(path).data.crop == [0.1, 0.0, 0.9, 1.0]
+    assert config.load(path, ["data.crop="]).data.crop == []
+    assert config.load(None, ["data.crop=0,0.1,1,0.9"]).data.crop == [0.0, 0.1, 1.0, 0.9]
 
 
 def test_load_image_errors_name_the_input(tmp_path):

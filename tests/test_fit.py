@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import shutil
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -101,13 +103,13 @@ def test_narrow_text_widens_the_input_for_ctc():
 
 
 def test_finetuning_reads_a_larger_input_and_the_plan_pays_for_it():
-    """Tall sources are pretrained at <= 40 rows and finetuned at up to 56; the budget gives
+    """Tall sources are pretrained at <= 40 rows and finetuned at up to 72; the budget gives
     finetuning fewer steps in proportion to the pixels; short sources use one input."""
     assert fit.model_input((200, 75), 5)[:2] == (40, 104)
-    assert fit.model_input((200, 75), 5, fit.FINETUNE_MAX_HEIGHT)[:2] == (56, 152)
+    assert fit.model_input((200, 75), 5, fit.FINETUNE_MAX_HEIGHT)[:2] == (72, 192)
     assert fit.model_input((120, 40), 6, fit.FINETUNE_MAX_HEIGHT)[:2] == fit.model_input((120, 40), 6)[:2]
-    cost = fit.input_cost((40, 104), (56, 152))
-    assert 1 < cost <= 56 * 152 / (40 * 104) and fit.input_cost((40, 104), (40, 104)) == 1
+    cost = fit.input_cost((40, 104), (72, 192))
+    assert 1 < cost <= 72 * 192 / (40 * 104) and fit.input_cost((40, 104), (40, 104)) == 1
     same, dear = fit.plan_budget(10, 100.0), fit.plan_budget(10, 100.0, finetune_cost=cost)
     assert dear.pretrain_steps == same.pretrain_steps
     assert dear.finetune_steps == pytest.approx(same.finetune_steps / cost, abs=1)
@@ -234,6 +236,34 @@ def test_style_measures_text_line_and_colour_pairs(tmp_path):
     # 5 symbols in about half the width: each takes about a tenth of it.
     assert 0.07 <= fit.symbol_share(fit.sample_stats(insp)) <= 0.13
     assert any(n.startswith("calibration:") for n in notes)
+
+
+def test_text_layout_crops_to_where_the_text_lies(tmp_path):
+    """Text in the middle third of a wide image: the crop holds every image's ink, drops most
+    of the margins, and the symbol's share of the cropped width grows accordingly; text across
+    the whole image gets no crop."""
+    narrow = SyntheticSpec(style="captcha", width=300, height=60, charset=DIGITS, min_len=4,
+                           max_len=4, font_sizes=(28,), text_width=(0.3, 0.34),
+                           text_left=(0.33, 0.36), curves=0, dots=0, strikes=(0, 0), grey=True)
+    insp = _styled(tmp_path, "narrow", narrow)
+    layout = fit.text_layout(fit.sample_stats(insp))
+    left, top, right, bottom = layout.crop
+    assert right - left < 0.6 and "data.crop=" in layout.why
+    for path, _ in insp.samples:
+        lum = np.asarray(Image.open(path).convert("L"), dtype=np.float32)
+        ink = np.abs(lum - np.median(lum)) > 8  # faint images too: the crop holds them
+        if not ink.any():  # the library drew its glyphs in the background's colour
+            continue
+        cols, rows = np.flatnonzero(ink.any(0)), np.flatnonzero(ink.any(1))
+        assert left * 300 <= cols[0] and cols[-1] < right * 300, path
+        assert top * 60 <= rows[0] and rows[-1] < bottom * 60, path
+    (w, h), share = layout.cropped((300, 60))
+    assert w == round(300 * (right - left)) and share == pytest.approx(
+        layout.symbol_share / (right - left))
+    wide = replace(narrow, width=120, height=40, font_sizes=(34,), text_width=(0.9, 0.95),
+                   text_left=(0.02, 0.04))
+    full = fit.text_layout(fit.sample_stats(_styled(tmp_path, "wide", wide)))
+    assert full.crop == () and full.cropped((120, 40)) == ((120, 40), full.symbol_share)
 
 
 def test_calibration_corrects_a_wrong_guess(tmp_path):

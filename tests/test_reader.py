@@ -21,7 +21,7 @@ from captcha_ml.data.real import DataError
 from captcha_ml.data.transforms import ImageError
 from captcha_ml.reader import Reader, Reading, ReadError, export_onnx
 from helpers import tiny_config
-from reader_fixtures import trained  # noqa: F401 (session fixture)
+from reader_fixtures import CROP, trained  # noqa: F401 (session fixture)
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -77,6 +77,7 @@ def test_onnx_engine_matches_torch(reader, trained, tmp_path):
     assert json.loads(meta["captcha_ml.charset"])["symbols"] == reader.charset.symbols
     assert not list(tmp_path.glob("*.tmp"))
     ort = Reader.load(out, engine="onnx")
+    assert ort.preprocess == reader.preprocess and reader.preprocess.crop == CROP
     files = trained["test_files"]
     images = np.stack([reader.preprocess(Image.open(f)).numpy() for f in files])
     assert np.allclose(reader.log_probs(images), ort.log_probs(images), atol=1e-4)
@@ -120,6 +121,7 @@ def test_int8_export_needs_readable_calibration_images(trained, tmp_path):
 def test_reader_loads_mlflow_uri(reader, trained):
     mlflow.set_tracking_uri(trained["tracking_uri"])
     by_uri = Reader.load(f"runs:/{trained['run_id']}/checkpoints/best.pt")
+    assert by_uri.preprocess == reader.preprocess
     f = trained["test_files"][0]
     assert by_uri.read(f) == reader.read(f)
 

@@ -17,6 +17,8 @@ from typing import Union
 import torch
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageStat
 
+from captcha_ml.config import check_crop
+
 # Refuse images above this many pixels (decompression bombs); captchas are tiny.
 MAX_PIXELS = 4096 * 4096
 
@@ -34,6 +36,14 @@ class Preprocess:
     channels: int = 1
     mean: float = 0.5
     std: float = 0.5
+    # (left, top, right, bottom) shares of the image kept before resizing; () keeps it whole.
+    # Shares, not pixels, so any source size crops alike (`captcha-ml fit` sets it to the
+    # region the sample's text occupies, so the glyphs get the input's pixels).
+    crop: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.crop:
+            object.__setattr__(self, "crop", check_crop(self.crop))
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         """PIL image of any mode and size -> float tensor (channels, height, width)."""
@@ -43,6 +53,11 @@ class Preprocess:
         """The first half: PIL image -> resized uint8 tensor (channels, height, width), the
         compact form a pool of pre-rendered images keeps in memory."""
         img = img.convert("L" if self.channels == 1 else "RGB")
+        if self.crop:
+            w, h = img.size
+            left, top, right, bottom = self.crop
+            x0, y0 = min(int(left * w), w - 1), min(int(top * h), h - 1)
+            img = img.crop((x0, y0, max(x0 + 1, round(right * w)), max(y0 + 1, round(bottom * h))))
         if img.size != (self.width, self.height):
             img = img.resize((self.width, self.height), Image.BILINEAR)
         data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
@@ -57,7 +72,8 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":
-        return cls(**{k: d[k] for k in ("height", "width", "channels", "mean", "std") if k in d})
+        known = {k: d[k] for k in ("height", "width", "channels", "mean", "std") if k in d}
+        return cls(**known, crop=tuple(d.get("crop") or ()))  # older checkpoints: no crop
 
 
 def _flatten_alpha(img: Image.Image) -> Image.Image:

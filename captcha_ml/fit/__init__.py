@@ -18,7 +18,8 @@ from .configs import (FINETUNE_AUGMENT_STRENGTH, FINETUNE_SYNTHETIC_SHARE, build
 from .reuse import PRETRAIN_RECORD, pretrain_fingerprint, reusable_pretraining
 from .runner import confusion_line, run
 from .sample import Inspection, inspect, inspection_notes, make_split, split_sizes
-from .style import calibrate, derive_style, sample_stats, style_samples, symbol_share
+from .style import (TextLayout, calibrate, derive_style, sample_stats, style_samples,
+                    symbol_share, text_layout)
 
 __all__ = [
     "DEFAULT_BUDGET_MINUTES", "FINETUNE_AUGMENT_STRENGTH", "FINETUNE_MAX_HEIGHT",
@@ -26,5 +27,6 @@ __all__ = [
     "build_configs", "calibrate", "confusion_line", "derive_style", "input_cost", "inspect",
     "inspection_notes", "make_split", "model_input", "plan_budget", "pretrain_fingerprint",
     "probe_throughput", "read_fit_yaml", "replan_finetune", "reusable_pretraining", "run",
-    "sample_stats", "split_sizes", "style_samples", "symbol_share", "write_fit_yaml",
+    "sample_stats", "split_sizes", "style_samples", "symbol_share", "text_layout", "TextLayout",
+    "write_fit_yaml",
 ]

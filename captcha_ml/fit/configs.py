@@ -32,12 +32,14 @@ FINETUNE_AUGMENT_STRENGTH = 2.0
 
 
 def build_configs(insp: Inspection, out: Path, inputs: dict[str, tuple[int, int]], plan: Plan,
-                  splits: dict[str, Path], seed: int = 0) -> tuple[Config, Config]:
+                  splits: dict[str, Path], seed: int = 0, crop: tuple[float, ...] = ()
+                  ) -> tuple[Config, Config]:
     """The resolved pretrain and finetune configs; ``inputs`` maps each stage to its
-    (height, width)."""
+    (height, width); ``crop`` (data.crop) is the part of the images both stages read."""
     common = [f"data.charset={insp.charset}", f"data.case_sensitive={insp.case_sensitive}",
               f"data.min_len={insp.min_len}", f"data.max_len={insp.max_len}",
               f"data.channels={insp.channels}", f"data.num_workers={plan.loader_workers}",
+              f"data.crop={','.join(map(str, crop))}",
               f"model.depth={FIT_DEPTH}",
               f"train.seed={seed}", f"train.mixed_precision={plan.precision}",
               "tracking.log_model=true"]

@@ -34,7 +34,7 @@ from .configs import (FINETUNE_AUGMENT_STRENGTH, FINETUNE_SYNTHETIC_SHARE, adopt
                       write_fit_yaml)
 from .reuse import PRETRAIN_RECORD, reusable_pretraining, write_pretrain_record
 from .sample import Inspection, inspect, inspection_notes, make_split, split_sizes
-from .style import derive_style, sample_stats, style_samples, symbol_share
+from .style import TextLayout, derive_style, sample_stats, style_samples, text_layout
 
 
 class _Notes:
@@ -51,11 +51,14 @@ class _Notes:
 
 def _configs(insp: Inspection, out: Path, spec: SyntheticSpec, splits: dict[str, Path],
              budget_minutes: float, config_path: str | None, max_steps: int, seed: int,
-             precision: str, note: _Notes, share: float = 0.0
+             precision: str, note: _Notes, layout: TextLayout | None = None
              ) -> tuple[Config, Config, dict[str, Any]]:
-    """``share``: the width share of one symbol in the sample (style.symbol_share)."""
-    height, width, why = model_input(insp.size, insp.max_len, symbol_share=share)
-    fine_h, fine_w, fine_why = model_input(insp.size, insp.max_len, FINETUNE_MAX_HEIGHT, share)
+    """``layout``: where the sample's text lies (style.text_layout): the crop, and the width
+    share of one symbol in it, decide the model input."""
+    layout = layout or TextLayout()
+    size, share = layout.cropped(insp.size)
+    height, width, why = model_input(size, insp.max_len, symbol_share=share)
+    fine_h, fine_w, fine_why = model_input(size, insp.max_len, FINETUNE_MAX_HEIGHT, share)
     inputs = {"pretrain": (height, width), "finetune": (fine_h, fine_w)}
     if config_path:
         pre, fine = read_fit_yaml(config_path)
@@ -63,7 +66,8 @@ def _configs(insp: Inspection, out: Path, spec: SyntheticSpec, splits: dict[str,
         repoint(pre, fine, out, splits)
         note(f"configs: from {config_path} (budget not applied; paths follow --out)")
         note(f"model input (from the configs): pretraining {pre.data.height}x{pre.data.width}, "
-             f"finetuning {fine.data.height}x{fine.data.width} (height x width)")
+             f"finetuning {fine.data.height}x{fine.data.width} (height x width), crop "
+             f"{fine.data.crop or 'none'}")
         info = {"config": str(config_path), "config_pretrain_dir": pretrained_in}
         note(override_precision(pre, fine, precision))
     else:
@@ -81,7 +85,7 @@ def _configs(insp: Inspection, out: Path, spec: SyntheticSpec, splits: dict[str,
         plan.precision, plan.loader_workers = probe.precision, budget.loader_workers()
         note(f"precision: {'bfloat16 autocast' if probe.precision == 'bf16' else 'float32'}"
              f" (train.mixed_precision={probe.precision}): {probe.why}")
-        pre, fine = build_configs(insp, out, inputs, plan, splits, seed)
+        pre, fine = build_configs(insp, out, inputs, plan, splits, seed, layout.crop)
         note(f"budget: {budget_minutes:g} min at ~{ips:.0f} training images/s (probe) -> pretrain "
              f"{plan.pretrain_steps} steps x {plan.pretrain_batch} synthetic images, finetune "
              f"{plan.finetune_steps} steps x {plan.finetune_batch} images (real, augmented at "
@@ -94,7 +98,7 @@ def _configs(insp: Inspection, out: Path, spec: SyntheticSpec, splits: dict[str,
         info = {"budget_minutes": budget_minutes, "probe_images_per_s": round(ips, 1),
                 "probe_step_images_per_s": probe.step_images_per_s,
                 "probe_render_ms": round(1000 * probe.render_s, 2), **asdict(plan)}
-    info["symbol_share"] = round(share, 4)
+    info["symbol_share"] = round(layout.symbol_share, 4)
     if max_steps:  # quick runs (tests, trials): few steps, one evaluation, small synthetic valid
         for cfg in (pre, fine):
             cfg.train.max_steps, cfg.train.eval_every = max_steps, max_steps
@@ -206,9 +210,9 @@ def _register(fine_run_id: str, name: str, note: _Notes) -> dict[str, Any]:
 
 def _prepare(data: str | Path, out: Path, case_sensitive: bool, skip_bad: bool,
              keep_style: bool, seed: int, note: _Notes, match_stroke: bool = False
-             ) -> tuple[Inspection, dict[str, Path], SyntheticSpec, float]:
-    """Steps 1, 3, 4: inspect, split, derive (or keep, with --config) the style; also the width
-    share of one symbol (for the model input)."""
+             ) -> tuple[Inspection, dict[str, Path], SyntheticSpec, TextLayout]:
+    """Steps 1, 3, 4: inspect, split, derive (or keep, with --config) the style; also where the
+    text lies (for the model input)."""
     insp = inspect(data, case_sensitive, skip_bad)
     for line in inspection_notes(insp):
         note(line)
@@ -228,7 +232,10 @@ def _prepare(data: str | Path, out: Path, case_sensitive: bool, skip_bad: bool,
                              "--config OUT/fit.yaml\n")
     spec = SyntheticSpec(**synthetic.load_style(style_file))
     style_samples(insp, spec).save(out / "style_samples.png")
-    return insp, splits, spec, symbol_share(stats)
+    layout = text_layout(stats)
+    if not keep_style:  # with --config the configs' crop holds
+        note(layout.why)
+    return insp, splits, spec, layout
 
 
 def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = True,
@@ -249,10 +256,10 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
     note = _Notes(say)
     if config_path:
         adopt_style(config_path, out)
-    insp, splits, spec, share = _prepare(data, out, case_sensitive, skip_bad, bool(config_path),
-                                         seed, note, match_stroke)
+    insp, splits, spec, layout = _prepare(data, out, case_sensitive, skip_bad,
+                                          bool(config_path), seed, note, match_stroke)
     pre, fine, info = _configs(insp, out, spec, splits, budget_minutes, config_path, max_steps,
-                               seed, precision, note, share)
+                               seed, precision, note, layout)
     for cfg in (pre, fine):
         cfg.tracking.tracking_uri = tracking_uri or cfg.tracking.tracking_uri
     folders = [out / "pretrain"] + ([Path(info["config_pretrain_dir"])]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,8 @@ from .sample import Inspection
 
 FONT_MIX = ("DroidSansMono.ttf", "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSansMono.ttf",
             "DejaVuSerif.ttf", "DejaVuSans-BoldOblique.ttf")
+# Crop to the text only where that leaves at most this share of the image.
+CROP_MAX_KEPT = 0.9
 CALIBRATION_IMAGES = 24  # synthetic images measured per style-calibration round
 
 
@@ -53,6 +55,11 @@ def _image_stats(image: str | Image.Image) -> dict[str, Any]:
     x0, x1 = int(span[0] * w), max(int(span[0] * w) + 1, int(span[1] * w))
     gaps = float((cols[x0:x1] < dense_min).mean()) if len(dense) else 0.0
     stroke = _median_run(ink[:, x0:x1])  # stroke thickness, in the text line
+    # The text line's vertical extent: rows of the ink in its columns (2nd-98th percentiles,
+    # so a curve's few pixels above or below the glyphs count little).
+    ys = np.nonzero(ink[:, x0:x1])[0]
+    rows_span = ((float(np.percentile(ys, 2)) / h, float(np.percentile(ys, 98) + 1) / h)
+                 if ys.size else (0.0, 1.0))
     isolated = ink & (_box_mean(ink, 7) < 0.2)
     mask = Image.fromarray(ink.astype(np.uint8) * 255)
     opened = np.asarray(mask.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))) > 0
@@ -61,7 +68,9 @@ def _image_stats(image: str | Image.Image) -> dict[str, Any]:
     left, right = lum[:, :edge][back[:, :edge]], lum[:, -edge:][back[:, -edge:]]
     return {"dark_text": bool(dark_text), "bg": np.median(rgb[back], axis=0) if back.any() else rgb.mean((0, 1)),
             "fg": np.median(rgb[ink], axis=0) if ink.any() else rgb.min((0, 1)),
-            "text_rows": text_rows, "span": span, "gaps": gaps, "stroke": stroke,
+            "text_rows": text_rows, "span": span, "rows_span": rows_span, "found": len(dense) > 0,
+            "gaps": gaps,
+            "stroke": stroke,
             "dots": float(isolated.sum()) / 7.0,
             "thin": float((ink & ~opened).sum()) / max(1.0, float(ink.sum())),
             "ramp": float(np.median(right) - np.median(left)) if left.size and right.size else 0.0}
@@ -94,6 +103,47 @@ def symbol_share(stats: list[dict[str, Any]]) -> float:
     length (what decides how many CTC steps fall on each symbol)."""
     return float(statistics.median((s["span"][1] - s["span"][0]) / max(1, s["length"])
                                    for s in stats))
+
+
+@dataclass(frozen=True)
+class TextLayout:
+    """Where the sample's text lies: ``crop`` (a Preprocess crop; () for the whole image),
+    ``symbol_share`` (one symbol's share of the whole image's width) and ``why``."""
+    crop: tuple[float, ...] = ()
+    symbol_share: float = 0.0
+    why: str = ""
+
+    def cropped(self, size: tuple[int, int]) -> tuple[tuple[int, int], float]:
+        """The (width, height) the crop leaves of an image of ``size``, and the symbol's share
+        of that width."""
+        if not self.crop:
+            return size, self.symbol_share
+        left, top, right, bottom = self.crop
+        return ((max(1, round(size[0] * (right - left))), max(1, round(size[1] * (bottom - top)))),
+                self.symbol_share / (right - left))
+
+
+def text_layout(stats: list[dict[str, Any]]) -> TextLayout:
+    """The part of the image every measured text line lies in, with margins (half a symbol's
+    width at the sides, a quarter of the text height above and below), as a crop; none when it
+    would keep nearly all of the image. The model's input then spends its pixels on glyphs,
+    not on empty margins. Images whose text was not found (too faint) do not count."""
+    share = symbol_share(stats)
+    stats = [s for s in stats if s["found"]] or stats
+    height = statistics.median(s["rows_span"][1] - s["rows_span"][0] for s in stats)
+    mx, my = share / 2, height / 4
+    box = (max(0.0, min(s["span"][0] for s in stats) - mx),
+           max(0.0, min(s["rows_span"][0] for s in stats) - my),
+           min(1.0, max(s["span"][1] for s in stats) + mx),
+           min(1.0, max(s["rows_span"][1] for s in stats) + my))
+    box = tuple(round(v, 3) for v in box)
+    kept = (box[2] - box[0]) * (box[3] - box[1])
+    where = (f"text in x {box[0]:.2f}-{box[2]:.2f}, y {box[1]:.2f}-{box[3]:.2f} of the image "
+             f"over {len(stats)} images, margins included")
+    if kept > CROP_MAX_KEPT:
+        return TextLayout((), share, f"crop: none ({where}: {kept:.0%} of it)")
+    return TextLayout(box, share, f"crop: data.crop={list(box)}, {kept:.0%} of the image "
+                                  f"({where})")
 
 
 def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0,
