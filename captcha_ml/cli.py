@@ -120,6 +120,8 @@ def data_inspect(path: Path = typer.Argument(..., help="Folder of labeled images
 
 
 OVERRIDES = typer.Option([], "--set", help="Config overrides: section.key=value (repeatable).")
+TTA = typer.Option(None, "--tta/--no-tta", help="Average test-time views (6x the compute) or "
+                   "read each image once; default: as the model was trained (data.tta).")
 
 
 def _launched() -> bool:
@@ -162,6 +164,7 @@ def evaluate(
     split: str = typer.Option("test", help="Metric prefix: test/seq_acc, ..."),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
     log: bool = typer.Option(True, help="Log the evaluation to MLflow."),
+    tta: Optional[bool] = TTA,
 ) -> None:
     """Sequence and character accuracy, CER, per-position accuracy, confusions, misreads."""
     import json
@@ -169,7 +172,7 @@ def evaluate(
     from captcha_ml import config, engine, report
 
     cfg = config.load(config_path, overrides)
-    result = engine.evaluate_model(cfg, model, str(data), split=split, log=log)
+    result = engine.evaluate_model(cfg, model, str(data), split=split, log=log, tta=tta)
     typer.echo(json.dumps(result, indent=2) if as_json else report.evaluation_text(result))
 
 
@@ -217,6 +220,7 @@ def predict(
     engine: str = typer.Option("torch", help="torch or onnx."),
     batch_size: int = typer.Option(32, min=1, help="Images per forward pass."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON list."),
+    tta: Optional[bool] = TTA,
 ) -> None:
     """Read captchas: prints path<TAB>text<TAB>confidence; exit 1 if any input failed."""
     import json
@@ -224,7 +228,7 @@ def predict(
 
     from captcha_ml.reader import ReadError, predict as read_inputs
 
-    results = read_inputs(model, inputs, engine, batch_size, stdin=sys.stdin.buffer.read)
+    results = read_inputs(model, inputs, engine, batch_size, stdin=sys.stdin.buffer.read, tta=tta)
     rows = []
     for name, r in results:
         if isinstance(r, ReadError):

@@ -37,6 +37,10 @@ class DataConfig:
     # Before resizing, keep only this part of every image: [left, top, right, bottom] as shares
     # of its width and height (e.g. [0.1, 0, 0.9, 1]); [] keeps it whole.
     crop: list = field(default_factory=list)
+    # Read validation images, and later every image the trained model reads (its Preprocess),
+    # through test-time views: as is, slightly larger, slightly moved; their outputs averaged
+    # (6x the reading compute). Training is unchanged.
+    tta: bool = False
     # Synthetic data: style preset, virtual epoch sizes (images are generated per index).
     style: str = "real"
     synthetic_train_size: int = 100_000

@@ -11,7 +11,7 @@ import math
 import shutil
 from functools import partial
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from . import checkpoint, metrics, tracking
 from .charset import Charset
 from .config import Config
 from .data import datasets, real, synthetic
-from .data.transforms import Preprocess
+from .data.transforms import Preprocess, average_views
 from .model import build_model, channels_last
 
 
@@ -68,7 +68,7 @@ def build_data(cfg: Config) -> Data:
     """Datasets for the configured sources: 'synthetic' or a labeled folder / manifest."""
     d = cfg.data
     charset = Charset(d.charset, d.case_sensitive)
-    pre = Preprocess(d.height, d.width, d.channels, crop=tuple(d.crop))
+    pre = Preprocess(d.height, d.width, d.channels, crop=tuple(d.crop), tta=d.tta)
 
     def rendered(size: int, stream: str) -> Dataset:
         spec = synthetic.spec_from_config(d)
@@ -84,7 +84,8 @@ def build_data(cfg: Config) -> Data:
                                     max_len=d.max_len, skip_bad=d.skip_bad)
         return datasets.LabeledImages(_normalized(labeled.samples, charset), pre,
                                       augment=train and d.augment, seed=cfg.train.seed,
-                                      strength=d.augment_strength, local=d.augment_local)
+                                      strength=d.augment_strength, local=d.augment_local,
+                                      read=not train and pre.tta)
 
     train = make(d.train, d.synthetic_train_size, True)
     if d.synthetic_share:
@@ -155,11 +156,16 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: Config, total: int):
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, accelerator: Accelerator, charset: Charset,
              with_ids: bool = False) -> tuple:
-    """Read every image once across all ranks; returns metrics, predictions, labels (and ids)."""
+    """Read every image once across all ranks; returns metrics, predictions, labels (and ids).
+    Batches of (batch, views, C, H, W) images are read through their views, averaged."""
     model.eval()
     preds, labels, ids, losses = [], [], [], []
     for batch in loader:
-        log_probs = model(batch["images"])
+        images = batch["images"]
+        if images.ndim == 5:  # (batch, views, C, H, W): Preprocess.read's test-time views
+            log_probs = average_views(model(images.flatten(0, 1)), images.shape[1])
+        else:
+            log_probs = model(images)
         texts, _ = charset.ctc_decode(log_probs)
         loss = ctc_loss(log_probs, batch, reduction="none")
         preds += accelerator.gather_for_metrics(texts)
@@ -526,12 +532,18 @@ def _finish(loop: Loop) -> dict[str, Any]:
                                   if k not in ("step", "count")}, step=p.step)
         loop.tracker.log_image(_sample_grid(model, charset, pre, loop.data.valid), "samples.png")
         if loop.cfg.tracking.log_model:
-            example = torch.stack([loop.data.valid[i][0] for i in range(2)]).numpy()
+            example = torch.stack([_one_view(loop.data.valid[i][0]) for i in range(2)]).numpy()
             result["model_uri"] = loop.tracker.log_model(model, best, example)
             result["reader_uri"] = loop.tracker.log_reader(best)
             loop.tracker.set_tags({"model_uri": result["model_uri"],
                                    "reader_uri": result["reader_uri"]})
     return result
+
+
+def _one_view(x: torch.Tensor) -> torch.Tensor:
+    """A validation item as the network takes it: of test-time views (views, C, H, W), the
+    first (the image as it is)."""
+    return x[0] if x.ndim == 4 else x
 
 
 def _sample_grid(model: nn.Module, charset: Charset, pre: Preprocess, ds: Dataset, n: int = 16):
@@ -540,6 +552,7 @@ def _sample_grid(model: nn.Module, charset: Charset, pre: Preprocess, ds: Datase
 
     n = min(n, len(ds))
     items = [ds[i] for i in range(n)]
+    items = [(_one_view(x), y) for x, y in items]
     with torch.no_grad():
         texts, _ = charset.ctc_decode(model(torch.stack([x for x, _ in items])))
     cols, cell_h = 4, pre.height + 14
@@ -568,8 +581,9 @@ class _Indexed(Dataset):
 
 
 def evaluate_model(cfg: Config, model_uri: str, data_path: str, split: str = "test",
-                   log: bool = True) -> dict[str, Any]:
-    """Read a labeled folder or manifest with a trained model; full report, logged to MLflow."""
+                   log: bool = True, tta: bool | None = None) -> dict[str, Any]:
+    """Read a labeled folder or manifest with a trained model; full report, logged to MLflow.
+    ``tta``: with (True) or without (False) test-time views; None: as the model says."""
     accelerator = new_accelerator()
     tracking.check_reachable(cfg.tracking.tracking_uri)
     with accelerator.main_process_first():
@@ -577,11 +591,13 @@ def evaluate_model(cfg: Config, model_uri: str, data_path: str, split: str = "te
     model, charset, pre, payload = checkpoint.load(path)
     labeled = real.read_labeled(data_path, charset=charset, skip_bad=cfg.data.skip_bad)
     samples = _normalized(labeled.samples, charset)
-    ds = datasets.LabeledImages(samples, pre)
+    pre = pre if tta is None else replace(pre, tta=tta)
+    ds = datasets.LabeledImages(samples, pre, read=True)
     loader = make_loader(_Indexed(ds), cfg, charset, train=False)
     model, loader = accelerator.prepare(model, loader)
     result, preds, labels, ids = evaluate(model, loader, accelerator, charset, with_ids=True)
-    report = {"model": model_uri, "data": str(data_path), "split": split, "metrics": result,
+    report = {"model": model_uri, "data": str(data_path), "split": split, "tta": pre.tta,
+              "metrics": result,
               "per_position": metrics.per_position_accuracy(preds, labels),
               "confusions": [{"true": t, "pred": p, "count": n}
                              for (t, p), n in metrics.confusions(preds, labels).most_common(20)],
@@ -598,7 +614,7 @@ def _log_evaluation(cfg: Config, report: dict[str, Any], payload: dict[str, Any]
     tracker = tracking.Tracker(cfg)
     try:
         tracker.log_params({"model_uri": report["model"], "eval.data": report["data"],
-                            "eval.split": report["split"]})
+                            "eval.split": report["split"], "eval.tta": report["tta"]})
         tracker.set_tags({"evaluated_run_id": payload.get("run_id", "")})
         tracker.log_dataset(Path(report["data"]).name, str(Path(report["data"]).resolve()),
                             tracking.path_digest(report["data"]), report["split"])

@@ -12,7 +12,7 @@ import io
 import json
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, Union
 
@@ -24,7 +24,7 @@ from . import checkpoint
 from .charset import Charset
 from .checkpoint import CheckpointError
 from .data.real import DataError, read_manifest
-from .data.transforms import ImageError, ImageSource, Preprocess, load_image
+from .data.transforms import ImageError, ImageSource, Preprocess, average_views, load_image
 
 ONNX_FORMAT = "captcha_ml/onnx/1"
 INPUT_NAME, OUTPUT_NAME = "images", "log_probs"
@@ -67,12 +67,22 @@ class Reader:
 
     @classmethod
     def load(cls, path_or_uri: str | Path, engine: str = "torch", threads: int | None = None,
-             graph_opt: str = "all") -> "Reader":
+             graph_opt: str = "all", tta: bool | None = None) -> "Reader":
         """A checkpoint path, an MLflow model URI, or (engine="onnx") an exported .onnx file.
 
         ``threads``: intra-op threads (default: the CPUs available to this process).
         ``graph_opt``: ONNX Runtime graph optimisation level (all, extended, basic, none).
+        ``tta``: average test-time views (True) or read each image once (False); None reads
+        as the model's preprocessing says (Preprocess.tta, set by data.tta when it trained).
         """
+        reader = cls._load(path_or_uri, engine, threads, graph_opt)
+        if tta is not None:
+            reader.preprocess = replace(reader.preprocess, tta=tta)
+        return reader
+
+    @classmethod
+    def _load(cls, path_or_uri: str | Path, engine: str, threads: int | None,
+              graph_opt: str) -> "Reader":
         if engine not in ENGINES:
             raise ValueError(f"engine {engine!r} is not one of {ENGINES}")
         threads = threads or available_cpus()
@@ -130,13 +140,14 @@ class Reader:
         tensors, good = [], []
         for i, (item, name) in enumerate(zip(items, names)):
             try:
-                tensors.append(self.preprocess(_open(item, name)))
+                tensors.append(self.preprocess.read(_open(item, name)))  # (views, C, H, W)
                 good.append(i)
             except ImageError as e:
                 out[i] = ReadError(name, str(e))
         if tensors:
-            log_probs = self.log_probs(torch.stack(tensors).numpy())
-            texts, confs = self.charset.ctc_decode(log_probs)
+            views = tensors[0].shape[0]
+            log_probs = self.log_probs(torch.cat(tensors).numpy())
+            texts, confs = self.charset.ctc_decode(average_views(torch.from_numpy(log_probs), views))
             for i, text, conf in zip(good, texts, confs):
                 out[i] = Reading(text, float(conf))
         return out  # type: ignore[return-value]
@@ -324,9 +335,11 @@ def expand_inputs(inputs: Iterable[str], stdin: Callable[[], bytes] | None = Non
 
 
 def predict(model: str, inputs: Iterable[str], engine: str = "torch", batch_size: int = 32,
-            stdin: Callable[[], bytes] | None = None) -> list[tuple[str, Result]]:
-    """Read every image named on a command line; (name, Reading | ReadError) per image."""
-    reader = Reader.load(model, engine)
+            stdin: Callable[[], bytes] | None = None, tta: bool | None = None
+            ) -> list[tuple[str, Result]]:
+    """Read every image named on a command line; (name, Reading | ReadError) per image
+    (``tta``: see Reader.load)."""
+    reader = Reader.load(model, engine, tta=tta)
     named = expand_inputs(inputs, stdin)
     results = reader.read_many([s for _, s in named], batch_size, [n for n, _ in named])
     return [(n, r) for (n, _), r in zip(named, results)]

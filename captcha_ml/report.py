@@ -24,7 +24,8 @@ def _fmt(value: Any) -> str:
 
 def evaluation_text(report: dict[str, Any], max_misread: int = 20) -> str:
     m = report["metrics"]
-    parts = [f"model {report['model']} on {report['data']} ({int(m['count'])} images)",
+    views = " with test-time views (--no-tta: without)" if report.get("tta") else ""
+    parts = [f"model {report['model']} on {report['data']} ({int(m['count'])} images){views}",
              table([[f"{report['split']}/{k}", m[k]] for k in ("seq_acc", "char_acc", "cer", "loss")],
                    ["metric", "value"]),
              table([[i, acc] for i, acc in enumerate(report["per_position"])],

@@ -11,7 +11,8 @@ from PIL import Image
 from captcha_ml import config, metrics
 from captcha_ml.charset import Charset, LabelError
 from captcha_ml.config import ConfigError
-from captcha_ml.data.transforms import ImageError, Preprocess, load_image
+from captcha_ml.data.transforms import (TTA_VIEWS, ImageError, Preprocess, average_views,
+                                        load_image, view)
 from captcha_ml.model import CaptchaNet, load_imagenet
 
 
@@ -109,6 +110,29 @@ def test_preprocess_crop_keeps_a_share_of_any_size(tmp_path):
     assert config.load(path).data.crop == [0.1, 0.0, 0.9, 1.0]
     assert config.load(path, ["data.crop="]).data.crop == []
     assert config.load(None, ["data.crop=0,0.1,1,0.9"]).data.crop == [0.0, 0.1, 1.0, 0.9]
+
+
+def test_test_time_views_move_zoom_and_average():
+    """A dot moves with a view's shift and away from the centre under its zoom; the first view
+    is the image as it is; averaging views is the log of their mean probabilities."""
+    img = Image.new("L", (100, 40), 255)
+    img.putpixel((70, 20), 0)
+    def dark(im):  # noqa: E306
+        return [(x, y) for x in range(100) for y in range(40) if im.getpixel((x, y)) < 128]
+    assert dark(view(img, 1.0, 0.0, 0.0)) == [(70, 20)]
+    assert dark(view(img, 1.0, 0.1, 0.0)) == [(80, 20)]
+    assert dark(view(img, 1.0, 0.0, -0.25)) == [(70, 10)]
+    assert all(x > 70 for x, _ in dark(view(img, 1.2, 0.0, 0.0)))  # right of the centre
+    pre = Preprocess(height=20, width=50, tta=True)
+    x = pre.read(img.convert("RGB"))
+    assert x.shape == (len(TTA_VIEWS), 1, 20, 50) and TTA_VIEWS[0] == (1.0, 0.0, 0.0)
+    assert torch.equal(x[0], Preprocess(height=20, width=50)(img))
+    assert Preprocess(height=20, width=50).read(img).shape == (1, 1, 20, 50)
+    lp = torch.randn(4, 3, 5).log_softmax(-1)
+    assert torch.equal(average_views(lp, 1), lp)
+    mean = average_views(lp, 2)
+    assert mean.shape == (2, 3, 5)
+    assert torch.allclose(mean.exp(), (lp[0::2].exp() + lp[1::2].exp()) / 2, atol=1e-6)
 
 
 def test_load_image_errors_name_the_input(tmp_path):

@@ -21,6 +21,7 @@ from captcha_ml.data import synthetic
 from captcha_ml.data.real import DataError
 from captcha_ml.data.synthetic import SyntheticSpec
 from captcha_ml.model import CaptchaNet, output_length
+from captcha_ml.reader import Reader
 
 DIGITS = "0123456789"
 DIGITS_SPEC = synthetic.preset("captcha", charset=DIGITS, min_len=4, max_len=4, width=96,
@@ -363,6 +364,8 @@ def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
     assert fit_yaml["finetune"]["data"]["synthetic_share"] == fit.FINETUNE_SYNTHETIC_SHARE > 0
     assert fit_yaml["finetune"]["data"]["augment_strength"] == fit.FINETUNE_AUGMENT_STRENGTH
     assert fit_yaml["finetune"]["data"]["augment_local"] is True
+    assert fit_yaml["finetune"]["data"]["tta"] is True and not fit_yaml["pretrain"]["data"]["tta"]
+    assert Reader.load(out / "finetune" / "best.pt").preprocess.tta  # the registered reader too
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("captcha_ml")
     runs = client.search_runs([exp.experiment_id])

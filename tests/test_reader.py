@@ -10,6 +10,7 @@ import mlflow
 import numpy as np
 import onnx
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 from typer.testing import CliRunner
@@ -18,7 +19,7 @@ from captcha_ml import tracking
 from captcha_ml.checkpoint import CheckpointError
 from captcha_ml.cli import app
 from captcha_ml.data.real import DataError
-from captcha_ml.data.transforms import ImageError
+from captcha_ml.data.transforms import TTA_VIEWS, ImageError, average_views
 from captcha_ml.reader import Reader, Reading, ReadError, export_onnx
 from helpers import tiny_config
 from reader_fixtures import CROP, trained  # noqa: F401 (session fixture)
@@ -67,6 +68,36 @@ def test_read_many_batches_and_reports_bad_items(reader, trained, monkeypatch):
     kept = [results[i] for i in (0, 3, 6, 8, 9)]
     assert [r.text for r in kept] == [r.text for r in alone]  # batching changes nothing
     assert np.allclose([r.confidence for r in kept], [r.confidence for r in alone], rtol=1e-4)
+
+
+def test_test_time_views_average_and_reach_predict_and_evaluate(reader, trained, tmp_path):
+    """--tta reads each image through the views and decodes their mean probabilities, in the
+    reader, predict and evaluate; --no-tta or None (the model trained without data.tta) not."""
+    files = trained["test_files"][:4]
+    tta = Reader.load(trained["best_checkpoint"], tta=True)
+    assert tta.preprocess.tta and not reader.preprocess.tta
+    views = torch.cat([tta.preprocess.read(Image.open(f)) for f in files])  # 6 per image
+    assert views.shape[0] == len(files) * len(TTA_VIEWS)
+    mean = average_views(torch.from_numpy(tta.log_probs(views.numpy())), len(TTA_VIEWS))
+    texts, confs = tta.charset.ctc_decode(mean)
+    got = tta.read_many(files, batch_size=3)
+    assert [r.text for r in got] == texts
+    assert np.allclose([r.confidence for r in got], confs, rtol=1e-4)
+    res = runner.invoke(app, ["predict", trained["best_checkpoint"], str(files[0]), "--tta",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)[0]["text"] == texts[0]
+    folder = tmp_path / "labeled"
+    folder.mkdir()
+    for f in files:
+        shutil.copy(f, folder / f.name)
+    for flag, said in (("--tta", True), ("--no-tta", False)):
+        res = runner.invoke(app, ["evaluate", trained["best_checkpoint"], str(folder), "--no-log",
+                                  flag, "--json"])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.output)["tta"] is said
+    report = json.loads(res.output)  # without views: the plain reader's texts
+    assert {r["pred"] for r in report["misread"]} <= {r.text for r in reader.read_many(files)}
 
 
 def test_onnx_engine_matches_torch(reader, trained, tmp_path):

@@ -19,12 +19,15 @@ from captcha_ml.data.transforms import Preprocess, augment, load_image
 
 
 class LabeledImages(Dataset):
-    """``(path, label)`` samples -> ``(tensor C,H,W, label)``; augmentation keyed by (seed, epoch, index)."""
+    """``(path, label)`` samples -> ``(tensor C,H,W, label)``; augmentation keyed by (seed, epoch, index).
+    With ``read``, the tensor is what a reader feeds the network (views, C, H, W):
+    ``Preprocess.read``, for evaluation."""
 
     def __init__(self, samples: list[tuple[str, str]], preprocess: Preprocess,
                  augment: bool = False, seed: int = 0, strength: float = 1.0,
-                 local: bool = False) -> None:
+                 local: bool = False, read: bool = False) -> None:
         self.samples = list(samples)
+        self.read = read
         self.preprocess = preprocess
         self.augment = augment
         self.strength = strength
@@ -44,7 +47,7 @@ class LabeledImages(Dataset):
         if self.augment:
             img = augment(img, random.Random(f"{self.seed}:{self.epoch}:{index}"), self.strength,
                           self.local)
-        return self.preprocess(img), label
+        return (self.preprocess.read(img) if self.read else self.preprocess(img)), label
 
 
 class _PerEpoch(Dataset):
