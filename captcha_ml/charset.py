@@ -1,4 +1,4 @@
-"""The alphabet: symbol <-> token id, CTC greedy decoding. Index 0 is the CTC blank.
+"""The alphabet: symbol <-> token id, CTC decoding. Index 0 is the CTC blank.
 
 The order of the symbols is the token-id map, so a charset is saved with every model and a
 model file alone is enough to read captchas.
@@ -23,11 +23,17 @@ class LabelError(ValueError):
 class Charset:
     symbols: str
     case_sensitive: bool = True
+    # (min, max) label length the model was trained on; decoding keeps its texts in it. ():
+    # any length (checkpoints from before it was saved).
+    lengths: tuple[int, ...] = ()
     _index: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.symbols or len(set(self.symbols)) != len(self.symbols):
             raise ValueError(f"charset {self.symbols!r} must be non-empty without repeats")
+        object.__setattr__(self, "lengths", tuple(int(n) for n in self.lengths))
+        if self.lengths and not (len(self.lengths) == 2 and 1 <= self.lengths[0] <= self.lengths[1]):
+            raise ValueError(f"lengths {self.lengths}: give (min, max) with 1 <= min <= max")
         object.__setattr__(self, "_index", {c: i + 1 for i, c in enumerate(self.symbols)})
 
     @classmethod
@@ -63,10 +69,12 @@ class Charset:
         return "".join(self.symbols[i - 1] for i in ids if i != BLANK)
 
     def ctc_decode(self, log_probs: "torch.Tensor | np.ndarray") -> tuple[list[str], list[float]]:
-        """Greedy CTC decoding of ``(batch, time, classes)`` log-probabilities.
+        """CTC decoding of ``(batch, time, classes)`` log-probabilities: the most probable
+        path (greedy), collapsed; where that text's length is outside ``lengths``, the most
+        probable path whose text has an allowed length (`best_path_in_lengths`) instead.
 
-        Returns the texts and a confidence per text: the product of the best path's
-        per-frame probabilities, i.e. exp of the summed max log-probabilities.
+        Returns the texts and a confidence per text: the product of the chosen path's
+        per-frame probabilities, i.e. exp of their summed log-probabilities.
         """
         if isinstance(log_probs, torch.Tensor):
             log_probs = log_probs.detach().float().cpu().numpy()
@@ -74,14 +82,72 @@ class Charset:
         best = np.take_along_axis(log_probs, ids[..., None], axis=-1)[..., 0]
         confidences = np.exp(best.astype(np.float64).sum(axis=1)).tolist()
         texts = []
-        for row in ids.tolist():
-            collapsed = [t for i, t in enumerate(row) if i == 0 or t != row[i - 1]]
-            texts.append(self.decode(collapsed))
+        for b, row in enumerate(ids.tolist()):
+            text = self.decode(_collapse(row))
+            if self.lengths and not self.lengths[0] <= len(text) <= self.lengths[1]:
+                path, score = best_path_in_lengths(log_probs[b], *self.lengths)
+                if path is not None:
+                    text, confidences[b] = self.decode(_collapse(path)), float(np.exp(score))
+            texts.append(text)
         return texts, confidences
 
     def to_dict(self) -> dict:
-        return {"symbols": self.symbols, "case_sensitive": self.case_sensitive}
+        return {"symbols": self.symbols, "case_sensitive": self.case_sensitive,
+                "lengths": list(self.lengths)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Charset":
-        return cls(d["symbols"], bool(d.get("case_sensitive", True)))
+        return cls(d["symbols"], bool(d.get("case_sensitive", True)), tuple(d.get("lengths") or ()))
+
+
+def _collapse(path: Sequence[int]) -> list[int]:
+    """A CTC path without its repeats (blanks are dropped by ``decode``)."""
+    return [t for i, t in enumerate(path) if i == 0 or t != path[i - 1]]
+
+
+def best_path_in_lengths(log_probs: np.ndarray, low: int, high: int
+                         ) -> tuple[list[int] | None, float]:
+    """The most probable CTC path of ``(time, classes)`` log-probabilities whose collapsed
+    text has ``low``..``high`` symbols, and its log-probability; (None, -inf) when T steps
+    cannot hold that many. Viterbi over (symbols emitted so far, last token): a token other
+    than the last and the blank adds a symbol, a repeat or a blank does not."""
+    steps, classes = log_probs.shape
+    lp = log_probs.astype(np.float64)
+    score = np.full((high + 1, classes), -np.inf)  # [symbols so far, last token]
+    score[0, BLANK] = lp[0, BLANK]
+    if high:
+        score[1, 1:] = lp[0, 1:]
+    back_n = np.zeros((steps, high + 1, classes), dtype=np.int64)
+    back_k = np.zeros((steps, high + 1, classes), dtype=np.int64)
+    counts, tokens = np.arange(high + 1), np.arange(1, classes)
+    for t in range(1, steps):
+        new = np.full_like(score, -np.inf)
+        top = np.argsort(score, axis=1)[:, ::-1][:, :2]  # each count's two best last tokens
+        first, second = top[:, 0], top[:, 1]
+        v1, v2 = score[counts, first], score[counts, second]
+        # A blank keeps the count; it may follow any token.
+        new[:, BLANK] = v1 + lp[t, BLANK]
+        back_n[t, :, BLANK], back_k[t, :, BLANK] = counts, first
+        # A symbol c: the same c again (count kept), or after another token (count + 1).
+        stay = score[:, 1:]
+        other = first[:-1, None] != tokens[None, :]
+        adv = np.full_like(stay, -np.inf)
+        adv[1:] = np.where(other, v1[:-1, None], v2[:-1, None])
+        adv_k = np.zeros_like(stay, dtype=np.int64)
+        adv_k[1:] = np.where(other, first[:-1, None], second[:-1, None])
+        take = adv > stay
+        new[:, 1:] = np.maximum(stay, adv) + lp[t, 1:]
+        back_n[t, :, 1:] = np.where(take, counts[:, None] - 1, counts[:, None])
+        back_k[t, :, 1:] = np.where(take, adv_k, tokens[None, :])
+        score = new
+    end = score[low:high + 1]
+    if not np.isfinite(end).any():
+        return None, float("-inf")
+    n, k = np.unravel_index(int(np.argmax(end)), end.shape)
+    n, k = int(n) + low, int(k)
+    best = float(score[n, k])
+    path = [k]
+    for t in range(steps - 1, 0, -1):
+        n, k = int(back_n[t, n, k]), int(back_k[t, n, k])
+        path.append(k)
+    return path[::-1], best

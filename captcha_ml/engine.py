@@ -67,7 +67,7 @@ class Data:
 def build_data(cfg: Config) -> Data:
     """Datasets for the configured sources: 'synthetic' or a labeled folder / manifest."""
     d = cfg.data
-    charset = Charset(d.charset, d.case_sensitive)
+    charset = Charset(d.charset, d.case_sensitive, (d.min_len, d.max_len))
     pre = Preprocess(d.height, d.width, d.channels, crop=tuple(d.crop), tta=d.tta)
 
     def rendered(size: int, stream: str) -> Dataset:

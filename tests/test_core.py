@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+import itertools
+import math
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from captcha_ml import config, metrics
-from captcha_ml.charset import Charset, LabelError
+from captcha_ml.charset import Charset, LabelError, best_path_in_lengths
 from captcha_ml.config import ConfigError
 from captcha_ml.data.transforms import (TTA_VIEWS, ImageError, Preprocess, average_views,
                                         load_image, view)
@@ -68,6 +71,39 @@ def test_charset_encode_decode_and_ctc_collapse():
         cs.encode("az")
     assert Charset("ab", case_sensitive=False).encode("AB") == [1, 2]
     assert Charset.from_labels(["ba", "ca"]).symbols == "abc"
+
+
+def test_decoding_keeps_texts_in_the_trained_lengths():
+    """A greedy text of the wrong length is replaced by the most probable path whose text has
+    an allowed length (checked against every path of small random outputs); texts already in
+    range, and charsets without lengths, decode greedily; lengths survive to_dict."""
+    cs = Charset("ab", lengths=(3, 3))
+    # greedy: a a _ b -> "ab" (2); the second-best token of frame 1 is b: a b _ b -> "abb"
+    lp = torch.tensor([[[0.0, 9, 0], [0, 5, 4], [9, 0, 0], [0, 0, 9]]]).log_softmax(-1)
+    assert Charset("ab").ctc_decode(lp)[0] == ["ab"]
+    texts, conf = cs.ctc_decode(lp)
+    path_logp = lp[0, [0, 1, 2, 3], [1, 2, 0, 2]].sum()
+    assert texts == ["abb"] and conf[0] == pytest.approx(math.exp(path_logp), rel=1e-5)
+    assert Charset("ab", lengths=(1, 2)).ctc_decode(lp) == Charset("ab").ctc_decode(lp)
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        steps, classes = int(rng.integers(2, 7)), int(rng.integers(2, 4))
+        logp = np.log(rng.dirichlet(np.ones(classes), size=steps))
+        low = int(rng.integers(1, 4))
+        high = low + int(rng.integers(0, 2))
+        best = max(((sum(logp[t, k] for t, k in enumerate(p)), p)
+                    for p in itertools.product(range(classes), repeat=steps)
+                    if low <= len([k for i, k in enumerate(p) if k and (i == 0 or k != p[i - 1])])
+                    <= high), default=(None, None))
+        path, score = best_path_in_lengths(logp, low, high)
+        if best[0] is None:
+            assert path is None
+        else:
+            assert score == pytest.approx(best[0]) and score == pytest.approx(
+                sum(logp[t, k] for t, k in enumerate(path)))
+    assert Charset.from_dict(cs.to_dict()) == cs and Charset.from_dict({"symbols": "ab"}).lengths == ()
+    with pytest.raises(ValueError, match="min <= max"):
+        Charset("ab", lengths=(4, 3))
 
 
 def test_metrics():

@@ -109,6 +109,7 @@ def test_onnx_engine_matches_torch(reader, trained, tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
     ort = Reader.load(out, engine="onnx")
     assert ort.preprocess == reader.preprocess and reader.preprocess.crop == CROP
+    assert ort.charset == reader.charset and reader.charset.lengths == (5, 5)  # data.min/max_len
     files = trained["test_files"]
     images = np.stack([reader.preprocess(Image.open(f)).numpy() for f in files])
     assert np.allclose(reader.log_probs(images), ort.log_probs(images), atol=1e-4)
