@@ -33,6 +33,7 @@ FINETUNE_AUGMENT_STRENGTH = 2.0
 # the same three models read 1000 new images of their style at 0.878 / 0.952 / 0.958 with
 # them against 0.873 / 0.945 / 0.950 without (wheezy / alnum62 / lower4to7; `--no-tta` or
 # Reader.load(tta=False) reads once).
+FINETUNE_TTA = True
 
 
 def build_configs(insp: Inspection, out: Path, inputs: dict[str, tuple[int, int]], plan: Plan,
@@ -62,7 +63,7 @@ def build_configs(insp: Inspection, out: Path, inputs: dict[str, tuple[int, int]
     fine = config.load(None, common + size("finetune") + [
         f"data.train={splits['train']}", f"data.valid={splits['valid']}", "data.augment=true",
         f"data.augment_strength={FINETUNE_AUGMENT_STRENGTH}", "data.augment_local=true",
-        "data.tta=true",
+        f"data.tta={FINETUNE_TTA}",
         f"data.style={out / 'style.yaml'}",
         f"data.synthetic_share={FINETUNE_SYNTHETIC_SHARE}", f"data.synthetic_pool={plan.finetune_pool}",
         "train.stage=finetune", f"train.output_dir={out / 'finetune'}",
