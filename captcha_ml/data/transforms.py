@@ -58,7 +58,8 @@ class Preprocess:
         if not self.tta:
             return self(img)[None]
         img = img.convert("L" if self.channels == 1 else "RGB")
-        return torch.stack([self(view(img, *v)) for v in TTA_VIEWS])
+        fill = _median_fill(img)  # once, not per view
+        return torch.stack([self(view(img, *v, fill=fill)) for v in TTA_VIEWS])
 
     def pixels(self, img: Image.Image) -> torch.Tensor:
         """The first half: PIL image -> resized uint8 tensor (channels, height, width), the
@@ -95,15 +96,21 @@ TTA_VIEWS = ((1.0, 0.0, 0.0), (1.07, 0.0, 0.0), (1.0, 0.01, 0.0), (1.0, -0.01, 0
              (1.0, 0.0, 0.03), (1.0, 0.0, -0.03))
 
 
-def view(img: Image.Image, zoom: float, dx: float, dy: float) -> Image.Image:
+def view(img: Image.Image, zoom: float, dx: float, dy: float,
+         fill: int | tuple[int, ...] | None = None) -> Image.Image:
     """The image zoomed about its centre and moved by (dx, dy) shares of its size; uncovered
-    borders take its median (background) colour."""
+    borders take ``fill``, by default its median (background) colour."""
     w, h = img.size
-    fill = tuple(int(v) for v in ImageStat.Stat(img).median)
     a = 1 / zoom  # inverse map: output pixel -> input pixel
     return img.transform((w, h), Image.AFFINE, (a, 0, w / 2 * (1 - a) - dx * w,
                                                 0, a, h / 2 * (1 - a) - dy * h),
-                         Image.BILINEAR, fillcolor=fill if len(fill) > 1 else fill[0])
+                         Image.BILINEAR, fillcolor=_median_fill(img) if fill is None else fill)
+
+
+def _median_fill(img: Image.Image) -> int | tuple[int, ...]:
+    """The image's median colour as a fill colour (a number for one band)."""
+    median = tuple(int(v) for v in ImageStat.Stat(img).median)
+    return median if len(median) > 1 else median[0]
 
 
 def average_views(log_probs: torch.Tensor, views: int) -> torch.Tensor:

@@ -69,8 +69,7 @@ def _image_stats(image: str | Image.Image) -> dict[str, Any]:
     return {"dark_text": bool(dark_text), "bg": np.median(rgb[back], axis=0) if back.any() else rgb.mean((0, 1)),
             "fg": np.median(rgb[ink], axis=0) if ink.any() else rgb.min((0, 1)),
             "text_rows": text_rows, "span": span, "rows_span": rows_span, "found": len(dense) > 0,
-            "gaps": gaps,
-            "stroke": stroke,
+            "gaps": gaps, "stroke": stroke,
             "dots": float(isolated.sum()) / 7.0,
             "thin": float((ink & ~opened).sum()) / max(1.0, float(ink.sum())),
             "ramp": float(np.median(right) - np.median(left)) if left.size and right.size else 0.0}
