@@ -52,6 +52,9 @@ class DataConfig:
     # Local jitter on top (data.transforms.augment): mesh warps that bend parts of the line,
     # background-coloured specks that break strokes, slight blur (what `captcha-ml fit` uses).
     augment_local: bool = False
+    # The chance that a real training image gets a wavy line in its text's colour drawn
+    # across it (data.transforms.augment): glyphs seen under other curves than their own.
+    augment_lines: float = 0.0
     # Labeled data.train only: this share of every training epoch is synthetic images of
     # data.style (few real images then do not wash out what pretraining taught); 0: real only.
     synthetic_share: float = 0.0
@@ -249,6 +252,8 @@ def validate(cfg: Config) -> None:
         problems.append(f"data.charset={d.charset!r}: must be non-empty without repeated symbols")
     if not 0 < d.augment_strength <= 4:
         problems.append(f"data.augment_strength={d.augment_strength}: use a value in (0, 4]")
+    if not 0 <= d.augment_lines <= 1:
+        problems.append(f"data.augment_lines={d.augment_lines}: a chance, use a value in [0, 1]")
     if d.synthetic_pool < 0:
         problems.append(f"data.synthetic_pool={d.synthetic_pool}: use 0 (render on the fly) or "
                         "the number of images to render once, e.g. 20000")

@@ -85,6 +85,7 @@ def build_data(cfg: Config) -> Data:
         return datasets.LabeledImages(_normalized(labeled.samples, charset), pre,
                                       augment=train and d.augment, seed=cfg.train.seed,
                                       strength=d.augment_strength, local=d.augment_local,
+                                      lines=d.augment_lines,
                                       read=not train and pre.tta)
 
     train = make(d.train, d.synthetic_train_size, True)

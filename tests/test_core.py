@@ -43,6 +43,7 @@ def test_config_unknown_key_lists_valid_keys(tmp_path):
     ("model.depth=layer9", "layer2, layer3 or layer4"),
     ("data.min_len=6", "min <= max"),
     ("data.augment_strength=0", "augment_strength"),
+    ("data.augment_lines=1.5", "augment_lines"),
     ("data.crop=0.5,0,0.4,1", "left < right"),
     ("data.crop=0.1,0.2", "give 4 shares"),
     ("data.crop=a,b,c,d", "expected a list of numbers"),

@@ -20,7 +20,7 @@ from captcha_ml.config import DataConfig
 from captcha_ml.data.synthetic import (SyntheticSpec, generate, load_style, preset, render,
                                        save_style, spec_from_config)
 from captcha_ml.data.transforms import (ImageError, Preprocess, _mesh_warp,
-                                        _specks_and_blur, augment)
+                                        _specks_and_blur, augment, ink_colour)
 
 SMALL = dict(width=80, height=24, font_sizes=(16, 18))
 
@@ -242,6 +242,28 @@ def test_local_jitter_keeps_the_background_and_is_seeded():
     assert (cut[:20] > 100).any()
     for k in range(300):  # tiny images, many one-pixel specks: every box is drawable
         _specks_and_blur(Image.new("L", (40, 16), 255), random.Random(k), 4.0)
+
+
+def test_lines_cross_the_text_in_its_colour():
+    """augment(lines=1): a wavy line in the text's colour (light on dark too) over at least
+    half the width; lines=0 draws exactly what it drew before lines existed."""
+    for bg, ink in (((230, 230, 200), (20, 60, 150)), ((10, 20, 30), (240, 220, 90))):
+        img = Image.new("RGB", (150, 50), bg)
+        ImageDraw.Draw(img).text((10, 10), "ab12", fill=ink, font_size=28)
+        assert np.abs(np.subtract(ink_colour(img), ink)).max() < 40
+        lined = [augment(img, random.Random(k), 0.01, lines=1.0) for k in range(6)]
+        for out in lined:
+            px = np.asarray(out, dtype=int)
+            near_ink = (np.abs(px - ink).max(axis=2) < 40).any(axis=0)  # per column
+            assert near_ink.mean() > 0.45  # the text alone covers ~a third of the columns
+        again = augment(img, random.Random(2), 0.01, lines=1.0)
+        assert again.tobytes() == lined[2].tobytes()
+        assert augment(img, random.Random(2), 0.01, lines=0.0).tobytes() == \
+            augment(img, random.Random(2), 0.01).tobytes() != again.tobytes()
+    assert ink_colour(Image.new("L", (40, 20), 128)) is None  # nothing to take a colour from
+    grey = Image.new("L", (90, 30), 220)
+    ImageDraw.Draw(grey).rectangle((20, 10, 60, 20), fill=30)
+    assert augment(grey, random.Random(0), 1.0, local=True, lines=1.0).mode == "L"
 
 
 @pytest.mark.parametrize("style", ["captcha", "real"])

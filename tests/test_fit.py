@@ -364,6 +364,7 @@ def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
     assert fit_yaml["finetune"]["data"]["synthetic_share"] == fit.FINETUNE_SYNTHETIC_SHARE > 0
     assert fit_yaml["finetune"]["data"]["augment_strength"] == fit.FINETUNE_AUGMENT_STRENGTH
     assert fit_yaml["finetune"]["data"]["augment_local"] is True
+    assert fit_yaml["finetune"]["data"]["augment_lines"] == fit.FINETUNE_AUGMENT_LINES > 0
     assert fit_yaml["finetune"]["data"]["tta"] is True and not fit_yaml["pretrain"]["data"]["tta"]
     assert Reader.load(out / "finetune" / "best.pt").preprocess.tta  # the registered reader too
     client = MlflowClient(uri)

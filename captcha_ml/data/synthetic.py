@@ -29,6 +29,7 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 from captcha_ml.config import DataConfig
 from captcha_ml.data.real import DataError, write_manifest
+from captcha_ml.data.transforms import wave_points
 
 CAPTCHA_FONT = os.path.join(captcha_image.DATA_DIR, "DroidSansMono.ttf")
 STYLES = ("captcha", "real")
@@ -339,14 +340,7 @@ def _curve(drawer: ImageCaptcha, im: Image.Image, rng: random.Random, colour: tu
         box = (x0, y0, rng.randint(w * 4 // 5, w), rng.randint(y0 + h // 4, h + h // 2))
         draw.arc(box, rng.randint(150, 200), rng.randint(320, 390), fill=colour, width=width)
         return
-    knots = [rng.uniform(0.15, 0.85) * h for _ in range(rng.randint(3, 5))]
-    points = []
-    for x in range(0, w + 1, 2):  # cosine interpolation between evenly spaced knots
-        t = x / w * (len(knots) - 1)
-        i = min(int(t), len(knots) - 2)
-        f = (1 - math.cos(math.pi * (t - i))) / 2
-        points.append((x, knots[i] * (1 - f) + knots[i + 1] * f))
-    draw.line(points, fill=colour, width=width, joint="curve")
+    draw.line(wave_points(rng, 0, w, h), fill=colour, width=width, joint="curve")
 
 
 class RealCaptcha(SpecCaptcha):

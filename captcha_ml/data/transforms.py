@@ -169,10 +169,12 @@ def _check_size(img: Image.Image, label: str) -> None:
 
 
 def augment(img: Image.Image, rng: random.Random, strength: float = 1.0,
-            local: bool = False) -> Image.Image:
+            local: bool = False, lines: float = 0.0) -> Image.Image:
     """Jitter for real training images (deterministic per rng): a global affine map, contrast
     and brightness; with ``local``, also a mesh warp that bends and stretches parts of the
-    line, background-coloured specks that break strokes, and blur (``data.augment_local``)."""
+    line, background-coloured specks that break strokes, and blur (``data.augment_local``);
+    with chance ``lines``, a wavy line in the text's colour across it (``data.augment_lines``:
+    the text under other curves than the few its images happen to have)."""
     if local:
         img = _mesh_warp(img, rng, strength)
     w, h = img.size
@@ -193,7 +195,53 @@ def augment(img: Image.Image, rng: random.Random, strength: float = 1.0,
     out = img.transform((w, h), Image.AFFINE, (a, b, c, d, e, f), Image.BILINEAR, fillcolor=fill)
     out = ImageEnhance.Contrast(out).enhance(1 + rng.uniform(-0.3, 0.3) * strength)
     out = ImageEnhance.Brightness(out).enhance(1 + rng.uniform(-0.15, 0.15) * strength)
+    if lines and rng.random() < lines:
+        out = _occluding_line(out, rng)
     return _specks_and_blur(out, rng, strength) if local else out
+
+
+def wave_points(rng: random.Random, x0: float, x1: float, h: int) -> list[tuple[float, float]]:
+    """A smooth wave from x0 to x1 through 3-5 random heights in the middle 70% of ``h``:
+    cosine interpolation between evenly spaced knots, a point every 2 pixels."""
+    knots = [rng.uniform(0.15, 0.85) * h for _ in range(rng.randint(3, 5))]
+    points = []
+    for x in range(int(x0), int(x1) + 1, 2):
+        t = (x - x0) / max(1.0, x1 - x0) * (len(knots) - 1)
+        i = min(int(t), len(knots) - 2)
+        f = (1 - math.cos(math.pi * (t - i))) / 2
+        points.append((x, knots[i] * (1 - f) + knots[i + 1] * f))
+    return points
+
+
+def ink_colour(img: Image.Image, share: float = 0.03) -> tuple[int, ...] | None:
+    """The text's colour: the mean colour of the ``share`` of pixels whose brightness lies
+    farthest from the median (background) brightness; None for an image of one brightness."""
+    grey = img.convert("L")
+    median = int(ImageStat.Stat(grey).median[0])
+    distance = grey.point(lambda v: abs(v - median))
+    hist, need, cut, seen = distance.histogram(), share * img.width * img.height, 256, 0
+    while cut > 1 and seen < need:  # the brightness distance that ``share`` of pixels reach
+        cut -= 1
+        seen += hist[cut]
+    if not seen:
+        return None
+    mask = distance.point(lambda v: 255 if v >= cut else 0)
+    return tuple(round(v) for v in ImageStat.Stat(img, mask).mean)
+
+
+def _occluding_line(img: Image.Image, rng: random.Random) -> Image.Image:
+    """A wave in the text's colour over at least half the width, 1 to h/18 pixels thick."""
+    img = img.convert(img.mode if img.mode in ("L", "RGB") else "RGB")  # a copy
+    colour = ink_colour(img)
+    if colour is None:
+        return img
+    w, h = img.size
+    x0 = rng.uniform(0, 0.4) * w
+    x1 = x0 + rng.uniform(0.5, 1.0) * (w - x0)
+    ImageDraw.Draw(img).line(wave_points(rng, x0, x1, h),
+                             fill=colour if len(colour) > 1 else colour[0],
+                             width=rng.randint(1, max(1, round(h / 18))), joint="curve")
+    return img
 
 
 def _mesh_warp(img: Image.Image, rng: random.Random, strength: float) -> Image.Image:
