@@ -230,7 +230,8 @@ def ink_colour(img: Image.Image, share: float = 0.03) -> tuple[int, ...] | None:
 
 
 def _occluding_line(img: Image.Image, rng: random.Random) -> Image.Image:
-    """A wave in the text's colour over at least half the width, 1 to h/18 pixels thick."""
+    """A wave in the text's colour, 1 to h/18 pixels thick, starting in the left 40% of the
+    image and running over half to all of the rest (30-100% of the width)."""
     img = img.convert(img.mode if img.mode in ("L", "RGB") else "RGB")  # a copy
     colour = ink_colour(img)
     if colour is None:
