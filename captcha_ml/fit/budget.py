@@ -18,13 +18,20 @@ FIT_DEPTH = "layer3"  # model.depth of both stages (the last ResNet-18 stage kep
 # pretrained weights carry over). Finetuning wheezy (200x75) at 72x192 instead of 56x152 from
 # one pretrained model read 0.830 of 1000 new images against 0.800, in 5400 steps and 9.5
 # minutes against 8877 and 11.9: its warped glyphs are ~26 rows high, 19 at 56 and 14 at 40.
+# Pretraining at 72 rows as well did not pay: a whole wheezy fit so (72x160, 2492 pretraining
+# steps instead of ~4600) read its holdout at 0.886 against 0.890 (synthetic validation 0.98
+# against 0.93, zero-shot 0.23 against 0.25).
 PRETRAIN_MAX_HEIGHT, FINETUNE_MAX_HEIGHT = 40, 72
 # The input is widened until CTC has this many steps per symbol of the text line (measured:
 # its width / label length), and per symbol of the whole width: two identical symbols in a row
 # need a blank step between them. lower4to7 (7 symbols in 57% of 120 pixels, 1.2 steps a
 # symbol): 37 of its 79 misreads of 1000 holdout images had the wrong length, 13 of them one
-# of a doubled letter dropped, others a double merged (nn read as m, vv as w).
-CTC_STEPS_PER_SYMBOL = 2
+# of a doubled letter dropped, others a double merged (nn read as m, vv as w). With 2 steps
+# for the median symbol (40x128), 25 of its 41 misreads were 7-letter labels (whose symbols
+# are the narrowest: a longer label fills the same line), 12 of them of the wrong length;
+# 2.5 steps for the narrowest tenth (style.symbol_share; 40x192) read its holdout at 0.967
+# against 0.953 (7-letter misreads 16, wrong lengths 11 of 33; with data.augment_lines on).
+CTC_STEPS_PER_SYMBOL = 2.5
 MAX_WIDEN = 2.0  # at most this many times the width that keeps the aspect
 # Most of the time goes to finetuning (half of its images are synthetic too): 35/65 read the
 # 1000-image holdouts at least as well as 60/40 (wheezy 0.724 vs 0.704, alnum62 0.949 vs 0.930,
@@ -56,7 +63,7 @@ def model_input(size: tuple[int, int], max_len: int, max_height: int = PRETRAIN_
     w, h = size
     height = min(max_height, max(32, h))
     width = max(8, round(w * height / h / 8) * 8)
-    steps = max(2 * max_len + 1, CTC_STEPS_PER_SYMBOL * max_len)
+    steps = max(2 * max_len + 1, math.ceil(CTC_STEPS_PER_SYMBOL * max_len))
     reason = f"{steps} time steps for at most {max_len} symbols"
     if symbol_share > 0:
         in_line = min(math.ceil(CTC_STEPS_PER_SYMBOL / symbol_share), int(MAX_WIDEN * width) // 8)

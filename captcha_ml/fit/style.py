@@ -98,10 +98,11 @@ def sample_stats(insp: Inspection, max_images: int = 120, seed: int = 0) -> list
 
 
 def symbol_share(stats: list[dict[str, Any]]) -> float:
-    """The share of the image width one symbol takes: the median of text-line width / label
-    length (what decides how many CTC steps fall on each symbol)."""
-    return float(statistics.median((s["span"][1] - s["span"][0]) / max(1, s["length"])
-                                   for s in stats))
+    """The share of the image width one symbol takes where symbols are narrowest: the 10th
+    percentile of text-line width / label length (what decides how many CTC steps fall on
+    each symbol; long labels squeezed into the same line need them most)."""
+    shares = sorted((s["span"][1] - s["span"][0]) / max(1, s["length"]) for s in stats)
+    return float(shares[int(0.1 * (len(shares) - 1))])
 
 
 @dataclass(frozen=True)
