@@ -85,6 +85,12 @@ class TrainConfig:
     seed: int = 0
     epochs: int = 10
     max_steps: int = 0  # 0: epochs decide; otherwise stop after this many optimizer steps
+    # A wall-time limit for the stage, counted from its start (data, pools and model built;
+    # from the restart on --resume); 0: none. The step count is re-estimated from the rate so
+    # far at every log line (never above the planned one), so the schedule still anneals to
+    # its end: training stops with its LR run down by the limit on a machine slower than
+    # planned (`captcha-ml fit` sets it for finetuning: the time its budget leaves).
+    max_minutes: float = 0.0
     batch_size: int = 32
     eval_batch_size: int = 64
     lr: float = 1e-3
@@ -279,5 +285,7 @@ def validate(cfg: Config) -> None:
                         "e.g. 0.99")
     if t.epochs < 1 and t.max_steps < 1:
         problems.append("set train.epochs or train.max_steps to at least 1")
+    if t.max_minutes < 0:
+        problems.append(f"train.max_minutes={t.max_minutes}: use 0 (no limit) or minutes > 0")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

@@ -41,6 +41,7 @@ class Progress:
     """Loop position and model-selection state; saved with every resumable state."""
 
     step: int = 0
+    total: int = 0  # the step the schedule anneals to (re-estimated under train.max_minutes)
     epoch: int = 0
     batch_in_epoch: int = 0
     best: list = field(default_factory=list)  # _score() of the best evaluation
@@ -138,18 +139,19 @@ def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
                               {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.lr)
 
 
-def make_scheduler(opt: torch.optim.Optimizer, cfg: Config, total: int):
-    """Linear warmup to train.lr, then one-cycle (cosine to ~0), cosine, or constant."""
-    warmup = max(1, int(cfg.train.warmup_frac * total))
+def make_scheduler(opt: torch.optim.Optimizer, cfg: Config, progress: Progress):
+    """Linear warmup to train.lr, then one-cycle (cosine to ~0), cosine, or constant, over
+    ``progress.total`` steps (read at every step: a time limit may move it)."""
+    warmup = max(1, int(cfg.train.warmup_frac * progress.total))
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         if cfg.train.schedule == "constant":
             return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        progress_ = min(1.0, (step - warmup) / max(1, progress.total - warmup))
         floor = 1e-3 if cfg.train.schedule == "onecycle" else 1e-2
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress_))
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
@@ -210,11 +212,12 @@ class Loop:
     sched: Any
     train_dl: DataLoader
     valid_dl: DataLoader
-    total: int
+    planned: int  # train.max_steps, or the epochs' steps
     progress: Progress
     tracker: tracking.Tracker | None
     out: Path
     ema: AveragedModel | None = None
+    started: float = 0.0  # perf_counter when train() began (train.max_minutes counts from it)
 
     def weights(self) -> nn.Module:
         """The network that is validated and saved: the weight average if on, else the model."""
@@ -235,7 +238,7 @@ def new_accelerator(**kwargs: Any) -> Accelerator:
 
 def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     """Train (pretrain or finetune, by config) and return the best validation metrics and files."""
-    t = cfg.train
+    t, started = cfg.train, time.perf_counter()
     accelerator = new_accelerator(
         mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=t.seed))
@@ -251,6 +254,7 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
         tracker = tracking.Tracker(cfg, run_id=_previous_run(state_dir) if resume else None)
     try:
         loop = _prepare(cfg, accelerator, tracker, out)
+        loop.started = started
         if resume:
             _load_state(loop, state_dir)
         result = _run(loop)
@@ -277,10 +281,10 @@ def _prepare(cfg: Config, accelerator: Accelerator, tracker, out: Path) -> Loop:
     valid_dl = make_loader(data.valid, cfg, data.charset, train=False)
     model, opt, train_dl, valid_dl = accelerator.prepare(model, opt, train_dl, valid_dl)
     total = t.max_steps or t.epochs * math.ceil(len(train_dl) / t.grad_accum)
+    progress = Progress(total=total)
     # The scheduler is stepped by us once per optimizer step (not prepared: Accelerate would
     # step it once per process).
-    sched = make_scheduler(opt, cfg, total)
-    progress = Progress()
+    sched = make_scheduler(opt, cfg, progress)
     accelerator.register_for_checkpointing(sched)
     ema = None
     if t.ema_decay:
@@ -312,12 +316,13 @@ def _sync_ema_buffers(loop: Loop) -> None:
 
 def _run(loop: Loop) -> dict[str, Any]:
     cfg, acc, p = loop.cfg, loop.accelerator, loop.progress
-    bar = tqdm(total=loop.total, initial=p.step, desc=cfg.train.stage, unit="step",
+    bar = tqdm(total=p.total, initial=p.step, desc=cfg.train.stage, unit="step",
                disable=not acc.is_local_main_process, dynamic_ncols=True)
     window = _Window()
     last_eval, stop = -1, False
+    first_step, loop_start = p.step, time.perf_counter()
     loop.model.train()
-    while p.step < loop.total and not stop:
+    while p.step < p.total and not stop:
         loop.data.train.set_epoch(p.epoch)
         loop.train_dl.set_epoch(p.epoch)
         batches = (acc.skip_first_batches(loop.train_dl, p.batch_in_epoch)
@@ -326,24 +331,42 @@ def _run(loop: Loop) -> dict[str, Any]:
             if not _train_batch(loop, batch, window):
                 continue  # accumulating gradients: no optimizer step yet
             bar.update(1)
-            if p.step % cfg.train.log_every == 0 or p.step == loop.total:
+            if p.step % cfg.train.log_every == 0 or p.step == p.total:
                 bar.set_postfix(_log_train(loop, window))
+                if cfg.train.max_minutes:
+                    bar.total = _fit_to_time(loop, p.step - first_step, loop_start)
             if cfg.train.eval_every and p.step % cfg.train.eval_every == 0:
                 stop, last_eval = _validate(loop), p.step
             if _save_due(cfg, p.step, last_eval):
                 _save_state(loop)
-            if p.step >= loop.total or stop:
+            if p.step >= p.total or stop:
                 break
         else:
             p.epoch, p.batch_in_epoch = p.epoch + 1, 0
-            if not cfg.train.eval_every and p.step < loop.total:
+            if not cfg.train.eval_every and p.step < p.total:
                 stop, last_eval = _validate(loop), p.step
                 _save_state(loop)
     bar.close()
+    if p.total < loop.planned and acc.is_main_process:
+        tqdm.write(f"train.max_minutes={cfg.train.max_minutes:g}: stopped after {p.step} of the "
+                   f"planned {loop.planned} steps, the schedule run down by then")
     if last_eval != p.step:
         _validate(loop)
         _save_state(loop)
     return _finish(loop)
+
+
+def _fit_to_time(loop: Loop, steps_done: int, loop_start: float) -> int:
+    """Under train.max_minutes: the steps that fit in the time left at the rate of this
+    run's steps so far (validation included), never above the planned count; the same on
+    every process (the slowest one's clock decides). Returns the new progress.total."""
+    acc, p = loop.accelerator, loop.progress
+    now = time.perf_counter()
+    clocks = torch.tensor([now - loop.started, now - loop_start], device=acc.device)
+    spent, looped = (float(v) for v in acc.gather(clocks).reshape(-1, 2).max(dim=0).values)
+    left = 60 * loop.cfg.train.max_minutes - spent
+    p.total = max(p.step, min(loop.planned, p.step + int(left * steps_done / max(looped, 1e-6))))
+    return p.total
 
 
 def _save_due(cfg: Config, step: int, last_eval: int) -> bool:

@@ -485,6 +485,10 @@ def test_budget_finetune_gets_the_time_pretraining_left(tmp_path, monkeypatch):
     fit_yaml = yaml.safe_load((tmp_path / "out" / "fit.yaml").read_text())
     assert fit_yaml["finetune"]["train"]["max_steps"] == ran
     assert fit_yaml["fit"]["finetune_steps_replanned"] == ran
+    # ... and a time limit: on a machine that slows down, finetuning ends with the budget.
+    limit = fit_yaml["finetune"]["train"]["max_minutes"]
+    assert 0 < limit < 1.2 and f"train.max_minutes={limit:g}" in note
+    assert fit_yaml["pretrain"]["train"]["max_minutes"] == 0
     assert fit_yaml["fit"]["precision"] == "bf16"
     assert 0 < fit_yaml["fit"]["symbol_share"] < 0.5  # measured on the sample, for the input
     assert fit_yaml["finetune"]["train"]["select"] == "last"  # its final weights are the model

@@ -294,3 +294,41 @@ def test_experiment_configs_load_and_the_gpu_recipe_steps_on_a_cpu(tmp_path):
     assert cfg.train.mixed_precision == "bf16" and cfg.data.synthetic_train_size == 8
     result = engine.train(cfg)
     assert result["steps"] == 1 and (tmp_path / "out" / "best.pt").is_file()
+
+
+def test_time_limit_reestimates_the_steps_and_the_schedule_follows(tmp_path, monkeypatch):
+    """train.max_minutes: the steps that fit the time left at the rate so far (never above
+    the planned count); the schedule anneals to the moved end; a run past its limit stops."""
+    from types import SimpleNamespace
+
+    cfg = tiny_config(tmp_path, "train.max_minutes=1", "train.max_steps=100",
+                      "train.warmup_frac=0.1", "train.schedule=onecycle")
+    now = 1000.0
+    loop = SimpleNamespace(accelerator=engine.new_accelerator(cpu=True), cfg=cfg, planned=100,
+                           progress=engine.Progress(step=10, total=100), started=now - 50)
+    with monkeypatch.context() as m:
+        m.setattr(engine.time, "perf_counter", lambda: now)
+        # 10 steps in the last 20 s (0.5 a second), 10 s of the minute left: 5 more steps.
+        assert engine._fit_to_time(loop, 10, now - 20) == loop.progress.total == 15
+        loop.started = now - 70  # past the limit: stop at this step
+        assert engine._fit_to_time(loop, 10, now - 20) == 10
+        loop.started = now  # plenty of time: the planned count, not more
+        assert engine._fit_to_time(loop, 10, now - 1) == 100
+    progress = engine.Progress(total=100)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = engine.make_scheduler(opt, cfg, progress)
+    for _ in range(50):
+        opt.step()
+        sched.step()
+    assert 0.3 < sched.get_last_lr()[0] < 0.7  # mid-way through 100 steps
+    progress.total = 51  # a limit moved the end: the next step is the schedule's last
+    opt.step()
+    sched.step()
+    assert sched.get_last_lr()[0] < 0.01
+    with pytest.raises(ConfigError, match="max_minutes"):
+        tiny_config(tmp_path, "train.max_minutes=-1")
+    # A whole run whose limit is already spent after its first log line stops there, saved.
+    run = tiny_config(tmp_path / "run", "train.max_steps=500", "train.max_minutes=0.0001",
+                      "train.log_every=1", "train.eval_every=0")
+    result = engine.train(run)
+    assert result["steps"] < 500 and (tmp_path / "run" / "out" / "best.pt").is_file()

@@ -176,10 +176,15 @@ def _train(pre: Config, fine: Config, splits: dict[str, Path], note: _Notes,
             planned, fine.train.batch_size, left, fine_ips, fine.data.synthetic_share, render_s,
             available_cores())
         fine.train.eval_every = max(1, fine.train.max_steps // 10)
+        # A machine that slows down mid-run (a shared VM) must not overrun the budget: the
+        # steps then shrink to the time (alnum62 once finetuned at 100-120 images/s where
+        # 136 were timed, and the fit took 20.3 minutes of its 18).
+        fine.train.max_minutes = round(max(left, 1.0) / 60, 3)
         note(f"budget: pretraining ran at {ips:.0f} images/s, finetuning at {fine_ips:.0f} "
              f"(timed on its own data); {left / 60:.1f} min left -> finetune "
              f"{fine.train.max_steps} steps (planned {planned}), a pool of "
-             f"{fine.data.synthetic_pool} synthetic images")
+             f"{fine.data.synthetic_pool} synthetic images; fewer if the machine slows "
+             f"(train.max_minutes={fine.train.max_minutes:g})")
         mlflow.log_params({"fit.finetune_steps_replanned": fine.train.max_steps,
                            "fit.pretrain_images_per_s": round(ips, 1),
                            "fit.finetune_images_per_s": round(fine_ips, 1)})
