@@ -360,10 +360,11 @@ def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
     fit_yaml = yaml.safe_load((out / "fit.yaml").read_text())
     assert fit_yaml["pretrain"]["data"]["style"] == str(out / "style.yaml")
     assert fit_yaml["finetune"]["train"]["init_from"] == str(out / "pretrain" / "best.pt")
-    # Pretraining at height <= 40, finetuning at the source's 48 rows (aspect kept).
+    # Pretraining at height <= 40 (widened from the aspect's 120 for CTC_STEPS_PER_SYMBOL
+    # steps per narrowest symbol), finetuning at the source's 48 rows (aspect kept).
     sizes = [(fit_yaml[k]["data"]["height"], fit_yaml[k]["data"]["width"])
              for k in ("pretrain", "finetune")]
-    assert sizes == [(40, 120), (48, 144)]
+    assert sizes == [(40, 136), (48, 144)]
     # Finetuning mixes in synthetic images of the same derived style.
     assert fit_yaml["finetune"]["data"]["style"] == str(out / "style.yaml")
     assert fit_yaml["finetune"]["data"]["synthetic_share"] == fit.FINETUNE_SYNTHETIC_SHARE > 0
