@@ -253,8 +253,7 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         tracker = tracking.Tracker(cfg, run_id=_previous_run(state_dir) if resume else None)
     try:
-        loop = _prepare(cfg, accelerator, tracker, out)
-        loop.started = started
+        loop = _prepare(cfg, accelerator, tracker, out, started)
         if resume:
             _load_state(loop, state_dir)
         result = _run(loop)
@@ -268,7 +267,7 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     return result
 
 
-def _prepare(cfg: Config, accelerator: Accelerator, tracker, out: Path) -> Loop:
+def _prepare(cfg: Config, accelerator: Accelerator, tracker, out: Path, started: float) -> Loop:
     t = cfg.train
     set_seed(t.seed)  # same initial weights on every rank
     data = build_data(cfg)
@@ -296,7 +295,7 @@ def _prepare(cfg: Config, accelerator: Accelerator, tracker, out: Path) -> Loop:
     if tracker:
         _log_start(tracker, cfg, data, init_tags, total, out)
     return Loop(cfg, accelerator, data, model, opt, sched, train_dl, valid_dl, total, progress,
-                tracker, out, ema)
+                tracker, out, ema, started)
 
 
 def _ema_step(average: torch.Tensor, current: torch.Tensor, count: torch.Tensor,
