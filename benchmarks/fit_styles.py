@@ -6,8 +6,10 @@
 Each style renders N labeled images (ground truth from the seed), then runs the real `fit` on
 that folder, knowing nothing of how it was made (fit derives its own style from the pixels).
 Styles: `wheezy` comes from another generator on PyPI (wheezy.captcha: pip install
-wheezy.captcha; not a project dependency, skipped when missing); the others from captcha_ml's
-generator with fonts, colours, noise, sizes, charsets and lengths unlike captcha_images_v2.
+wheezy.captcha; not a project dependency, skipped when missing); `v2` is a real site's set,
+captcha_images_v2 (--real-data; fit reads N of its 1040 images, the holdout is the others,
+up to --holdout); the others come from captcha_ml's generator with fonts, colours, noise,
+sizes, charsets and lengths unlike captcha_images_v2.
 Prints: style, images, charset size, lengths, size, zero-shot valid seq acc (the pretrained
 model before finetuning), test seq acc (fit's own 15% test part: 75 images), char acc, holdout
 seq acc (--holdout new images of the style from another seed, read after the timed fit: the
@@ -87,8 +89,32 @@ def build_wheezy(n: int, folder: Path, seed: str) -> Path | None:
     return folder
 
 
-def make_data(name: str, n: int, folder: Path, seed: str) -> tuple[SyntheticSpec, Path | None]:
+def build_real(source: Path, n: int, folder: Path, seed: str, skip: int = 0) -> Path | None:
+    """A folder of up to n images of a real labeled folder (a seeded order, after its first
+    ``skip``: the holdout takes the images fit did not see)."""
+    import random
+    import shutil
+
+    files = sorted(p for p in source.glob("*.png"))
+    if not files:
+        print(f"no PNG images in {source} (--real-data): style skipped")
+        return None
+    random.Random(seed).shuffle(files)
+    if len(files) <= skip:
+        raise SystemExit(f"{source} has {len(files)} images; more than {skip} needed")
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in files[skip:skip + n]:
+        if not (folder / p.name).exists():
+            shutil.copyfile(p, folder / p.name)
+    return folder
+
+
+def make_data(name: str, n: int, folder: Path, seed: str, real: Path | None = None,
+              skip: int = 0) -> tuple[SyntheticSpec, Path | None]:
     """The style's spec (for the table) and a folder of n labeled images of it."""
+    if name == "v2":  # a real set: its charset, lengths and size, for the table
+        return (SyntheticSpec(charset="2345678bcdefgmnpwxy", min_len=5, max_len=5, width=200,
+                              height=50), build_real(real, n, folder, "v2", skip))
     if name == "wheezy":  # only its charset, lengths and size are used, for the table
         return SyntheticSpec(**WHEEZY), build_wheezy(n, folder, seed)
     return styles()[name], build(styles()[name], n, folder, seed)
@@ -106,7 +132,10 @@ def holdout_accuracy(checkpoint: str, folder: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--styles", nargs="*", default=["wheezy", "alnum62", "lower4to7"],
-                    choices=["wheezy", *styles()])
+                    choices=["wheezy", "v2", *styles()])
+    ap.add_argument("--real-data", type=Path,
+                    default=Path(__file__).resolve().parents[1].parent / "shared" / "data"
+                    / "captcha_images_v2", help="captcha_images_v2, for the v2 style.")
     ap.add_argument("--images", type=int, default=500)
     ap.add_argument("--budget-minutes", type=float, default=fit.DEFAULT_BUDGET_MINUTES)
     ap.add_argument("--work", type=Path, default=Path("/tmp/fit_styles"))
@@ -124,7 +153,7 @@ def main() -> None:
     rows = []
     for name in args.styles:
         spec, folder = make_data(name, args.images, args.work / "data" / name,
-                                 f"bench{args.seed}/{name}")
+                                 f"bench{args.seed}/{name}", args.real_data)
         if folder is None:
             continue
         start = time.perf_counter()
@@ -138,12 +167,13 @@ def main() -> None:
                f"{r['zero_shot']['seq_acc']:.4f}", f"{t['seq_acc']:.4f}", f"{t['char_acc']:.4f}"]
         if args.holdout:  # after the timed fit: images fit never saw, from another seed
             _, extra = make_data(name, args.holdout, args.work / "holdout" / name,
-                                 f"holdout{args.seed}/{name}")
-            row.append(f"{holdout_accuracy(r['best_checkpoint'], extra):.4f}")
+                                 f"holdout{args.seed}/{name}", args.real_data, args.images)
+            row += [f"{holdout_accuracy(r['best_checkpoint'], extra):.4f}",
+                    len(list(extra.glob("*.png")))]
         rows.append(row + [f"{minutes:.1f}"])
         print(report.table(rows, ["style", "images", "charset", "lengths", "size",
                                   "zero-shot valid", "test seq acc", "char acc"]
-                           + ([f"holdout seq acc ({args.holdout})"] if args.holdout else [])
+                           + (["holdout seq acc", "holdout images"] if args.holdout else [])
                            + ["minutes"]), flush=True)
 
 
