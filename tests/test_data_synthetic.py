@@ -54,6 +54,29 @@ def test_real_style_keeps_glyph_shapes_and_places_text_left():
         assert render(other, 0, 0)[0].tobytes() != img.tobytes(), change
 
 
+@pytest.mark.parametrize("style", ["captcha", "real"])
+def test_stretch_off_keeps_lowercase_short_in_both_drawers(style):
+    """Stretched (the library's look), a lowercase "c" is drawn as tall as a "C"; at font
+    proportions it is clearly shorter, in both drawers."""
+    def ink_rows(letter: str, stretch: bool) -> float:
+        spec = SyntheticSpec(style=style, width=160, height=60, charset=letter, min_len=4,
+                             max_len=4, fonts=("DejaVuSans.ttf",), font_sizes=(36,),
+                             rotate=(0.0, 0.0), warp=(0.0, 0.0), stretch=stretch, curves=0,
+                             strikes=(0, 0), dots=0, blur=(0, 0), grey=True,
+                             # light on dark: the library pastes glyphs by their brightness
+                             background=(0, 0) if style == "captcha" else (250, 250),
+                             foreground=(255, 255) if style == "captcha" else (0, 0))
+        heights = []
+        for i in range(4):
+            lum = np.asarray(render(spec, 1, i)[0], dtype=np.float32)
+            ink = lum > 128 if style == "captcha" else lum < 128
+            heights.append(int(ink.any(axis=1).sum()))
+        return float(np.mean(heights))
+
+    assert ink_rows("c", True) > 0.9 * ink_rows("C", True)
+    assert ink_rows("c", False) < 0.85 * ink_rows("C", False)
+
+
 def test_repeat_makes_twins_and_bad_values_are_refused():
     def twins(spec):
         labels = [render(spec, 0, i)[1] for i in range(200)]

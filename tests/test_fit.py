@@ -291,6 +291,25 @@ def test_calibration_corrects_a_wrong_guess(tmp_path):
     assert fixed.font_sizes[0] < 45 and "calibration" in note
 
 
+@pytest.mark.parametrize("stretch", [True, False])
+def test_glyph_shapes_follow_the_sample(tmp_path, stretch):
+    """A lowercase sample drawn stretched to the line (the captcha library) or at font
+    proportions (most other generators): fit draws its synthetic glyphs the same way, and
+    says so; a charset without lowercase letters is left as it is."""
+    truth = SyntheticSpec(style="captcha", width=160, height=60, charset="abdeghknpqsxy",
+                          min_len=5, max_len=5, fonts=(synthetic.font_path("DejaVuSans.ttf"),),
+                          font_sizes=(36,), palette=((235, 230, 200, 60, 90, 170),),
+                          text_width=(0.6, 0.7), text_left=(0.1, 0.15), stretch=stretch,
+                          curves=0, dots=0, strikes=(0, 0), grey=False)
+    insp = _styled(tmp_path, f"s{stretch}", truth)
+    spec, notes = fit.derive_style(insp)
+    word = "stretched to the line" if stretch else "at their font proportions"
+    assert spec.stretch is stretch and any(f"style: glyphs {word}" in n for n in notes)
+    digits, notes = fit.derive_style(_styled(tmp_path, "d", replace(truth, charset=DIGITS,
+                                                                    stretch=False)))
+    assert digits.stretch is True and not any("style: glyphs " in n for n in notes)
+
+
 def test_calibration_matches_the_stroke_thickness(tmp_path):
     """A sample drawn with thin strokes: calibration thins the library's bolder glyphs until
     renders measure like the sample (median horizontal ink run through the strokes)."""

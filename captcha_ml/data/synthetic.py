@@ -69,7 +69,8 @@ class SyntheticSpec:
     rotate: tuple[float, float] = (-12.0, 12.0)  # per-glyph rotation range, degrees
     warp: tuple[float, float] = (0.05, 0.15)  # per-glyph perspective warp, fraction of glyph size
     jitter: tuple[int, int] = (0, 0)  # extra copies of the text, each shifted by up to 1 pixel
-    stretch: bool = True  # glyphs stretched to the line height (captcha's look); False: font shapes
+    stretch: bool = True  # glyphs stretched to the line height (captcha's look); False: font
+    # shapes (lowercase letters short; `captcha-ml fit` chooses by measuring the sample)
     hooks: tuple[int, int] = (0, 0)  # short dark strokes at the start of the text ("real" drawer)
     overlap: float = 0.25  # neighbours may overlap by up to this share of the mean glyph width
     pitch: tuple[float, float] = (0.0, 0.0)  # "real" drawer: glyphs centred on a fixed pitch of
@@ -77,7 +78,7 @@ class SyntheticSpec:
     # captcha_images_v2; (0, 0): placed by their own widths, as the captcha library does
     repeat: float = 0.0  # chance that a symbol repeats the previous one (touching twins: CTC's
     # hardest case, since only a blank frame between them keeps them apart)
-    squeeze: tuple[float, float] = (1.0, 1.0)  # "real" drawer, stretch off: per-glyph width
+    squeeze: tuple[float, float] = (1.0, 1.0)  # stretch off: per-glyph width
     # scale (condensed or wide lettering, so glyphs are told apart by shape, not only width)
     slant: tuple[float, float] = (0.0, 0.0)  # and per-glyph shear (positive leans right)
     # Measured from a sample by `captcha-ml fit` (the defaults keep the drawers' own look):
@@ -273,6 +274,24 @@ class SpecCaptcha(ImageCaptcha):
         self.word_space_probability = 1.0 - spec.spaces  # the library's name, inverted
         self.character_warp_dx = self.character_warp_dy = tuple(spec.warp)
 
+    def _draw_character(self, c: str, draw: ImageDraw.ImageDraw, color) -> Image.Image:
+        """With ``stretch`` off: the glyph at its font proportions on the font's full line box
+        (so glyphs share a baseline and lowercase letters stay short), rotated, cropped to its
+        ink columns (no perspective warp); on: the library's glyph, stretched to the line."""
+        if self.spec.stretch:
+            return super()._draw_character(c, draw, color)
+        rand = captcha_image.secrets  # the seeded shim while ``render`` draws
+        font = rand.choice(self.truefonts)
+        ascent, descent = font.getmetrics()
+        right = int(draw.textbbox((0, 0), c, font=font)[2])
+        im = Image.new("RGBA", (right + 8, ascent + descent + 4))
+        ImageDraw.Draw(im).text((4, 2), c, font=font, fill=color)
+        im = _squeeze_slant(im, self.spec, rand)
+        lo, hi = self.character_rotate
+        im = im.rotate(lo + rand.randbits(32) / 2**32 * (hi - lo), Image.BILINEAR)
+        box = im.getbbox() or (0, 0, im.width, im.height)
+        return im.crop((box[0], 0, box[2], im.height))
+
     def draw(self, chars: str, rng: random.Random) -> Image.Image:
         s = self.spec
         bg, fg = _colours(s, rng)
@@ -352,23 +371,6 @@ class RealCaptcha(SpecCaptcha):
         super().__init__(spec)
         self.word_space_probability = 1.0  # never insert spaces: glyphs touch and overlap
         self._text_width = int(spec.width * 0.68)  # the library fills this box, then we place it
-
-    def _draw_character(self, c: str, draw: ImageDraw.ImageDraw, color) -> Image.Image:
-        """With ``stretch`` off: the glyph at its font proportions on the font's full line box
-        (so glyphs share a baseline), slightly rotated, cropped to its ink columns."""
-        if self.spec.stretch:
-            return super()._draw_character(c, draw, color)
-        rand = captcha_image.secrets  # the seeded shim while ``render`` draws
-        font = rand.choice(self.truefonts)
-        ascent, descent = font.getmetrics()
-        right = int(draw.textbbox((0, 0), c, font=font)[2])
-        im = Image.new("RGBA", (right + 8, ascent + descent + 4))
-        ImageDraw.Draw(im).text((4, 2), c, font=font, fill=color)
-        im = _squeeze_slant(im, self.spec, rand)
-        lo, hi = self.character_rotate
-        im = im.rotate(lo + rand.randbits(32) / 2**32 * (hi - lo), Image.BILINEAR)
-        box = im.getbbox() or (0, 0, im.width, im.height)
-        return im.crop((box[0], 0, box[2], im.height))
 
     def create_captcha_image(self, chars: str, color, background) -> Image.Image:
         """With a ``pitch``: glyph centres on a fixed pitch (wide glyphs overlap neighbours);

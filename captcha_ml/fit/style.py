@@ -70,6 +70,9 @@ def _image_stats(image: str | Image.Image) -> dict[str, Any]:
             "fg": np.median(rgb[ink], axis=0) if ink.any() else rgb.min((0, 1)),
             "text_rows": text_rows, "span": span, "rows_span": rows_span, "found": len(dense) > 0,
             "gaps": gaps, "stroke": stroke,
+            # The dense rows' share of the text's height: glyphs stretched to the line fill it,
+            # lowercase letters at font proportions leave ascender and descender rows sparse.
+            "fill": text_rows / max(1.0, (rows_span[1] - rows_span[0]) * h),
             "dots": float(isolated.sum()) / 7.0,
             "thin": float((ink & ~opened).sum()) / max(1.0, float(ink.sum())),
             "ramp": float(np.median(right) - np.median(left)) if left.size and right.size else 0.0}
@@ -185,6 +188,9 @@ def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0,
         # Not measured, drawn broadly for generality: a thin-to-thick curve on every image,
         # stronger per-glyph warp and rotation than the library's defaults.
         curves=1, curve_width=(1, 4), warp=(0.05, 0.3), rotate=(-20.0, 20.0))
+    shapes = ""
+    if any(c.islower() for c in insp.charset) or spec.mixed_case:  # lowercase gets drawn
+        spec, shapes = glyph_shapes(spec, stats)
     spec, calibration = calibrate(spec, stats, match_stroke=match_stroke)
     notes = [f"style: {'dark glyphs on light' if dark else 'light glyphs on dark'} background, "
              f"background {bg}, glyphs {fg} (5-95th percentiles over {len(stats)} images)",
@@ -198,8 +204,26 @@ def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0,
              f"style: noise dots {dots}, thin-stroke share {thin:.2f} -> strike lines {strikes}; "
              f"for generality every image gets one curve (width {spec.curve_width}), glyph "
              f"warp {spec.warp} and rotation {spec.rotate}; blur {spec.blur}"
-             + ("; letters drawn in mixed case" if spec.mixed_case else ""), calibration]
+             + ("; letters drawn in mixed case" if spec.mixed_case else ""),
+             *([shapes] if shapes else []), calibration]
     return spec, notes
+
+
+def glyph_shapes(spec: SyntheticSpec, real_stats: list[dict[str, Any]],
+                 images: int = 2 * CALIBRATION_IMAGES) -> tuple[SyntheticSpec, str]:
+    """Glyphs stretched to the line (the captcha library's look: a lowercase "c" as tall as a
+    "C") or at their font's proportions (most other generators), whichever renders' dense-row
+    share of the text height (``fill``) is nearer the sample's. Measured on whole renders,
+    noise included, as the sample's images are."""
+    real = statistics.median(s["fill"] for s in real_stats)
+    fill = {stretch: statistics.median(
+        _image_stats(synthetic.render(replace(spec, stretch=stretch), "calibrate/shapes", i)[0])
+        ["fill"] for i in range(images)) for stretch in (True, False)}
+    stretch = abs(fill[True] - real) <= abs(fill[False] - real)
+    return (replace(spec, stretch=stretch),
+            f"style: glyphs {'stretched to the line' if stretch else 'at their font proportions'}"
+            f" (dense rows {real:.2f} of the text height; renders {fill[True]:.2f} stretched, "
+            f"{fill[False]:.2f} at font proportions)")
 
 
 def _line_measures(stats: list[dict[str, Any]]) -> tuple[float, float, float]:
