@@ -185,6 +185,10 @@ def test_steps_and_pool_fill_the_time_together():
     assert plan.pretrain_pool == fit.budget.pool_size(plan.pretrain_steps, 32, 1.0)
     assert plan.finetune_pool == fit.budget.pool_size(plan.finetune_steps, 16, 0.5)
     assert fit.plan_budget(10, ips, max_steps=3).pretrain_pool == 3 * 32 // fit.budget.POOL_REUSE
+    # Pretraining's share of the training time (10 minutes less a 90 s reserve), as its limit;
+    # none under --max-steps.
+    assert plan.pretrain_minutes == pytest.approx(fit.budget.PRETRAIN_SHARE * 510 / 60, abs=1e-3)
+    assert fit.plan_budget(10, ips, max_steps=3).pretrain_minutes == 0
 
 
 def test_config_rerun_keeps_its_precision_unless_told():
@@ -508,7 +512,9 @@ def test_budget_finetune_gets_the_time_pretraining_left(tmp_path, monkeypatch):
     # ... and a time limit: on a machine that slows down, finetuning ends with the budget.
     limit = fit_yaml["finetune"]["train"]["max_minutes"]
     assert 0 < limit < 1.2 and f"train.max_minutes={limit:g}" in note
-    assert fit_yaml["pretrain"]["train"]["max_minutes"] == 0
+    # Pretraining is held to its planned share of the budget.
+    assert fit_yaml["pretrain"]["train"]["max_minutes"] == plan.pretrain_minutes > 0
+    assert f"(at most {plan.pretrain_minutes:g} min: train.max_minutes)" in "\n".join(lines)
     assert fit_yaml["fit"]["precision"] == "bf16"
     assert 0 < fit_yaml["fit"]["symbol_share"] < 0.5  # measured on the sample, for the input
     assert fit_yaml["finetune"]["train"]["select"] == "last"  # its final weights are the model

@@ -63,7 +63,8 @@ def build_configs(insp: Inspection, out: Path, inputs: dict[str, tuple[int, int]
         f"data.synthetic_train_size={n_pre * plan.pretrain_batch}",
         f"data.synthetic_pool={plan.pretrain_pool}",
         "data.synthetic_valid_size=256", "train.stage=pretrain", f"train.output_dir={out / 'pretrain'}",
-        "train.epochs=1", f"train.max_steps={n_pre}", f"train.batch_size={plan.pretrain_batch}",
+        "train.epochs=1", f"train.max_steps={n_pre}", f"train.max_minutes={plan.pretrain_minutes}",
+        f"train.batch_size={plan.pretrain_batch}",
         "train.lr=1e-3", f"train.eval_every={max(1, n_pre // 5)}", "tracking.log_model=false"])
     fine = config.load(None, common + size("finetune") + [
         f"data.train={splits['train']}", f"data.valid={splits['valid']}", "data.augment=true",

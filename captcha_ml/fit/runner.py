@@ -87,7 +87,8 @@ def _configs(insp: Inspection, out: Path, spec: SyntheticSpec, splits: dict[str,
              f" (train.mixed_precision={probe.precision}): {probe.why}")
         pre, fine = build_configs(insp, out, inputs, plan, splits, seed, layout.crop)
         note(f"budget: {budget_minutes:g} min at ~{ips:.0f} training images/s (probe) -> pretrain "
-             f"{plan.pretrain_steps} steps x {plan.pretrain_batch} synthetic images, finetune "
+             f"{plan.pretrain_steps} steps x {plan.pretrain_batch} synthetic images (at most "
+             f"{plan.pretrain_minutes:g} min: train.max_minutes), finetune "
              f"{plan.finetune_steps} steps x {plan.finetune_batch} images (real, augmented at "
              f"strength {FINETUNE_AUGMENT_STRENGTH:g}; "
              f"{FINETUNE_SYNTHETIC_SHARE:.0%} synthetic)")
