@@ -1,20 +1,20 @@
-"""`captcha-ml fit` on development styles that differ clearly from captcha_images_v2.
+"""`captcha-ml fit` on development styles that differ clearly from captcha_images_v2, and on
+captcha_images_v2 itself (a real site's set).
 
-    nice -n 10 python benchmarks/fit_styles.py                    # all styles, default budget
+    nice -n 10 python benchmarks/fit_styles.py                    # default styles and budget
     nice -n 10 python benchmarks/fit_styles.py --styles digits4 --budget-minutes 5
 
-Each style renders N labeled images (ground truth from the seed), then runs the real `fit` on
-that folder, knowing nothing of how it was made (fit derives its own style from the pixels).
-Styles: `wheezy` comes from another generator on PyPI (wheezy.captcha: pip install
-wheezy.captcha; not a project dependency, skipped when missing); `v2` is a real site's set,
-captcha_images_v2 (--real-data; fit reads N of its 1040 images, the holdout is the others,
-up to --holdout); the others come from captcha_ml's generator with fonts, colours, noise,
-sizes, charsets and lengths unlike captcha_images_v2.
+Each generated style renders N labeled images (ground truth from the seed), then runs the real
+`fit` on that folder, knowing nothing of how it was made (fit derives its own style from the
+pixels). Styles: `wheezy` comes from another generator on PyPI (wheezy.captcha: pip install
+wheezy.captcha; not a project dependency, skipped when missing); `alnum62`, `lower4to7` (and
+`digits4`) from captcha_ml's generator with fonts, colours, noise, sizes, charsets and lengths
+unlike captcha_images_v2; `v2` is captcha_images_v2 (--real-data): fit reads N of its 1040
+images (a seeded choice), the holdout is the others (540 for N = 500).
 Prints: style, images, charset size, lengths, size, zero-shot valid seq acc (the pretrained
 model before finetuning), test seq acc (fit's own 15% test part: 75 images), char acc, holdout
-seq acc (--holdout new images of the style from another seed, read after the timed fit: the
-less noisy number), minutes. Work goes to --work (default
-/tmp/fit_styles).
+seq acc and its image count (--holdout new images of the style from another seed, read after
+the timed fit: the less noisy number), minutes. Work goes to --work (default /tmp/fit_styles).
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def holdout_accuracy(checkpoint: str, folder: Path) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--styles", nargs="*", default=["wheezy", "alnum62", "lower4to7"],
+    ap.add_argument("--styles", nargs="*", default=["wheezy", "alnum62", "lower4to7", "v2"],
                     choices=["wheezy", "v2", *styles()])
     ap.add_argument("--real-data", type=Path,
                     default=Path(__file__).resolve().parents[1].parent / "shared" / "data"
