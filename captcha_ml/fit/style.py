@@ -221,7 +221,8 @@ def glyph_shapes(spec: SyntheticSpec, real_stats: list[dict[str, Any]],
         ["fill"] for i in range(images)) for stretch in (True, False)}
     stretch = abs(fill[True] - real) <= abs(fill[False] - real)
     return (replace(spec, stretch=stretch),
-            f"style: glyphs {'stretched to the line' if stretch else 'at their font proportions'}"
+            f"style: glyphs "
+            f"{'stretched to the line' if stretch else 'at their font proportions (not warped)'}"
             f" (dense rows {real:.2f} of the text height; renders {fill[True]:.2f} stretched, "
             f"{fill[False]:.2f} at font proportions)")
 
