@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from captcha_ml import fit, report
+from captcha_ml.config import DataConfig
 from captcha_ml.data import synthetic
 from captcha_ml.data.synthetic import SyntheticSpec
 from machine import describe
@@ -112,9 +113,11 @@ def build_real(source: Path, n: int, folder: Path, seed: str, skip: int = 0) -> 
 def make_data(name: str, n: int, folder: Path, seed: str, real: Path | None = None,
               skip: int = 0) -> tuple[SyntheticSpec, Path | None]:
     """The style's spec (for the table) and a folder of n labeled images of it."""
-    if name == "v2":  # a real set: its charset, lengths and size, for the table
-        return (SyntheticSpec(charset="2345678bcdefgmnpwxy", min_len=5, max_len=5, width=200,
-                              height=50), build_real(real, n, folder, "v2", skip))
+    if name == "v2":  # the project's defaults describe captcha_images_v2 (for the table)
+        d = DataConfig()
+        return (SyntheticSpec(charset=d.charset, min_len=d.min_len, max_len=d.max_len,
+                              width=d.width, height=d.height),
+                build_real(real, n, folder, "v2", skip))
     if name == "wheezy":  # only its charset, lengths and size are used, for the table
         return SyntheticSpec(**WHEEZY), build_wheezy(n, folder, seed)
     return styles()[name], build(styles()[name], n, folder, seed)

@@ -149,9 +149,9 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: Config, progress: Progress):
             return (step + 1) / warmup
         if cfg.train.schedule == "constant":
             return 1.0
-        progress_ = min(1.0, (step - warmup) / max(1, progress.total - warmup))
+        done = min(1.0, (step - warmup) / max(1, progress.total - warmup))
         floor = 1e-3 if cfg.train.schedule == "onecycle" else 1e-2
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress_))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * done))
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 

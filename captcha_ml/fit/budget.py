@@ -264,10 +264,11 @@ def plan_budget(minutes: float, images_per_s: float, max_steps: int = 0,
     # Pretraining is held to its share by a time limit too: planned at the probe's rate, it
     # ran at 237 images/s where 330 were probed (captcha_images_v2: 6.8 minutes of a planned
     # 5.6), and finetuning, which decides the accuracy, got the rest.
+    pretrain_s = PRETRAIN_SHARE * train_s
     plan = Plan(images_per_s, 0, 0, finetune_cost=round(finetune_cost, 3),
-                pretrain_minutes=0.0 if max_steps else round(PRETRAIN_SHARE * train_s / 60, 3))
+                pretrain_minutes=0.0 if max_steps else round(pretrain_s / 60, 3))
     plan.pretrain_steps, plan.pretrain_pool = pooled_steps(
-        PRETRAIN_SHARE * train_s, images_per_s, plan.pretrain_batch, 1.0, render_s, cores)
+        pretrain_s, images_per_s, plan.pretrain_batch, 1.0, render_s, cores)
     plan.finetune_steps, plan.finetune_pool = pooled_steps(
         FINETUNE_SHARE * train_s, images_per_s / finetune_cost, plan.finetune_batch,
         finetune_share, render_s, cores)

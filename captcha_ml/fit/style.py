@@ -216,9 +216,8 @@ def glyph_shapes(spec: SyntheticSpec, real_stats: list[dict[str, Any]],
     share of the text height (``fill``) is nearer the sample's. Measured on whole renders,
     noise included, as the sample's images are."""
     real = statistics.median(s["fill"] for s in real_stats)
-    fill = {stretch: statistics.median(
-        _image_stats(synthetic.render(replace(spec, stretch=stretch), "calibrate/shapes", i)[0])
-        ["fill"] for i in range(images)) for stretch in (True, False)}
+    fill = {stretch: statistics.median(r["fill"] for r in _render_stats(
+        replace(spec, stretch=stretch), "calibrate/shapes", images)) for stretch in (True, False)}
     stretch = abs(fill[True] - real) <= abs(fill[False] - real)
     return (replace(spec, stretch=stretch),
             f"style: glyphs "
@@ -234,11 +233,16 @@ def _line_measures(stats: list[dict[str, Any]]) -> tuple[float, float, float]:
             statistics.median(s["text_rows"] for s in stats))
 
 
+def _render_stats(spec: SyntheticSpec, seed: str, images: int) -> list[dict[str, Any]]:
+    """`_image_stats` of whole renders of the style, noise included, as the sample's images
+    are measured."""
+    return [_image_stats(synthetic.render(spec, seed, i)[0]) for i in range(images)]
+
+
 def _text_stats(spec: SyntheticSpec, seed: str, images: int) -> list[dict[str, Any]]:
     """`_image_stats` of renders of the style without its noise: the text alone, since our own
     curves (they reach across the image) would blur the measures calibration compares."""
-    quiet = replace(spec, curves=0, strikes=(0, 0), dots=0)
-    return [_image_stats(synthetic.render(quiet, seed, i)[0]) for i in range(images)]
+    return _render_stats(replace(spec, curves=0, strikes=(0, 0), dots=0), seed, images)
 
 
 def calibrate(spec: SyntheticSpec, real_stats: list[dict[str, Any]], rounds: int = 3,
@@ -262,8 +266,7 @@ def calibrate(spec: SyntheticSpec, real_stats: list[dict[str, Any]], rounds: int
 
     def stroke_of(s: SyntheticSpec, seed: str) -> float:
         """Measured on whole renders, noise included, as the sample's images are."""
-        return statistics.mean(_image_stats(synthetic.render(s, seed, i)[0])["stroke"]
-                               for i in range(2 * images))
+        return statistics.mean(r["stroke"] for r in _render_stats(s, seed, 2 * images))
 
     spaces = ""
     if boxed:  # the "captcha" drawer's spaces between glyphs: as many as the sample has gaps
