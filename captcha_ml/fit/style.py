@@ -21,6 +21,10 @@ FONT_MIX = ("DroidSansMono.ttf", "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaV
 # Crop to the text only where that leaves at most this share of the image.
 CROP_MAX_KEPT = 0.9
 CALIBRATION_IMAGES = 24  # synthetic images measured per style-calibration round
+# Glyphs are drawn at their font proportions only when those renders measure nearer the sample
+# by this much (``glyph_shapes``): measures of two ways that look alike differ by up to ~0.04
+# from render to render (a digits sample drawn either way: 0.06 against 0.05).
+SHAPES_MARGIN = 0.05
 
 
 def _box_mean(mask: np.ndarray, k: int) -> np.ndarray:
@@ -188,10 +192,7 @@ def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0,
         # Not measured, drawn broadly for generality: a thin-to-thick curve on every image,
         # stronger per-glyph warp and rotation than the library's defaults.
         curves=1, curve_width=(1, 4), warp=(0.05, 0.3), rotate=(-20.0, 20.0))
-    shapes = ""
-    if any(c.islower() for c in insp.charset) or spec.mixed_case:  # lowercase gets drawn
-        spec, shapes = glyph_shapes(spec, stats)
-    spec, calibration = calibrate(spec, stats, match_stroke=match_stroke)
+    spec, shapes, calibration = glyph_shapes(spec, stats, match_stroke=match_stroke)
     notes = [f"style: {'dark glyphs on light' if dark else 'light glyphs on dark'} background, "
              f"background {bg}, glyphs {fg} (5-95th percentiles over {len(stats)} images)",
              f"style: drawer {drawer!r}" + (" (left-right background ramp)" if drawer == "real" else ""),
@@ -210,20 +211,45 @@ def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0,
 
 
 def glyph_shapes(spec: SyntheticSpec, real_stats: list[dict[str, Any]],
-                 images: int = 2 * CALIBRATION_IMAGES) -> tuple[SyntheticSpec, str]:
-    """Glyphs stretched to the line (the captcha library's look: a lowercase "c" as tall as a
-    "C") or at their font's proportions (most other generators), whichever renders' dense-row
-    share of the text height (``fill``) is nearer the sample's. Measured on whole renders,
-    noise included, as the sample's images are."""
-    real = statistics.median(s["fill"] for s in real_stats)
-    fill = {stretch: statistics.median(r["fill"] for r in _render_stats(
-        replace(spec, stretch=stretch), "calibrate/shapes", images)) for stretch in (True, False)}
-    stretch = abs(fill[True] - real) <= abs(fill[False] - real)
-    return (replace(spec, stretch=stretch),
+                 images: int = 2 * CALIBRATION_IMAGES, match_stroke: bool = False
+                 ) -> tuple[SyntheticSpec, str, str]:
+    """Glyphs stretched to the line (the captcha library's look: each glyph warped to its
+    font's line box, so a lowercase "c" as tall as a "C" and capitals tall and narrow) or at
+    their font's proportions (most other generators). Each way is calibrated (``calibrate``)
+    and the font's proportions are kept where their renders measure nearer the sample (by
+    SHAPES_MARGIN), on what tells the two apart:
+    where lowercase letters get drawn, the dense-row share of the text height (``fill``: short
+    lowercase letters leave rows sparse); where the text is fitted to a measured line width
+    (the captcha drawer's text box), the share of gap columns in it (``gaps``: narrow glyphs
+    spread to the line's width leave wide gaps; captcha_images_v2's "real" drawer places
+    glyphs on its own pitch, and there gaps misled: 0.16 stretched, 0.15 at font proportions,
+    while the pretrained model read 0.51 and 0.97). Neither: stretched, unmeasured. Measured
+    on whole renders, noise included, as the sample's images are. Returns the spec, the
+    choice's note ("" when not measured) and the calibration's note."""
+    keys = [k for k, tells in (("fill", any(c.islower() for c in spec.charset) or spec.mixed_case),
+                               ("gaps", spec.style == "captcha" and spec.text_width[1] > 0))
+            if tells]
+    if not keys:
+        chosen, calibration = calibrate(spec, real_stats, match_stroke=match_stroke)
+        return chosen, "", calibration
+    real = {k: statistics.median(s[k] for s in real_stats) for k in keys}
+    tried = {}
+    for stretch in (True, False):
+        cand, note = calibrate(replace(spec, stretch=stretch), real_stats, match_stroke=match_stroke)
+        got = {k: statistics.median(r[k] for r in _render_stats(cand, "calibrate/shapes", images))
+               for k in keys}
+        tried[stretch] = (sum(abs(got[k] - real[k]) for k in keys), cand, note, got)
+    stretch = tried[False][0] > tried[True][0] - SHAPES_MARGIN
+
+    def measures(got: dict[str, float]) -> str:
+        return ", ".join(f"{k} {v:.2f}" for k, v in got.items())
+
+    return (tried[stretch][1],
             f"style: glyphs "
             f"{'stretched to the line' if stretch else 'at their font proportions (not warped)'}"
-            f" (dense rows {real:.2f} of the text height; renders {fill[True]:.2f} stretched, "
-            f"{fill[False]:.2f} at font proportions)")
+            f" (sample: {measures(real)}; calibrated renders stretched "
+            f"{measures(tried[True][3])}, at font proportions {measures(tried[False][3])})",
+            tried[stretch][2])
 
 
 def _line_measures(stats: list[dict[str, Any]]) -> tuple[float, float, float]:
