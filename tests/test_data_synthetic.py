@@ -101,6 +101,28 @@ def test_style_file_round_trips_new_fields(tmp_path):
     assert render(loaded, 1, 2)[0].tobytes() == render(spec, 1, 2)[0].tobytes()
 
 
+def test_a_line_narrower_than_its_box_is_spread_not_stretched():
+    """A text box wider than the text: the glyphs keep their width (strokes as thick as in a
+    box the text fills) and the gaps between them grow."""
+    from captcha_ml.fit.style import _image_stats
+
+    spec = SyntheticSpec(style="captcha", width=240, height=60, charset="ABDEHKNRSX", min_len=5,
+                         max_len=5, font_sizes=(30,), palette=((235, 230, 200, 20, 20, 20),),
+                         text_width=(0.45, 0.45), text_left=(0.05, 0.05), spaces=0.0, curves=0,
+                         dots=0, strikes=(0, 0), blur=(0, 0), grey=False)
+    wide = SyntheticSpec(**{**spec.to_dict(), "text_width": (0.9, 0.9), "palette": spec.palette})
+
+    def measures(sp):
+        stats = [_image_stats(render(sp, 0, i)[0]) for i in range(12)]
+        return (np.mean([s["stroke"] for s in stats]), np.median([s["gaps"] for s in stats]),
+                np.median([s["span"][1] - s["span"][0] for s in stats]))
+
+    stroke, gaps, line = measures(spec)
+    wide_stroke, wide_gaps, wide_line = measures(wide)
+    assert abs(wide_line - 0.9) < 0.06 and wide_line > line + 0.3, (line, wide_line)  # spans its box
+    assert abs(wide_stroke - stroke) < 1.0 and wide_gaps > gaps + 0.2, (stroke, wide_stroke, gaps, wide_gaps)
+
+
 def test_palette_text_box_and_thick_curves():
     """A palette pair colours background and glyphs; the text line stays in its box."""
     bg, fg = (10, 200, 30), (250, 240, 0)

@@ -299,7 +299,8 @@ def test_calibration_corrects_a_wrong_guess(tmp_path):
 def test_glyph_shapes_follow_the_sample(tmp_path, stretch):
     """A lowercase sample drawn stretched to the line (the captcha library) or at font
     proportions (most other generators): fit draws its synthetic glyphs the same way, and
-    says so; a charset without lowercase letters is left as it is."""
+    says so; a digits sample of the "real" drawer (no text box, no lowercase: nothing tells
+    the two apart) is left stretched, unmeasured."""
     truth = SyntheticSpec(style="captcha", width=160, height=60, charset="abdeghknpqsxy",
                           min_len=5, max_len=5, fonts=(synthetic.font_path("DejaVuSans.ttf"),),
                           font_sizes=(36,), palette=((235, 230, 200, 60, 90, 170),),
@@ -309,9 +310,27 @@ def test_glyph_shapes_follow_the_sample(tmp_path, stretch):
     spec, notes = fit.derive_style(insp)
     word = "stretched to the line" if stretch else "at their font proportions"
     assert spec.stretch is stretch and any(f"style: glyphs {word}" in n for n in notes)
-    digits, notes = fit.derive_style(_styled(tmp_path, "d", replace(truth, charset=DIGITS,
-                                                                    stretch=False)))
-    assert digits.stretch is True and not any("style: glyphs " in n for n in notes)
+    digits = synthetic.preset("real", charset=DIGITS, min_len=5, max_len=5, stretch=False)
+    spec, notes = fit.derive_style(_styled(tmp_path, "d", digits))
+    assert spec.style == "real" and spec.stretch is True
+    assert not any("style: glyphs " in n for n in notes)
+
+
+@pytest.mark.parametrize("stretch", [True, False])
+def test_glyph_shapes_of_capitals_from_the_gaps(tmp_path, stretch):
+    """Capitals packed into their line (wheezy.captcha's look): stretched to the line, the
+    captcha library's glyphs are tall and narrow, and spread to the sample's line width they
+    leave gaps the sample does not have; at font proportions they match. fit tells the two
+    apart by the gap columns in the line."""
+    truth = SyntheticSpec(style="captcha", width=200, height=75, charset="ABDEGHKNPRSXY",
+                          min_len=5, max_len=5, fonts=(synthetic.font_path("DejaVuSans-Bold.ttf"),),
+                          font_sizes=(40,), palette=((235, 230, 200, 60, 90, 170),),
+                          text_width=(0.6, 0.65), text_left=(0.1, 0.15), stretch=stretch,
+                          spaces=0.0, overlap=0.1, curves=0, dots=0, strikes=(0, 0), grey=False)
+    spec, notes = fit.derive_style(_styled(tmp_path, f"c{stretch}", truth))
+    word = "stretched to the line" if stretch else "at their font proportions"
+    assert spec.stretch is stretch
+    assert any(f"style: glyphs {word}" in n and "gaps" in n for n in notes)
 
 
 def test_calibration_matches_the_stroke_thickness(tmp_path):
