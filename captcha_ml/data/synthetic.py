@@ -277,7 +277,10 @@ class SpecCaptcha(ImageCaptcha):
     def _draw_character(self, c: str, draw: ImageDraw.ImageDraw, color) -> Image.Image:
         """With ``stretch`` off: the glyph at its font proportions on the font's full line box
         (so glyphs share a baseline and lowercase letters stay short), rotated, cropped to its
-        ink columns (no perspective warp); on: the library's glyph, stretched to the line."""
+        ink columns; on: the library's glyph, stretched to the line. Not warped: the library's
+        perspective warp on these (wheezy's derived style, 1200 pretraining steps) read 1000
+        wheezy images zero-shot at 0.084 against 0.174 without it (synthetic validation 0.89
+        against 0.96)."""
         if self.spec.stretch:
             return super()._draw_character(c, draw, color)
         rand = captcha_image.secrets  # the seeded shim while ``render`` draws
