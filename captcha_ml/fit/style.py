@@ -218,20 +218,23 @@ def glyph_shapes(spec: SyntheticSpec, real_stats: list[dict[str, Any]],
     """Glyphs stretched to the line (the captcha library's look: each glyph warped to its
     font's line box, so a lowercase "c" as tall as a "C" and capitals tall and narrow) or at
     their font's proportions (most other generators). Each way is calibrated (``calibrate``)
-    and the font's proportions are kept where their renders measure nearer the sample (by
-    SHAPES_MARGIN), on what tells the two apart:
-    where lowercase letters get drawn, the dense-row share of the text height (``fill``: short
-    lowercase letters leave rows sparse); where the text is fitted to a measured line width
-    (the captcha drawer's text box), the share of gap columns in it (``gaps``: narrow glyphs
-    spread to the line's width leave wide gaps; captcha_images_v2's "real" drawer places
-    glyphs on its own pitch, and there gaps misled: 0.16 stretched, 0.15 at font proportions,
-    while the pretrained model read 0.51 and 0.97). wheezy.captcha (capitals and digits,
-    packed): gaps 0.16, renders 0.36 stretched and 0.19 at font proportions; pretrained 1200
-    steps on each way's style, a model read 1000 wheezy images zero-shot at 0.174 at font
-    proportions against 0.132 stretched (the line stretched too, as before spreading).
-    Neither measure applies: stretched, unmeasured. Measured
-    on whole renders, noise included, as the sample's images are. Returns the spec, the
-    choice's note ("" when not measured) and the calibration's note."""
+    and measured on whole renders, noise included, as the sample's images are, on what tells
+    the two apart: where lowercase letters get drawn, the dense-row share of the text height
+    (``fill``: short lowercase letters leave rows sparse); where the captcha drawer fits the
+    text to a measured line width (its text box), the share of gap columns in the line
+    (``gaps``: narrow glyphs spread to the line's width leave gaps a packed sample lacks).
+    Font proportions are kept where their renders are nearer the sample by SHAPES_MARGIN
+    (distances summed); where neither measure applies, glyphs stay stretched, unmeasured.
+
+    Measured: wheezy.captcha (capitals and digits, packed): gaps 0.16, renders 0.36 stretched
+    and 0.19 at font proportions; pretrained 1200 steps on each way's style, a model read 1000
+    wheezy images zero-shot at 0.174 at font proportions against 0.132 stretched (its line
+    stretched too, as before spreading). captcha_images_v2's "real" drawer places glyphs on
+    its own pitch, and there gaps mislead (fill and gaps summed: 0.16 stretched, 0.15 at font
+    proportions, while models pretrained each way read 0.51 and 0.97); fill alone: 0.11
+    against 0.05.
+
+    Returns the spec, the choice's note ("" when not measured) and the calibration's note."""
     keys = [k for k, tells in (("fill", any(c.islower() for c in spec.charset) or spec.mixed_case),
                                ("gaps", spec.style == "captcha" and spec.text_width[1] > 0))
             if tells]
