@@ -119,8 +119,9 @@ def test_a_line_narrower_than_its_box_is_spread_not_stretched():
 
     stroke, gaps, line = measures(spec)
     wide_stroke, wide_gaps, wide_line = measures(wide)
-    assert abs(wide_line - 0.9) < 0.06 and wide_line > line + 0.3, (line, wide_line)  # spans its box
-    assert abs(wide_stroke - stroke) < 1.0 and wide_gaps > gaps + 0.2, (stroke, wide_stroke, gaps, wide_gaps)
+    assert abs(wide_line - 0.9) < 0.06 and wide_line > line + 0.3, (line, wide_line)  # its box
+    assert abs(wide_stroke - stroke) < 1.0, (stroke, wide_stroke)
+    assert wide_gaps > gaps + 0.2, (gaps, wide_gaps)
 
 
 def test_palette_text_box_and_thick_curves():

@@ -244,7 +244,8 @@ def glyph_shapes(spec: SyntheticSpec, real_stats: list[dict[str, Any]],
     real = {k: statistics.median(s[k] for s in real_stats) for k in keys}
     tried = {}
     for stretch in (True, False):
-        cand, note = calibrate(replace(spec, stretch=stretch), real_stats, match_stroke=match_stroke)
+        cand, note = calibrate(replace(spec, stretch=stretch), real_stats,
+                               match_stroke=match_stroke)
         got = {k: statistics.median(r[k] for r in _render_stats(cand, "calibrate/shapes", images))
                for k in keys}
         tried[stretch] = (sum(abs(got[k] - real[k]) for k in keys), cand, note, got)
