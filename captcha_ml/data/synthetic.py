@@ -325,13 +325,13 @@ class SpecCaptcha(ImageCaptcha):
         glyphs, steps = self._glyph_row(chars, fg)
         text = self._paste_row(glyphs, steps, bg)
         ink = _ink_mask(text, bg).getbbox()
-        glyph_count = sum(1 for g in glyphs if g.getbbox())
-        if ink and ink[2] - ink[0] < box and glyph_count > 1:
-            extra = (box - (ink[2] - ink[0])) / (glyph_count - 1)
+        inked = [g.getbbox() is not None for g in glyphs]  # spaces are blank glyphs
+        if ink and ink[2] - ink[0] < box and sum(inked) > 1:
+            extra = (box - (ink[2] - ink[0])) / (sum(inked) - 1)
             added, spread = 0.0, []
-            for g, step in zip(glyphs, steps):
+            for has_ink, step in zip(inked, steps):
                 spread.append(step + round(added))
-                added += extra if g.getbbox() else 0.0
+                added += extra if has_ink else 0.0
             text = self._paste_row(glyphs, spread, bg)
             ink = _ink_mask(text, bg).getbbox()
         if ink:
