@@ -55,11 +55,6 @@ class DataConfig:
     # The chance that a real training image gets a wavy line in its text's colour drawn
     # across it (data.transforms.augment): glyphs seen under other curves than their own.
     augment_lines: float = 0.0
-    # Labeled data.train only: the chance that a training image gets a run of its symbols
-    # replaced by another training image's, label and all (data.splice): real glyphs beside new
-    # neighbours. Where symbols lie is read off the model's forced CTC alignment of each image
-    # it reads right, at the start and after every validation; 0: off.
-    splice: float = 0.0
     # Labeled data.train only: this share of every training epoch is synthetic images of
     # data.style (few real images then do not wash out what pretraining taught); 0: real only.
     synthetic_share: float = 0.0
@@ -263,11 +258,6 @@ def validate(cfg: Config) -> None:
         problems.append(f"data.charset={d.charset!r}: must be non-empty without repeated symbols")
     if not 0 < d.augment_strength <= 4:
         problems.append(f"data.augment_strength={d.augment_strength}: use a value in (0, 4]")
-    if not 0 <= d.splice <= 1:
-        problems.append(f"data.splice={d.splice}: a chance, use a value in [0, 1]")
-    elif d.splice and d.train == "synthetic":
-        problems.append("data.splice recombines labeled training images; with "
-                        "data.train=synthetic set it to 0")
     if not 0 <= d.augment_lines <= 1:
         problems.append(f"data.augment_lines={d.augment_lines}: a chance, use a value in [0, 1]")
     if d.synthetic_pool < 0:

@@ -25,10 +25,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from . import checkpoint, metrics, tracking
-from .charset import Charset, ctc_align
+from .charset import Charset
 from .config import Config
-from .data import datasets, real, splice, synthetic
-from .data.transforms import Preprocess, average_views, load_image
+from .data import datasets, real, synthetic
+from .data.transforms import Preprocess, average_views
 from .model import build_model, channels_last
 
 
@@ -86,7 +86,7 @@ def build_data(cfg: Config) -> Data:
         return datasets.LabeledImages(_normalized(labeled.samples, charset), pre,
                                       augment=train and d.augment, seed=cfg.train.seed,
                                       strength=d.augment_strength, local=d.augment_local,
-                                      lines=d.augment_lines, splice=d.splice if train else 0.0,
+                                      lines=d.augment_lines,
                                       read=not train and pre.tta)
 
     train = make(d.train, d.synthetic_train_size, True)
@@ -321,7 +321,6 @@ def _run(loop: Loop) -> dict[str, Any]:
     last_eval, stop = -1, False
     first_step, loop_start = p.step, time.perf_counter()
     loop.model.train()
-    _align_for_splice(loop)
     while p.step < p.total and not stop:
         loop.data.train.set_epoch(p.epoch)
         loop.train_dl.set_epoch(p.epoch)
@@ -475,44 +474,7 @@ def _validate(loop: Loop) -> bool:
                        f"{result['cer']:.4f} loss {result['loss']:.4f}"
                        f"{' (best)' if improved else ''}")
     patience = cfg.train.early_stop_patience
-    stop = bool(patience and p.stale_evals >= patience)
-    if not stop and p.step < p.total:
-        _align_for_splice(loop)
-    return stop
-
-
-@torch.no_grad()
-def _align_for_splice(loop: Loop) -> None:
-    """data.splice: where each symbol of the labeled training images lies, from the forced
-    CTC alignment of the model being trained, for the images it reads right (a misread one
-    would be cut in the wrong places); handed to the training set, which splices only those."""
-    labeled = next((part for part in getattr(loop.data.train, "parts", [loop.data.train])
-                    if isinstance(part, datasets.LabeledImages)), None)
-    if labeled is None or not labeled.splice:
-        return
-    acc, pre, charset = loop.accelerator, loop.data.preprocess, loop.data.charset
-    model = acc.unwrap_model(loop.model)
-    model.eval()
-    bounds: dict[int, list[tuple[float, float]]] = {}
-    size = loop.cfg.train.eval_batch_size
-    for start in range(0, len(labeled.samples), size):
-        chunk = labeled.samples[start:start + size]
-        images = [load_image(path) for path, _ in chunk]
-        with acc.autocast():
-            log_probs = model(torch.stack([pre(img) for img in images]).to(acc.device))
-        log_probs = log_probs.float().cpu().numpy()
-        texts, _ = charset.ctc_decode(log_probs)
-        for k, ((_, label), img, text) in enumerate(zip(chunk, images, texts)):
-            spans = ctc_align(log_probs[k], charset.encode(label)) if text == label else None
-            if spans:
-                columns = splice.symbol_bounds(spans, log_probs.shape[1], pre.width)
-                bounds[start + k] = [(pre.source_x(left, *img.size), pre.source_x(right, *img.size))
-                                     for left, right in columns]
-    model.train()
-    labeled.set_bounds(bounds)
-    if acc.is_main_process:
-        tqdm.write(f"data.splice: {len(bounds)} of {len(labeled)} training images read right "
-                   "and aligned (the ones spliced)")
+    return bool(patience and p.stale_evals >= patience)
 
 
 def _save_state(loop: Loop) -> None:

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from captcha_ml import config, metrics
-from captcha_ml.charset import Charset, LabelError, best_path_in_lengths, ctc_align
+from captcha_ml.charset import Charset, LabelError, best_path_in_lengths
 from captcha_ml.config import ConfigError
 from captcha_ml.data.transforms import (TTA_VIEWS, ImageError, Preprocess, average_views,
                                         load_image, view)
@@ -44,7 +44,6 @@ def test_config_unknown_key_lists_valid_keys(tmp_path):
     ("data.min_len=6", "min <= max"),
     ("data.augment_strength=0", "augment_strength"),
     ("data.augment_lines=1.5", "augment_lines"),
-    ("data.splice=-0.1", "splice"),
     ("data.crop=0.5,0,0.4,1", "left < right"),
     ("data.crop=0.1,0.2", "give 4 shares"),
     ("data.crop=a,b,c,d", "expected a list of numbers"),
@@ -73,22 +72,6 @@ def test_charset_encode_decode_and_ctc_collapse():
         cs.encode("az")
     assert Charset("ab", case_sensitive=False).encode("AB") == [1, 2]
     assert Charset.from_labels(["ba", "ca"]).symbols == "abc"
-
-
-def test_ctc_align_places_each_symbol_of_the_known_text():
-    """Forced alignment reads the given text even where the greedy path reads another, puts a
-    blank between repeated symbols, and gives up where the steps cannot hold the text."""
-    # frames: _ a a _ b _ _ b b _ (greedy "abb"); the known text "abb" -> (1-2), (4), (7-8)
-    ids = torch.tensor([0, 1, 1, 0, 2, 0, 0, 2, 2, 0])
-    lp = torch.nn.functional.one_hot(ids, 4).float().mul(5).log_softmax(-1).numpy()
-    assert ctc_align(lp, [1, 2, 2]) == [(1, 2), (4, 4), (7, 8)]
-    # Another text than the greedy one still gets its best placement, in order.
-    spans = ctc_align(lp, [1, 3, 2])
-    assert spans[0][0] >= 1 and spans[0][1] < spans[1][0] <= spans[1][1] < spans[2][0]
-    assert spans[2] == (7, 8)
-    assert ctc_align(lp[:4], [1, 2, 2]) == [(0, 0), (1, 1), (3, 3)]  # a b _ b: just fits
-    assert ctc_align(lp[:3], [1, 2, 2]) is None
-    assert ctc_align(lp[:3], [1, 2]) is not None and ctc_align(lp, []) is None
 
 
 def test_decoding_keeps_texts_in_the_trained_lengths():

@@ -14,7 +14,6 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from captcha_ml.data import splice
 from captcha_ml.data.datasets import LabeledImages, SyntheticImages, SyntheticPool
 from captcha_ml.data.real import DataError, read_manifest
 from captcha_ml.config import DataConfig
@@ -22,7 +21,6 @@ from captcha_ml.data.synthetic import (SyntheticSpec, generate, load_style, pres
                                        save_style, spec_from_config)
 from captcha_ml.data.transforms import (ImageError, Preprocess, _mesh_warp,
                                         _specks_and_blur, augment, ink_colour)
-from helpers import block_image, block_symbols
 
 SMALL = dict(width=80, height=24, font_sizes=(16, 18))
 
@@ -345,65 +343,3 @@ def test_spec_from_config():
     img, label = render(spec, 0, 0)
     # The preset's own canvas; preprocessing resizes to the model input (64x32).
     assert img.size == (200, 50) and set(label) <= set("xyz") and spec.style == "real"
-
-
-def test_splice_puts_a_run_of_another_images_symbols_in_place():
-    """data.splice: a run of 1 to half the symbols of one image replaced by as many of another's,
-    cut at the given bounds, the label to match; seeded; declined where the width would change
-    by more than MAX_STRETCH."""
-    a, b = block_image("0123"), block_image("3210", left=10, pitch=34, height=30)
-    bounds_a = [(15 + 30 * k, 45 + 30 * k) for k in range(4)]
-    bounds_b = [(5 + 34 * k, 39 + 34 * k) for k in range(4)]
-    seen = set()
-    for seed in range(40):
-        out, label = splice.splice(a, "0123", bounds_a, b, "3210", bounds_b, random.Random(seed))
-        assert out.size == a.size and out.mode == "L" and len(label) == 4
-        assert block_symbols(out) == label  # the pixels say what the label says
-        assert sum(x != y for x, y in zip(label, "0123")) <= 2
-        seen.add(label)
-    assert len(seen) > 5
-    again = splice.splice(a, "0123", bounds_a, b, "3210", bounds_b, random.Random(3))
-    assert again[0].tobytes() == splice.splice(a, "0123", bounds_a, b, "3210", bounds_b,
-                                               random.Random(3))[0].tobytes()
-    # Symbols twice as wide: replacing two of four would widen the image by far over 15%.
-    wide = block_image("32", left=0, pitch=80, size=80)
-    declined = [splice.splice(a, "0123", bounds_a, wide, "32", [(0, 80), (80, 160)],
-                              random.Random(seed)) for seed in range(10)]
-    assert declined == [None] * 10
-
-
-def test_symbol_bounds_from_aligned_steps():
-    """Neighbours meet halfway between their aligned steps; the outer symbols reach out as
-    far as they reach in; kept inside the input."""
-    assert splice.symbol_bounds([(2, 2), (5, 6), (9, 9)], 12, 96) == [
-        (8.0, 32.0), (32.0, 64.0), (64.0, 88.0)]
-    assert splice.symbol_bounds([(0, 0), (3, 3)], 4, 32) == [(0.0, 16.0), (16.0, 32.0)]
-    assert splice.symbol_bounds([(1, 1)], 4, 32) == [(0.0, 24.0)]
-
-
-def test_labeled_images_splice_only_images_with_bounds(tmp_path):
-    """LabeledImages(splice=1): an image with bounds gets another's run of symbols, label and
-    pixels agreeing; without bounds (not read right by the model) it stays as it is; the same
-    (seed, epoch, index) splices alike."""
-    paths = []
-    for k, label in enumerate(["0123", "3210", "1100"]):
-        paths.append(tmp_path / f"{label}_{k}.png")
-        block_image(label).save(paths[-1])
-    samples = [(str(p), p.stem.split("_")[0]) for p in paths]
-    ds = LabeledImages(samples, Preprocess(height=20, width=160), splice=1.0, seed=2)
-    assert [ds[i][1] for i in range(3)] == ["0123", "3210", "1100"]  # no bounds yet
-    ds.set_bounds({i: [(15 + 30 * k, 45 + 30 * k) for k in range(4)] for i in (0, 1)})
-    labels = set()
-    for epoch in range(8):
-        ds.set_epoch(epoch)
-        x, label = ds[0]
-        pixels = Image.fromarray(((x[0] * 0.5 + 0.5) * 255).round().byte().numpy())
-        assert block_symbols(pixels) == label
-        labels.add(label)
-        assert ds[2][1] == "1100"  # no bounds: never spliced, nor a partner
-    a, b = "0123", "3210"  # image 0's only partner is image 1
-    runs = {a[:i] + b[j:j + k] + a[i + k:] for k in (1, 2) for i in range(5 - k)
-            for j in range(5 - k)}
-    assert len(labels) > 2 and labels <= runs
-    ds.set_epoch(5)
-    assert torch.equal(ds[0][0], ds[0][0])

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
 from captcha_ml import checkpoint, config, engine
-from captcha_ml.charset import Charset
 from captcha_ml.checkpoint import CheckpointError
 from captcha_ml.config import ConfigError
-from captcha_ml.data import datasets, synthetic
-from captcha_ml.data.transforms import Preprocess
+from captcha_ml.data import synthetic
 from captcha_ml.tracking import TrackingError
-from helpers import BLOCK_SYMBOLS, ROOT, block_image, tiny_config, write_manifests
+from helpers import ROOT, tiny_config, write_manifests
 
 
 def _client(tmp_path) -> MlflowClient:
@@ -335,44 +332,3 @@ def test_time_limit_reestimates_the_steps_and_the_schedule_follows(tmp_path, mon
                       "train.log_every=1", "train.eval_every=0")
     result = engine.train(run)
     assert result["steps"] < 500 and (tmp_path / "run" / "out" / "best.pt").is_file()
-
-
-class _BlockReader(torch.nn.Module):
-    """Reads block_image captchas as a trained model would: at each of width/8 steps the
-    median grey of its 8 columns names a symbol (or the blank, on white)."""
-
-    def forward(self, x):
-        middle = x[:, 0, x.shape[2] // 2]
-        row = (middle.unflatten(1, (-1, 8)).median(-1).values * 0.5 + 0.5) * 255  # (batch, steps)
-        k = ((row - 40) / 50).round().clamp(0, len(BLOCK_SYMBOLS) - 1)
-        ids = torch.where(row > 230, 0, k.long() + 1)
-        return torch.nn.functional.one_hot(ids, len(BLOCK_SYMBOLS) + 1).float().mul(8).log_softmax(-1)
-
-
-def test_splice_bounds_come_from_the_models_alignment_of_images_it_reads_right(tmp_path):
-    """engine._align_for_splice: each symbol's bounds, in the source image's pixels (through
-    data.crop and the resize), hold its block and meet in the gaps; a misread image (its
-    label says otherwise) and data.splice=0 get none."""
-    samples = []
-    for k, (drawn, label) in enumerate([("0123", "0123"), ("1100", "1100"), ("3012", "3021")]):
-        path = tmp_path / f"{k}.png"
-        block_image(drawn, left=20, pitch=30, size=20, width=180).save(path)
-        samples.append((str(path), label))
-    pre = Preprocess(height=20, width=160, crop=(0.05, 0.0, 0.95, 1.0))
-    train = datasets.LabeledImages(samples, pre, splice=0.5)
-    loop = SimpleNamespace(data=SimpleNamespace(train=datasets.MixedImages([train]), preprocess=pre,
-                                                charset=Charset(BLOCK_SYMBOLS)),
-                           accelerator=engine.new_accelerator(), model=_BlockReader(),
-                           cfg=SimpleNamespace(train=SimpleNamespace(eval_batch_size=2)))
-    engine._align_for_splice(loop)
-    assert sorted(train.bounds) == [0, 1]
-    for bounds in train.bounds.values():
-        assert len(bounds) == 4
-        for k, (left, right) in enumerate(bounds):
-            block = (20 + 30 * k, 40 + 30 * k)
-            assert left <= block[0] + 4 and right >= block[1] - 4  # within a step's width
-            assert left >= block[0] - 14 and right <= block[1] + 14
-    train.splice = 0.0
-    train.set_bounds({})
-    engine._align_for_splice(loop)
-    assert train.bounds == {}

@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from captcha_ml.data import splice
 from captcha_ml.data.synthetic import SyntheticSpec, render
 from captcha_ml.data.transforms import Preprocess, augment, load_image
 
@@ -26,8 +25,7 @@ class LabeledImages(Dataset):
 
     def __init__(self, samples: list[tuple[str, str]], preprocess: Preprocess,
                  augment: bool = False, seed: int = 0, strength: float = 1.0,
-                 local: bool = False, read: bool = False, lines: float = 0.0,
-                 splice: float = 0.0) -> None:
+                 local: bool = False, read: bool = False, lines: float = 0.0) -> None:
         self.samples = list(samples)
         self.read = read
         self.preprocess = preprocess
@@ -35,10 +33,6 @@ class LabeledImages(Dataset):
         self.strength = strength
         self.local = local
         self.lines = lines
-        self.splice = splice
-        # Sample index -> each symbol's (left, right) x in its image (data.splice.symbol_bounds),
-        # for the images that can be spliced; set by the training loop from the model's reading.
-        self.bounds: dict[int, list[tuple[float, float]]] = {}
         self.seed = seed
         self.epoch = 0
 
@@ -51,31 +45,10 @@ class LabeledImages(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
         path, label = self.samples[index]
         img = load_image(path)  # raises ImageError naming the file if it broke after validation
-        if self.augment or self.splice:
-            rng = random.Random(f"{self.seed}:{self.epoch}:{index}")
-            if self.splice and index in self.bounds and rng.random() < self.splice:
-                img, label = self._spliced(index, img, label, rng)
-            if self.augment:
-                img = augment(img, rng, self.strength, self.local, self.lines)
+        if self.augment:
+            img = augment(img, random.Random(f"{self.seed}:{self.epoch}:{index}"), self.strength,
+                          self.local, self.lines)
         return (self.preprocess.read(img) if self.read else self.preprocess(img)), label
-
-
-    def set_bounds(self, bounds: dict[int, list[tuple[float, float]]]) -> None:
-        """Where the symbols of the images that may be spliced lie (``data.splice``)."""
-        self.bounds = bounds
-
-    def _spliced(self, index: int, img: Image.Image, label: str,
-                 rng: random.Random) -> tuple[Image.Image, str]:
-        """The image with a run of its symbols replaced by another image's (data.splice);
-        as it is when the two do not fit (``splice.splice`` declines)."""
-        others = [i for i in self.bounds if i != index]
-        if not others:
-            return img, label
-        other = rng.choice(others)
-        path, other_label = self.samples[other]
-        made = splice.splice(img, label, self.bounds[index], load_image(path), other_label,
-                             self.bounds[other], rng)
-        return made or (img, label)
 
 
 class _PerEpoch(Dataset):

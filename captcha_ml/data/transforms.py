@@ -66,24 +66,14 @@ class Preprocess:
         compact form a pool of pre-rendered images keeps in memory."""
         img = img.convert("L" if self.channels == 1 else "RGB")
         if self.crop:
-            img = img.crop(self.crop_box(*img.size))
+            w, h = img.size
+            left, top, right, bottom = self.crop
+            x0, y0 = min(int(left * w), w - 1), min(int(top * h), h - 1)
+            img = img.crop((x0, y0, max(x0 + 1, round(right * w)), max(y0 + 1, round(bottom * h))))
         if img.size != (self.width, self.height):
             img = img.resize((self.width, self.height), Image.BILINEAR)
         data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
         return data.view(self.height, self.width, self.channels).permute(2, 0, 1).contiguous()
-
-    def crop_box(self, w: int, h: int) -> tuple[int, int, int, int]:
-        """The pixels of a w x h image that ``crop`` keeps (the whole image without one)."""
-        if not self.crop:
-            return 0, 0, w, h
-        left, top, right, bottom = self.crop
-        x0, y0 = min(int(left * w), w - 1), min(int(top * h), h - 1)
-        return x0, y0, max(x0 + 1, round(right * w)), max(y0 + 1, round(bottom * h))
-
-    def source_x(self, column: float, w: int, h: int) -> float:
-        """The x in a w x h source image of a column of the network's input."""
-        x0, _, x1, _ = self.crop_box(w, h)
-        return x0 + column * (x1 - x0) / self.width
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """The second half: uint8 pixels (..., channels, height, width) -> the network's input."""
