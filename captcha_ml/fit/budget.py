@@ -12,7 +12,7 @@ from ..config import Config
 from ..data.synthetic import SyntheticSpec
 from ..model import output_length
 
-FIT_DEPTH = "layer3"  # model.depth of both stages (the last ResNet-18 stage kept)
+FIT_DEPTH = "layer2"  # model.depth of both stages (the last ResNet-18 stage kept)
 # The head stays linear (model.head): with a bidirectional LSTM in both stages, wheezy's fit
 # probed 262 images/s against ~320, its 2402 pretraining steps reached synthetic validation
 # 0.695 (linear: 0.965 after 2891) and zero-shot 0.053 (linear: 0.33).
