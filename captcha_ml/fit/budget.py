@@ -14,9 +14,10 @@ from ..model import output_length
 
 FIT_DEPTH = "layer2"  # model.depth of both stages (the last ResNet-18 stage kept)
 # layer2 (0.7M parameters) rather than layer3 (2.8M): in a fixed wall-time budget on a CPU the
-# smaller network takes 2-3x the steps, and that pays more than the capacity: wheezy's whole
-# fit read its 1000-image holdout at 0.859 against layer3's 0.739 (session 15, float32 VM:
-# 231 vs ~100 images/s pretraining, zero-shot 0.21 vs 0.07). All four styles: README.
+# smaller network takes 1.6-2.3x the steps, which paid more than the capacity. Whole fits,
+# 1000-image holdouts, layer2 vs layer3 on one VM: wheezy 0.897 vs 0.845, alnum62 (62 symbols)
+# 0.943 vs 0.946, lower4to7 0.963 vs 0.964 (session 16, bfloat16, 1.6-1.7x the steps); wheezy
+# 0.859 vs 0.739 on session 15's float32 VM (2.3x). Tables: README, "Any captcha".
 # The head stays linear (model.head): with a bidirectional LSTM in both stages, wheezy's fit
 # probed 262 images/s against ~320, its 2402 pretraining steps reached synthetic validation
 # 0.695 (linear: 0.965 after 2891) and zero-shot 0.053 (linear: 0.33).
