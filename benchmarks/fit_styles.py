@@ -14,7 +14,9 @@ images (a seeded choice), the holdout is the others (540 for N = 500).
 Prints: style, images, charset size, lengths, size, zero-shot valid seq acc (the pretrained
 model before finetuning), test seq acc (fit's own 15% test part: 75 images), char acc, holdout
 seq acc and its image count (--holdout new images of the style from another seed, read after
-the timed fit: the less noisy number), minutes. Work goes to --work (default /tmp/fit_styles).
+the timed fit: the less noisy number), minutes; then each holdout's misreads (how many, how
+many of the wrong length, the most frequent symbol confusions). Work goes to --work (default
+/tmp/fit_styles).
 """
 
 from __future__ import annotations
@@ -123,13 +125,23 @@ def make_data(name: str, n: int, folder: Path, seed: str, real: Path | None = No
     return styles()[name], build(styles()[name], n, folder, seed)
 
 
-def holdout_accuracy(checkpoint: str, folder: Path) -> float:
-    """Sequence accuracy on a large held-out set of the style: 75 test images leave +-6 points
-    of noise at 50% accuracy (one error = 1.3 points); 1000 images leave +-1.6."""
+def read_holdout(checkpoint: str, folder: Path) -> dict:
+    """The evaluation report of a large held-out set of the style: 75 test images leave +-6
+    points of noise at 50% accuracy (one error = 1.3 points); 1000 images leave +-1.6."""
     from captcha_ml import config, engine
 
     cfg = config.load(None, ["data.num_workers=0"])
-    return engine.evaluate_model(cfg, checkpoint, str(folder), log=False)["metrics"]["seq_acc"]
+    return engine.evaluate_model(cfg, checkpoint, str(folder), log=False)
+
+
+def misread_line(name: str, report: dict, top: int = 8) -> str:
+    """What the holdout's misreads are: how many, how many of the wrong length, the most
+    frequent symbol confusions (true->read, equal-length misreads)."""
+    wrong = report["misread"]
+    lengths = sum(len(m["pred"]) != len(m["label"]) for m in wrong)
+    pairs = ", ".join(f"{c['true']}->{c['pred']} x{c['count']}" for c in report["confusions"][:top])
+    return (f"{name} holdout misreads: {len(wrong)} of {int(report['metrics']['count'])}, "
+            f"{lengths} of the wrong length; symbols true->read: {pairs or 'none'}")
 
 
 def main() -> None:
@@ -153,7 +165,7 @@ def main() -> None:
     os.chdir(args.work)  # MLflow's artifact root (./mlruns) lands in the work folder
     uri = f"sqlite:///{args.work / 'mlflow.db'}"
     print(f"machine: {describe()}", flush=True)
-    rows = []
+    rows, misreads = [], []
     for name in args.styles:
         spec, folder = make_data(name, args.images, args.work / "data" / name,
                                  f"bench{args.seed}/{name}", args.real_data)
@@ -171,13 +183,15 @@ def main() -> None:
         if args.holdout:  # after the timed fit: images fit never saw, from another seed
             _, extra = make_data(name, args.holdout, args.work / "holdout" / name,
                                  f"holdout{args.seed}/{name}", args.real_data, args.images)
-            row += [f"{holdout_accuracy(r['best_checkpoint'], extra):.4f}",
-                    len(list(extra.glob("*.png")))]
+            held = read_holdout(r["best_checkpoint"], extra)
+            row += [f"{held['metrics']['seq_acc']:.4f}", len(list(extra.glob("*.png")))]
+            misreads.append(misread_line(name, held))
         rows.append(row + [f"{minutes:.1f}"])
         print(report.table(rows, ["style", "images", "charset", "lengths", "size",
                                   "zero-shot valid", "test seq acc", "char acc"]
                            + (["holdout seq acc", "holdout images"] if args.holdout else [])
                            + ["minutes"]), flush=True)
+        print("\n".join(misreads), flush=True)
 
 
 if __name__ == "__main__":

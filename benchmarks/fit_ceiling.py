@@ -1,0 +1,100 @@
+"""How far `captcha-ml fit`'s finetuning is from what its budget allows: the same finetuning
+with unlimited real images of the style.
+
+    python benchmarks/fit_styles.py --work W --styles wheezy      # first: the fit itself
+    nice -n 10 python benchmarks/fit_ceiling.py --work W --styles wheezy
+
+For each development style that `fit_styles.py` fitted in --work (its `fit/<style>/`: the
+resolved fit.yaml and the pretrained model), finetuning runs again from the same pretrained
+model with the same input, schedule, precision, steps and time limit, but on --oracle-images new
+images from the style's own generator (the ground truth fit has to guess from 500 examples)
+instead of the 350-image train part and its half of synthetic captchas; no augmentation, since
+no image comes round often. Then both readers read `fit_styles.py`'s holdout. The gap is what
+more, or better matched, data could buy in this budget. Where the oracle itself stays below
+0.98, the training compute (model and minutes), not the data, keeps fit from the target on this
+machine. `v2` has no generator and is not offered.
+
+Prints: style, oracle images, finetuning steps and minutes (fit's / the oracle's), holdout seq
+acc of fit's reader and of the oracle's, the oracle's char acc; then the misreads of both, as
+`fit_styles.py` prints them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from captcha_ml import engine, fit, report
+from captcha_ml.data import synthetic
+from fit_styles import build_wheezy, make_data, misread_line, read_holdout, styles
+from machine import describe
+
+
+def oracle_folder(name: str, n: int, folder: Path, seed: str) -> Path:
+    """n new labeled images from the style's own generator (all cores for captcha_ml's)."""
+    if name == "wheezy":
+        folder = build_wheezy(n, folder, seed)
+        if folder is None:
+            raise SystemExit("wheezy.captcha is not installed (pip install wheezy.captcha)")
+        return folder
+    return synthetic.generate(folder, n, styles()[name], seed=seed).parent
+
+
+def ceiling(name: str, args: argparse.Namespace) -> tuple[list, list[str]]:
+    fitted = args.work / "fit" / name
+    if not (fitted / "fit.yaml").is_file() or not (fitted / "pretrain" / "best.pt").is_file():
+        raise SystemExit(f"{fitted}: no fit of {name} (fit.yaml and pretrain/best.pt); run "
+                         f"python benchmarks/fit_styles.py --work {args.work} --styles {name}")
+    _, fine = fit.read_fit_yaml(fitted / "fit.yaml")
+    fit_reader = Path(fine.train.output_dir) / "best.pt"
+    holdout = make_data(name, args.holdout, args.work / "holdout" / name,
+                        f"holdout{args.seed}/{name}")[1]
+    fit_held = read_holdout(str(fit_reader), holdout)
+    oracle = oracle_folder(name, args.oracle_images, args.work / "oracle" / name,
+                           f"oracle{args.seed}/{name}")
+    d = fine.data
+    d.train, d.synthetic_share, d.synthetic_pool = str(oracle), 0.0, 0
+    d.augment, d.augment_local, d.augment_lines = False, False, 0.0
+    fine.train.output_dir = str(args.work / "ceiling" / name / "finetune")
+    fine.train.init_from = str(fitted / "pretrain" / "best.pt")
+    fine.tracking.log_model = False
+    start = time.perf_counter()
+    result = engine.train(fine)
+    minutes = (time.perf_counter() - start) / 60
+    held = read_holdout(result["best_checkpoint"], holdout)
+    fit_steps = fit.read_fit_yaml(fitted / "fit.yaml")[1].train.max_steps
+    row = [name, args.oracle_images, f"{fit_steps} / {result['steps']}",
+           f"{fine.train.max_minutes:.1f} / {minutes:.1f}",
+           f"{fit_held['metrics']['seq_acc']:.4f}", f"{held['metrics']['seq_acc']:.4f}",
+           f"{held['metrics']['char_acc']:.4f}"]
+    return row, [misread_line(f"{name} fit", fit_held), misread_line(f"{name} oracle", held)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, required=True,
+                    help="fit_styles.py's --work folder (its fits are read from there).")
+    ap.add_argument("--styles", nargs="*", default=["wheezy", "alnum62", "lower4to7"],
+                    choices=["wheezy", *styles()])
+    ap.add_argument("--oracle-images", type=int, default=60_000)
+    ap.add_argument("--holdout", type=int, default=1000, help="As fit_styles.py's --holdout.")
+    ap.add_argument("--seed", type=int, default=0, help="As fit_styles.py's --seed.")
+    args = ap.parse_args()
+    args.work = args.work.resolve()
+    os.chdir(args.work)  # MLflow's artifact root (./mlruns), as fit_styles.py has it
+    print(f"machine: {describe()}", flush=True)
+    rows, misreads = [], []
+    for name in args.styles:
+        row, lines = ceiling(name, args)
+        rows.append(row)
+        misreads += lines
+        print(report.table(rows, ["style", "oracle images", "finetune steps (fit / oracle)",
+                                  "finetune minutes (fit limit / oracle)", "fit holdout seq acc",
+                                  "oracle holdout seq acc", "oracle char acc"]), flush=True)
+        print("\n".join(misreads), flush=True)
+
+
+if __name__ == "__main__":
+    main()
