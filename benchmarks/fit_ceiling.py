@@ -14,9 +14,10 @@ more, or better matched, data could buy in this budget. Where the oracle itself 
 0.98, the training compute (model and minutes), not the data, keeps fit from the target on this
 machine. `v2` has no generator and is not offered.
 
-Prints: style, oracle images, finetuning steps and minutes (fit's / the oracle's), holdout seq
-acc of fit's reader and of the oracle's, the oracle's char acc; then the misreads of both, as
-`fit_styles.py` prints them.
+Prints: style, oracle images, finetuning steps run (fit's / the oracle's, of the steps fit
+planned: the time limit can stop either sooner) and minutes, holdout seq acc of fit's reader
+and of the oracle's, the oracle's char acc; then the misreads of both, as `fit_styles.py`
+prints them.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import os
 import time
 from pathlib import Path
 
-from captcha_ml import engine, fit, report
+from captcha_ml import checkpoint, engine, fit, report
 from captcha_ml.data import synthetic
 from fit_styles import build_wheezy, make_data, misread_line, read_holdout, styles
 from machine import describe
@@ -52,20 +53,23 @@ def ceiling(name: str, args: argparse.Namespace) -> tuple[list, list[str]]:
     holdout = make_data(name, args.holdout, args.work / "holdout" / name,
                         f"holdout{args.seed}/{name}")[1]
     fit_held = read_holdout(str(fit_reader), holdout)
-    oracle = oracle_folder(name, args.oracle_images, args.work / "oracle" / name,
+    # One folder per count: a folder holds every image it was ever given, and training reads
+    # them all (the first n of a larger count's images are the same: one seed, by index).
+    oracle = oracle_folder(name, args.oracle_images,
+                           args.work / "oracle" / f"{name}-{args.oracle_images}",
                            f"oracle{args.seed}/{name}")
     d = fine.data
     d.train, d.synthetic_share, d.synthetic_pool = str(oracle), 0.0, 0
     d.augment, d.augment_local, d.augment_lines = False, False, 0.0
-    fine.train.output_dir = str(args.work / "ceiling" / name / "finetune")
+    fine.train.output_dir = str(args.work / "ceiling" / f"{name}-{args.oracle_images}")
     fine.train.init_from = str(fitted / "pretrain" / "best.pt")
     fine.tracking.log_model = False
     start = time.perf_counter()
     result = engine.train(fine)
     minutes = (time.perf_counter() - start) / 60
     held = read_holdout(result["best_checkpoint"], holdout)
-    fit_steps = fit.read_fit_yaml(fitted / "fit.yaml")[1].train.max_steps
-    row = [name, args.oracle_images, f"{fit_steps} / {result['steps']}",
+    fit_ran = checkpoint.load_payload(fit_reader)["step"]  # select: last, so the steps run
+    row = [name, args.oracle_images, f"{fit_ran} / {result['steps']} of {fine.train.max_steps}",
            f"{fine.train.max_minutes:.1f} / {minutes:.1f}",
            f"{fit_held['metrics']['seq_acc']:.4f}", f"{held['metrics']['seq_acc']:.4f}",
            f"{held['metrics']['char_acc']:.4f}"]
@@ -90,7 +94,8 @@ def main() -> None:
         row, lines = ceiling(name, args)
         rows.append(row)
         misreads += lines
-        print(report.table(rows, ["style", "oracle images", "finetune steps (fit / oracle)",
+        print(report.table(rows, ["style", "oracle images",
+                                  "finetune steps run (fit / oracle of planned)",
                                   "finetune minutes (fit limit / oracle)", "fit holdout seq acc",
                                   "oracle holdout seq acc", "oracle char acc"]), flush=True)
         print("\n".join(misreads), flush=True)
