@@ -83,11 +83,11 @@ def build_data(cfg: Config) -> Data:
             return rendered(size, "train" if train else "valid")
         labeled = real.read_labeled(source, charset=charset, min_len=d.min_len,
                                     max_len=d.max_len, skip_bad=d.skip_bad)
+        # Validation reads one view even with data.tta (the test and the reader read them all).
         return datasets.LabeledImages(_normalized(labeled.samples, charset), pre,
                                       augment=train and d.augment, seed=cfg.train.seed,
                                       strength=d.augment_strength, local=d.augment_local,
-                                      lines=d.augment_lines,
-                                      read=not train and pre.tta)
+                                      lines=d.augment_lines)
 
     train = make(d.train, d.synthetic_train_size, True)
     if d.synthetic_share:

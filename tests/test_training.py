@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from PIL import Image
 from mlflow.tracking import MlflowClient
 
 from captcha_ml import checkpoint, config, engine
@@ -196,6 +197,21 @@ def test_synthetic_pool_serves_training_and_the_mix_but_not_validation(tmp_path,
     assert isinstance(mixed.parts[1], SyntheticPool) and len(mixed) == 24 + 8
     with pytest.raises(ConfigError, match="synthetic_pool=-1"):
         tiny_config(tmp_path, "data.synthetic_pool=-1")
+
+
+def test_validation_reads_one_view_where_the_model_reads_test_time_views(tmp_path, real_dir):
+    """data.tta travels in the model's preprocessing (the test and the reader read six views);
+    validation during training reads one, six times cheaper."""
+    from captcha_ml.data.transforms import TTA_VIEWS
+
+    m = write_manifests(real_dir, tmp_path / "splits")
+    data = engine.build_data(tiny_config(
+        tmp_path, f"data.train={m['train']}", f"data.valid={m['valid']}", "data.tta=true",
+        "data.charset=2345678bcdefgmnpwxy", "data.min_len=5", "data.max_len=5"))
+    image = data.valid[0][0]
+    assert data.preprocess.tta and image.shape == (1, 32, 96)
+    views = data.preprocess.read(Image.open(sorted(real_dir.glob("*.png"))[24]))
+    assert views.shape == (len(TTA_VIEWS), *image.shape) and torch.equal(views[0], image)
 
 
 def test_missing_init_checkpoint_is_named(tmp_path):
