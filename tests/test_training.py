@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from PIL import Image
 from mlflow.tracking import MlflowClient
 
 from captcha_ml import checkpoint, config, engine
@@ -202,7 +201,7 @@ def test_synthetic_pool_serves_training_and_the_mix_but_not_validation(tmp_path,
 def test_validation_reads_one_view_where_the_model_reads_test_time_views(tmp_path, real_dir):
     """data.tta travels in the model's preprocessing (the test and the reader read six views);
     validation during training reads one, six times cheaper."""
-    from captcha_ml.data.transforms import TTA_VIEWS
+    from captcha_ml.data.transforms import TTA_VIEWS, load_image
 
     m = write_manifests(real_dir, tmp_path / "splits")
     data = engine.build_data(tiny_config(
@@ -210,7 +209,7 @@ def test_validation_reads_one_view_where_the_model_reads_test_time_views(tmp_pat
         "data.charset=2345678bcdefgmnpwxy", "data.min_len=5", "data.max_len=5"))
     image = data.valid[0][0]
     assert data.preprocess.tta and image.shape == (1, 32, 96)
-    views = data.preprocess.read(Image.open(sorted(real_dir.glob("*.png"))[24]))
+    views = data.preprocess.read(load_image(data.valid.samples[0][0]))
     assert views.shape == (len(TTA_VIEWS), *image.shape) and torch.equal(views[0], image)
 
 
