@@ -124,6 +124,11 @@ def test_a_line_narrower_than_its_box_is_spread_not_stretched():
     assert wide_gaps > gaps + 0.2, (gaps, wide_gaps)
 
 
+def ink_columns(img, bg) -> np.ndarray:
+    """Per column: does any pixel differ from the background colour by more than 150?"""
+    return ((np.abs(np.asarray(img).astype(int) - bg).sum(axis=2) > 150)).any(axis=0)
+
+
 def test_palette_text_box_and_thick_curves():
     """A palette pair colours background and glyphs; the text line stays in its box."""
     bg, fg = (10, 200, 30), (250, 240, 0)
@@ -150,6 +155,13 @@ def test_palette_text_box_and_thick_curves():
                          > 150).mean() for i in range(8)])
 
     assert ink_share(thick) > ink_share(thin) + 0.01
+    # Half of the thick curves are Bezier curves over the text line (0.6-0.9 of the width
+    # here): no ink left of it; the waves and arcs start near the left edge.
+    over_text = [not ink_columns(render(thick_in_box := SyntheticSpec(
+        **{**spec.to_dict(), "curves": 1, "curve_width": (3, 3)}), 0, i)[0], bg)[:110].any()
+        for i in range(40)]
+    assert 0.3 <= np.mean(over_text) <= 0.7, np.mean(over_text)
+    assert thick_in_box.text_width == (0.3, 0.3)
     with pytest.raises(DataError, match="six values"):
         SyntheticSpec(palette=((1, 2, 3),))
     with pytest.raises(DataError, match="text_width"):
@@ -343,3 +355,32 @@ def test_spec_from_config():
     img, label = render(spec, 0, 0)
     # The preset's own canvas; preprocessing resizes to the model input (64x32).
     assert img.size == (200, 50) and set(label) <= set("xyz") and spec.style == "real"
+
+
+@pytest.mark.parametrize("style", ["captcha", "real"])
+def test_specks_cut_strokes_in_the_background_colour(style):
+    """Specks are drawn last: the same image with them has less ink and nothing darker."""
+    clean = SyntheticSpec(style=style, charset="ABCDEFGH", min_len=5, max_len=5, curves=0,
+                          dots=0, strikes=(0, 0), hooks=(0, 0), blur=(0.0, 0.0), grey=True,
+                          background=(240, 250), foreground=(0, 20))
+    specked = SyntheticSpec(**{**clean.to_dict(), "specks": (60, 60)})
+    for i in range(3):
+        a = np.asarray(render(clean, 0, i)[0]).astype(int)
+        b = np.asarray(render(specked, 0, i)[0]).astype(int)
+        assert (b < 128).sum() < (a < 128).sum() * 0.97, ((b < 128).sum(), (a < 128).sum())
+        assert (b < a - 30).sum() < 0.002 * a.size  # lighter, never darker (but for smoothing)
+    with pytest.raises(DataError, match="specks"):
+        SyntheticSpec(specks=(5, 2))
+
+
+def test_bezier_curve_spans_the_text_line():
+    import random
+
+    from captcha_ml.data.synthetic import bezier_points
+
+    for k in range(20):
+        points = bezier_points(random.Random(k), (50, 150), 40)
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        assert 40 <= xs[0] <= 50 and 150 <= xs[-1] <= 160
+        assert xs == sorted(xs) and 0.1 * 40 <= min(ys) and max(ys) <= 0.9 * 40
+

@@ -87,13 +87,16 @@ class SyntheticSpec:
     text_width: tuple[float, float] = (0.0, 0.0)  # "captcha" drawer: the text line's width as a
     # share of the canvas width; (0, 0): the text fills the canvas, as the library draws it
     text_left: tuple[float, float] = (0.0, 0.0)  # and where the line starts (share of the width)
-    curve_width: tuple[int, int] = (1, 1)  # noise curves: stroke width range; above 1, half of
-    # them are smooth waves across the whole width instead of the library's thin arcs
+    curve_width: tuple[int, int] = (1, 1)  # noise curves: stroke width range; above 1, half
+    # of them are smooth Bezier curves through the text line (end to end, as many generators
+    # draw them to cross glyphs), a quarter waves across the whole width, a quarter arcs
     spaces: float = 0.5  # "captcha" drawer: chance of a space before each glyph (the library's
     # own habit; generators that pack glyphs tightly have none)
     stroke: float = 0.0  # pixels added (+) or taken (-) on each side of every glyph stroke
     # (a fraction mixes the two nearest whole numbers, per image): the captcha library's
     # stretched glyphs come out bolder than many generators' (measured by `captcha-ml fit`)
+    specks: tuple[int, int] = (0, 0)  # count range, per 200x50 pixels, of small squares in the
+    # background's colour drawn over text and curves (salt noise that cuts strokes)
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -110,7 +113,8 @@ class SyntheticSpec:
             raise DataError("synthetic spec: palette entries are (bg R, G, B, glyph R, G, B), "
                             f"six values each (got {list(self.palette)[:2]}...)")
         ranges = {"text_width": (self.text_width, 0, 1), "text_left": (self.text_left, 0, 1),
-                  "curve_width": (self.curve_width, 1, 64), "squeeze": (self.squeeze, 0.05, 10)}
+                  "curve_width": (self.curve_width, 1, 64), "squeeze": (self.squeeze, 0.05, 10),
+                  "specks": (self.specks, 0, 400)}
         for name, ((lo, hi), low, high) in ranges.items():
             if not low <= lo <= hi <= high:
                 raise DataError(f"synthetic spec: {name} must be a range (low, high) within "
@@ -300,26 +304,30 @@ class SpecCaptcha(ImageCaptcha):
         bg, fg = _colours(s, rng)
         fg = fg + (rng.randint(220, 255),)
         if s.text_width[1] > 0:
-            im = self._text_line(chars, fg, bg, rng)
+            im, span = self._text_line(chars, fg, bg, rng)
         else:
-            im = self.create_captcha_image(chars, fg, bg)
+            im, span = self.create_captcha_image(chars, fg, bg), (0, s.width)
         im = _restroke(im, bg, fg[:3], _stroke_pixels(s, rng))
         if s.dots:
             self.create_noise_dots(im, fg, number=s.dots)
         for _ in range(s.curves):
-            _curve(self, im, rng, fg)
+            _curve(self, im, rng, fg, span)
         if s.strikes[1] > 0:
             _strike(im, rng, rng.randint(*s.strikes), fg[:3])
+        if s.specks[1] > 0:
+            _specks(im, rng, s.specks, lambda x, y: bg)
         return im.filter(ImageFilter.SMOOTH)
 
 
-    def _text_line(self, chars: str, fg: tuple, bg: tuple, rng: random.Random) -> Image.Image:
+    def _text_line(self, chars: str, fg: tuple, bg: tuple, rng: random.Random
+                   ) -> tuple[Image.Image, tuple[int, int]]:
         """The text's ink made to span ``text_width`` of the canvas, starting at ``text_left``
         (the library would leave a text narrower than its box left-aligned in it, so the box
         alone does not set how wide the text comes out). A line narrower than its box is
         spread (wider gaps between the glyphs), not stretched: stretching widened wheezy's
         glyphs 1.36x (median) and their strokes with them; a wider line is squeezed, as the
-        library squeezes a text wider than its canvas."""
+        library squeezes a text wider than its canvas. Returns the canvas and the text's
+        (left, right) columns."""
         s = self.spec
         box = max(8, int(rng.uniform(*s.text_width) * s.width))
         glyphs, steps = self._glyph_row(chars, fg)
@@ -337,9 +345,9 @@ class SpecCaptcha(ImageCaptcha):
         if ink:
             text = text.crop((ink[0], 0, ink[2], text.height))
         canvas = Image.new("RGB", (s.width, s.height), bg)
-        left = min(int(rng.uniform(*s.text_left) * s.width), s.width - box)
-        canvas.paste(text.resize((box, s.height), Image.BILINEAR), (max(0, left), 0))
-        return canvas
+        left = max(0, min(int(rng.uniform(*s.text_left) * s.width), s.width - box))
+        canvas.paste(text.resize((box, s.height), Image.BILINEAR), (left, 0))
+        return canvas, (left, left + box)
 
     def _glyph_row(self, chars: str, color) -> tuple[list[Image.Image], list[int]]:
         """The library's glyph images (a space before some, at ``spaces``' rate) and where each
@@ -382,9 +390,14 @@ def _colours(s: SyntheticSpec, rng: random.Random) -> tuple[tuple[int, ...], tup
     return bg, tuple(rng.randint(*s.foreground) for _ in range(3))
 
 
-def _curve(drawer: ImageCaptcha, im: Image.Image, rng: random.Random, colour: tuple) -> None:
-    """A noise curve: the library's thin arc, or (with a curve_width above 1) a thick arc or a
-    smooth wave through random heights across the whole width, like other generators draw."""
+def _curve(drawer: ImageCaptcha, im: Image.Image, rng: random.Random, colour: tuple,
+           span: tuple[int, int]) -> None:
+    """A noise curve: the library's thin arc, or (with a curve_width above 1) a smooth Bezier
+    curve through the text line ``span`` (its left and right columns; half of the curves), a
+    wave through random heights across the whole width or a thick arc, as other generators
+    draw them. Arcs and whole-width waves often pass above or below the glyphs; the Bezier
+    curve crosses them (wheezy.captcha's curve does, and most of fit's wheezy misreads were
+    glyphs under it)."""
     lo, hi = drawer.spec.curve_width
     if hi <= 1:
         drawer.create_noise_curve(im, colour)
@@ -392,12 +405,47 @@ def _curve(drawer: ImageCaptcha, im: Image.Image, rng: random.Random, colour: tu
     w, h = im.size
     width = rng.randint(lo, hi)
     draw = ImageDraw.Draw(im)
-    if rng.random() < 0.5:
+    kind = rng.random()
+    if kind < 0.5:
+        draw.line(bezier_points(rng, span, h), fill=colour, width=width, joint="curve")
+    elif kind < 0.75:
+        draw.line(wave_points(rng, 0, w, h), fill=colour, width=width, joint="curve")
+    else:
         x0, y0 = rng.randint(0, w // 5), rng.randint(0, h // 2)
         box = (x0, y0, rng.randint(w * 4 // 5, w), rng.randint(y0 + h // 4, h + h // 2))
         draw.arc(box, rng.randint(150, 200), rng.randint(320, 390), fill=colour, width=width)
-        return
-    draw.line(wave_points(rng, 0, w, h), fill=colour, width=width, joint="curve")
+
+
+def bezier_points(rng: random.Random, span: tuple[int, int], h: int) -> list[tuple[float, float]]:
+    """A Bezier curve over the text line: 4-6 control points evenly spaced from a little
+    before its left end to a little past its right end, at random heights in the middle 80%
+    of ``h`` (the curve keeps near their mean, so it runs through the glyphs); a point every
+    2 pixels."""
+    left, right = span
+    reach = 0.1 * (right - left)
+    x0, x1 = left - rng.uniform(0, reach), right + rng.uniform(0, reach)
+    n = rng.randint(4, 6)
+    control = [(x0 + (x1 - x0) * i / (n - 1), rng.uniform(0.1, 0.9) * h) for i in range(n)]
+    steps = max(2, int((x1 - x0) / 2))
+    points = []
+    for k in range(steps + 1):
+        t = k / steps
+        weights = [math.comb(n - 1, i) * t**i * (1 - t) ** (n - 1 - i) for i in range(n)]
+        points.append((sum(wt * p[0] for wt, p in zip(weights, control)),
+                       sum(wt * p[1] for wt, p in zip(weights, control))))
+    return points
+
+
+def _specks(im: Image.Image, rng: random.Random, count: tuple[int, int], colour_at) -> None:
+    """``count`` (a range, per 200x50 pixels) small squares, 1-2 x h/30 pixels wide, each in
+    ``colour_at(x, y)``: the background's colour there, so they cut strokes and curves."""
+    w, h = im.size
+    draw = ImageDraw.Draw(im)
+    side = max(1, round(h / 30))
+    scale = w * h / (200 * 50)
+    for _ in range(rng.randint(round(count[0] * scale), round(count[1] * scale))):
+        x, y, size = rng.randrange(w), rng.randrange(h), side * rng.randint(1, 2)
+        draw.rectangle((x, y, x + size - 1, y + size - 1), fill=colour_at(x, y))
 
 
 class RealCaptcha(SpecCaptcha):
@@ -447,13 +495,16 @@ class RealCaptcha(SpecCaptcha):
         top, left = (h // 10, 0.08) if s.stretch else (0, 0.05)
         x, y = rng.randint(int(left * w), int((left + 0.08) * w)), top + rng.randint(-h // 16, h // 16)
         canvas.paste(text, (x, y))
-        out = ImageChops.darker(_gradient(w, h, rng, s.background), canvas)
+        ramp = _gradient(w, h, rng, s.background)
+        out = ImageChops.darker(ramp, canvas)
         for _ in range(s.curves):
-            _curve(self, out, rng, (ink, ink, ink))
+            _curve(self, out, rng, (ink, ink, ink), (x, min(w, x + text.width)))
         _strike(out, rng, rng.randint(*s.strikes), ink)
         _hooks(out, rng, rng.randint(*s.hooks), ink, x)
         if s.dots:
             self.create_noise_dots(out, (ink, ink, ink), width=1, number=s.dots)
+        if s.specks[1] > 0:
+            _specks(out, rng, s.specks, lambda px, py: ramp.getpixel((px, py)))
         radius = rng.uniform(*s.blur)
         return out.filter(ImageFilter.GaussianBlur(radius)) if radius > 0 else out
 

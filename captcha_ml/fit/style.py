@@ -27,6 +27,11 @@ CALIBRATION_IMAGES = 24  # synthetic images measured per style-calibration round
 # 0.03 / 0.02, 0.06 / 0.05); where they do not, by 0.05 or more (a lowercase test sample 0.05,
 # captcha_images_v2 0.06, wheezy 0.17).
 SHAPES_MARGIN = 0.03
+# Background-coloured specks per 200x50 pixels on every synthetic image (not measured: for
+# generality, like the curve): many generators sprinkle them (wheezy.captcha: 50 on 200x75)
+# and fit's finetuning already cuts the real images' strokes so (data.augment_local), but
+# pretraining had never seen a broken stroke.
+SPECKS = (0, 30)
 
 
 def _box_mean(mask: np.ndarray, k: int) -> np.ndarray:
@@ -192,8 +197,8 @@ def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0,
         text_width=text_width if drawer == "captcha" else (0.0, 0.0),
         text_left=text_left if drawer == "captcha" else (0.0, 0.0),
         # Not measured, drawn broadly for generality: a thin-to-thick curve on every image,
-        # stronger per-glyph warp and rotation than the library's defaults.
-        curves=1, curve_width=(1, 4), warp=(0.05, 0.3), rotate=(-20.0, 20.0))
+        # stronger per-glyph warp and rotation than the library's defaults, background specks.
+        curves=1, curve_width=(1, 4), warp=(0.05, 0.3), rotate=(-20.0, 20.0), specks=SPECKS)
     spec, shapes, calibration = glyph_shapes(spec, stats, match_stroke=match_stroke)
     notes = [f"style: {'dark glyphs on light' if dark else 'light glyphs on dark'} background, "
              f"background {bg}, glyphs {fg} (5-95th percentiles over {len(stats)} images)",
@@ -206,7 +211,8 @@ def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0,
               "style: grey ramp background and ink level from the ranges above"),
              f"style: noise dots {dots}, thin-stroke share {thin:.2f} -> strike lines {strikes}; "
              f"for generality every image gets one curve (width {spec.curve_width}), glyph "
-             f"warp {spec.warp} and rotation {spec.rotate}; blur {spec.blur}"
+             f"warp {spec.warp} and rotation {spec.rotate}, {spec.specks[0]}-{spec.specks[1]} "
+             f"background specks per 200x50 pixels; blur {spec.blur}"
              + ("; letters drawn in mixed case" if spec.mixed_case else ""),
              *([shapes] if shapes else []), calibration]
     return spec, notes
@@ -278,7 +284,8 @@ def _render_stats(spec: SyntheticSpec, seed: str, images: int) -> list[dict[str,
 def _text_stats(spec: SyntheticSpec, seed: str, images: int) -> list[dict[str, Any]]:
     """`_image_stats` of renders of the style without its noise: the text alone, since our own
     curves (they reach across the image) would blur the measures calibration compares."""
-    return _render_stats(replace(spec, curves=0, strikes=(0, 0), dots=0), seed, images)
+    return _render_stats(replace(spec, curves=0, strikes=(0, 0), dots=0, specks=(0, 0)), seed,
+                         images)
 
 
 def calibrate(spec: SyntheticSpec, real_stats: list[dict[str, Any]], rounds: int = 3,
