@@ -384,3 +384,17 @@ def test_bezier_curve_spans_the_text_line():
         assert 40 <= xs[0] <= 50 and 150 <= xs[-1] <= 160
         assert xs == sorted(xs) and 0.1 * 40 <= min(ys) and max(ys) <= 0.9 * 40
 
+
+@pytest.mark.parametrize("layout", [{}, {"stretch": False},
+                                    {"text_width": (0.6, 0.7), "text_left": (0.1, 0.2)}])
+def test_dark_glyph_colours_are_drawn_at_full_strength(layout):
+    """The captcha library masks a glyph by its brightness: black ink on white came out light
+    grey (darkest pixel 223 of 255). Every layout of the "captcha" drawer paints the colour."""
+    for ink in [(0, 0), (140, 140)]:
+        spec = SyntheticSpec(style="captcha", charset="ABCDEFGH", min_len=5, max_len=5,
+                             curves=0, dots=0, blur=(0.0, 0.0), grey=True,
+                             background=(250, 250), foreground=ink, **layout)
+        img = np.asarray(render(spec, 0, 0)[0]).astype(int)
+        text = img[np.abs(img - 250) > 24]
+        assert text.size > 500 and img.min() <= ink[0] + 5, (ink, img.min())
+        assert np.median(text) < ink[0] + 70, (ink, np.median(text))

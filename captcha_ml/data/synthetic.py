@@ -303,10 +303,16 @@ class SpecCaptcha(ImageCaptcha):
         s = self.spec
         bg, fg = _colours(s, rng)
         fg = fg + (rng.randint(220, 255),)
+        # The library masks each glyph by its brightness, so a dark glyph colour came out
+        # faint (black ink on white at a quarter of its strength): the text is drawn white
+        # on black, as the "real" drawer does, and that coverage paints the glyph colour.
+        white, black = (255, 255, 255, 255), (0, 0, 0)
         if s.text_width[1] > 0:
-            im, span = self._text_line(chars, fg, bg, rng)
+            cover, span = self._text_line(chars, white, black, rng)
         else:
-            im, span = self.create_captcha_image(chars, fg, bg), (0, s.width)
+            cover, span = self.create_captcha_image(chars, white, black), (0, s.width)
+        im = Image.composite(Image.new("RGB", cover.size, fg[:3]),
+                             Image.new("RGB", cover.size, bg), cover.convert("L"))
         im = _restroke(im, bg, fg[:3], _stroke_pixels(s, rng))
         if s.dots:
             self.create_noise_dots(im, fg, number=s.dots)
