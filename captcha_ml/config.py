@@ -93,6 +93,12 @@ class TrainConfig:
     # its end: training stops with its LR run down by the limit on a machine slower than
     # planned (`captcha-ml fit` sets it for finetuning: the time its budget leaves).
     max_minutes: float = 0.0
+    # Under max_minutes: a run faster than planned gets more steps too (up to 3x max_steps:
+    # engine.FILL_LIMIT), re-estimated the same way, so the whole time is used. A plan made from a
+    # dozen timed steps can be far too low when the machine was busy for that moment (a
+    # wheezy fit timed finetuning at 47 images/s during another job, planned 2039 steps and
+    # finished with 4.7 of its 11.8 minutes unused). `captcha-ml fit` sets it for finetuning.
+    fill_time: bool = False
     batch_size: int = 32
     eval_batch_size: int = 64
     lr: float = 1e-3
@@ -289,5 +295,8 @@ def validate(cfg: Config) -> None:
         problems.append("set train.epochs or train.max_steps to at least 1")
     if t.max_minutes < 0:
         problems.append(f"train.max_minutes={t.max_minutes}: use 0 (no limit) or minutes > 0")
+    if t.fill_time and not (t.max_minutes and t.max_steps):
+        problems.append("train.fill_time=true fills train.max_minutes from a train.max_steps "
+                        "plan: set both (or fill_time=false)")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

@@ -31,6 +31,10 @@ from .data import datasets, real, synthetic
 from .data.transforms import Preprocess, average_views
 from .model import build_model, channels_last
 
+# train.fill_time: the step count may grow to FILL_LIMIT times the plan, once FILL_AFTER of
+# the plan ran (past the default warmup, with the rate measured on real steps).
+FILL_LIMIT, FILL_AFTER = 3, 0.1
+
 
 class TrainingError(RuntimeError):
     """Training cannot go on (NaN loss, incompatible init checkpoint, ...)."""
@@ -349,6 +353,9 @@ def _run(loop: Loop) -> dict[str, Any]:
     if p.total < loop.planned and acc.is_main_process:
         tqdm.write(f"train.max_minutes={cfg.train.max_minutes:g}: stopped after {p.step} of the "
                    f"planned {loop.planned} steps, the schedule run down by then")
+    elif p.total > loop.planned and acc.is_main_process:
+        tqdm.write(f"train.fill_time: ran {p.step} steps where {loop.planned} were planned, to "
+                   f"fill train.max_minutes={cfg.train.max_minutes:g} (faster than timed)")
     if last_eval != p.step:
         _validate(loop)
         _save_state(loop)
@@ -357,14 +364,19 @@ def _run(loop: Loop) -> dict[str, Any]:
 
 def _fit_to_time(loop: Loop, steps_done: int, loop_start: float) -> int:
     """Under train.max_minutes: the steps that fit in the time left at the rate of this
-    run's steps so far (validation included), never above the planned count; the same on
-    every process (the slowest one's clock decides). Returns the new progress.total."""
-    acc, p = loop.accelerator, loop.progress
+    run's steps so far (validation included), never above the planned count (with
+    train.fill_time: FILL_LIMIT times it, and only once FILL_AFTER of the plan ran, when the
+    rate is known); the same on every process (the slowest one's clock decides). Returns
+    the new progress.total."""
+    acc, p, t = loop.accelerator, loop.progress, loop.cfg.train
     now = time.perf_counter()
     clocks = torch.tensor([now - loop.started, now - loop_start], device=acc.device)
     spent, looped = (float(v) for v in acc.gather(clocks).reshape(-1, 2).max(dim=0).values)
-    left = 60 * loop.cfg.train.max_minutes - spent
-    p.total = max(p.step, min(loop.planned, p.step + int(left * steps_done / max(looped, 1e-6))))
+    left = 60 * t.max_minutes - spent
+    ceiling = loop.planned
+    if t.fill_time and p.step >= FILL_AFTER * loop.planned:
+        ceiling = FILL_LIMIT * loop.planned
+    p.total = max(p.step, min(ceiling, p.step + int(left * steps_done / max(looped, 1e-6))))
     return p.total
 
 

@@ -531,6 +531,7 @@ def test_budget_finetune_gets_the_time_pretraining_left(tmp_path, monkeypatch):
     # ... and a time limit: on a machine that slows down, finetuning ends with the budget.
     limit = fit_yaml["finetune"]["train"]["max_minutes"]
     assert 0 < limit < 1.2 and f"train.max_minutes={limit:g}" in note
+    assert fit_yaml["finetune"]["train"]["fill_time"] is True  # and fills a faster machine's
     # Pretraining is held to its planned share of the budget.
     assert fit_yaml["pretrain"]["train"]["max_minutes"] == plan.pretrain_minutes > 0
     assert f"(at most {plan.pretrain_minutes:g} min: train.max_minutes)" in "\n".join(lines)

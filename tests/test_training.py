@@ -329,6 +329,16 @@ def test_time_limit_reestimates_the_steps_and_the_schedule_follows(tmp_path, mon
         assert engine._fit_to_time(loop, 10, now - 20) == 10
         loop.started = now  # plenty of time: the planned count, not more
         assert engine._fit_to_time(loop, 10, now - 1) == 100
+        # train.fill_time: a run faster than planned fills its time (10 steps a second,
+        # 60 s left: 610), at most 3x the plan; not before a tenth of the plan ran.
+        loop.cfg = tiny_config(tmp_path, "train.max_minutes=1", "train.max_steps=100",
+                               "train.fill_time=true")
+        assert engine._fit_to_time(loop, 10, now - 1) == 100 * engine.FILL_LIMIT == 300
+        loop.progress.step = 9
+        assert engine._fit_to_time(loop, 9, now - 0.9) == 100
+        loop.progress.step, loop.started = 10, now - 57  # 3 s left: 30 more steps
+        assert engine._fit_to_time(loop, 10, now - 1) == 40
+        loop.cfg, loop.progress.step = cfg, 10
     progress = engine.Progress(total=100)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = engine.make_scheduler(opt, cfg, progress)
@@ -342,6 +352,8 @@ def test_time_limit_reestimates_the_steps_and_the_schedule_follows(tmp_path, mon
     assert sched.get_last_lr()[0] < 0.01
     with pytest.raises(ConfigError, match="max_minutes"):
         tiny_config(tmp_path, "train.max_minutes=-1")
+    with pytest.raises(ConfigError, match="fill_time"):
+        tiny_config(tmp_path, "train.fill_time=true", "train.max_minutes=1")
     # A whole run whose limit is already spent after its first log line stops there, saved.
     run = tiny_config(tmp_path / "run", "train.max_steps=500", "train.max_minutes=0.0001",
                       "train.log_every=1", "train.eval_every=0")

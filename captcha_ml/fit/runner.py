@@ -181,11 +181,13 @@ def _train(pre: Config, fine: Config, splits: dict[str, Path], note: _Notes,
         # steps then shrink to the time (alnum62 once finetuned at 100-120 images/s where
         # 136 were timed, and the fit took 20.3 minutes of its 18).
         fine.train.max_minutes = round(max(left, 1.0) / 60, 3)
+        fine.train.fill_time = True  # and grow to the time where the rate was timed too low
         note(f"budget: pretraining ran at {ips:.0f} images/s, finetuning at {fine_ips:.0f} "
              f"(timed on its own data); {left / 60:.1f} min left -> finetune "
              f"{fine.train.max_steps} steps (planned {planned}), a pool of "
-             f"{fine.data.synthetic_pool} synthetic images; fewer if the machine slows "
-             f"(train.max_minutes={fine.train.max_minutes:g})")
+             f"{fine.data.synthetic_pool} synthetic images; fewer if the machine slows, "
+             f"more if it runs faster (train.max_minutes={fine.train.max_minutes:g}, "
+             "train.fill_time)")
         mlflow.log_params({"fit.finetune_steps_replanned": fine.train.max_steps,
                            "fit.pretrain_images_per_s": round(ips, 1),
                            "fit.finetune_images_per_s": round(fine_ips, 1)})
