@@ -7,7 +7,9 @@ captcha_images_v2 itself (a real site's set).
 Each generated style renders N labeled images (ground truth from the seed), then runs the real
 `fit` on that folder, knowing nothing of how it was made (fit derives its own style from the
 pixels). Styles: `wheezy` comes from another generator on PyPI (wheezy.captcha: pip install
-wheezy.captcha; not a project dependency, skipped when missing); `alnum62`, `lower4to7` (and
+wheezy.captcha; not a project dependency, skipped when missing); `ink` is drawn with PIL alone
+as PHP GD captchas are (solid dark glyphs in their own colours, STIX serif and DejaVu Sans Mono
+Bold, lines and dots, lowercase and digits of length 4-6, 160x60); `alnum62`, `lower4to7` (and
 `digits4`) from captcha_ml's generator with fonts, colours, noise, sizes, charsets and lengths
 unlike captcha_images_v2; `v2` is captcha_images_v2 (--real-data): fit reads N of its 1040
 images (a seeded choice), the holdout is the others (540 for N = 500).
@@ -92,6 +94,51 @@ def build_wheezy(n: int, folder: Path, seed: str) -> Path | None:
     return folder
 
 
+# Solid dark glyphs, drawn with PIL alone the way PHP GD captchas are (imagettftext): a style
+# whose ink is as dark as its colour, which neither captcha library draws (both mask a glyph
+# by its brightness, so dark ink comes out pale). Lowercase and digits without look-alikes.
+INK = dict(charset="abcdefhkmnprstuvwxyz2345678", min_len=4, max_len=6, width=160, height=60)
+
+
+def build_ink(n: int, folder: Path, seed: str) -> Path:
+    """n labeled PNGs: each glyph in its own dark colour, STIX serif or DejaVu Sans Mono Bold,
+    rotated up to 25 degrees, on a light plain background with 3-5 dark lines and dots."""
+    import random
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    fonts = [ImageFont.truetype(_font(f), size) for f in ("STIXGeneralBol.ttf",
+             "DejaVuSansMono-Bold.ttf") for size in (30, 34, 38)]
+    folder.mkdir(parents=True, exist_ok=True)
+    w, h = INK["width"], INK["height"]
+    for i in range(n):
+        rng = random.Random(f"{seed}/{i}")
+        label = "".join(rng.choice(INK["charset"])
+                        for _ in range(rng.randint(INK["min_len"], INK["max_len"])))
+        path = folder / f"{label}_{i:07d}.png"
+        if path.exists():
+            continue
+        im = Image.new("RGB", (w, h), tuple(rng.randint(225, 255) for _ in range(3)))
+        x = rng.randint(4, 14)
+        for c in label:
+            font = rng.choice(fonts)
+            glyph = Image.new("L", (48, 56))
+            ImageDraw.Draw(glyph).text((24, 28), c, font=font, fill=255, anchor="mm")
+            glyph = glyph.rotate(rng.uniform(-25, 25), Image.BILINEAR)
+            box = glyph.getbbox() or (0, 0, 48, 56)
+            ink = tuple(rng.randint(0, 90) for _ in range(3))
+            im.paste(Image.new("RGB", glyph.size, ink), (x - box[0], rng.randint(-2, 6)), glyph)
+            x += box[2] - box[0] + rng.randint(-3, 2)
+        draw = ImageDraw.Draw(im)
+        for _ in range(rng.randint(3, 5)):
+            draw.line([(rng.randint(0, w), rng.randint(0, h)) for _ in range(2)],
+                      fill=tuple(rng.randint(0, 110) for _ in range(3)), width=rng.randint(1, 2))
+        for _ in range(rng.randint(60, 160)):
+            draw.point((rng.randrange(w), rng.randrange(h)), fill=(rng.randint(0, 120),) * 3)
+        im.save(path)
+    return folder
+
+
 def build_real(source: Path, n: int, folder: Path, seed: str, skip: int = 0) -> Path | None:
     """A folder of up to n images of a real labeled folder (a seeded order, after its first
     ``skip``: the holdout takes the images fit did not see)."""
@@ -122,6 +169,8 @@ def make_data(name: str, n: int, folder: Path, seed: str, real: Path | None = No
                 build_real(real, n, folder, "v2", skip))
     if name == "wheezy":  # only its charset, lengths and size are used, for the table
         return SyntheticSpec(**WHEEZY), build_wheezy(n, folder, seed)
+    if name == "ink":
+        return SyntheticSpec(**INK), build_ink(n, folder, seed)
     return styles()[name], build(styles()[name], n, folder, seed)
 
 
@@ -147,7 +196,7 @@ def misread_line(name: str, report: dict, top: int = 8) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--styles", nargs="*", default=["wheezy", "alnum62", "lower4to7", "v2"],
-                    choices=["wheezy", "v2", *styles()])
+                    choices=["wheezy", "ink", "v2", *styles()])
     ap.add_argument("--real-data", type=Path,
                     default=Path(__file__).resolve().parents[1].parent / "shared" / "data"
                     / "captcha_images_v2", help="captcha_images_v2, for the v2 style.")
