@@ -94,8 +94,8 @@ class TrainConfig:
     # planned (`captcha-ml fit` sets it for finetuning: the time its budget leaves).
     max_minutes: float = 0.0
     # Under max_minutes: a run faster than planned gets more steps too (up to 3x max_steps:
-    # engine.FILL_LIMIT), re-estimated the same way, so the whole time is used. A plan made from a
-    # dozen timed steps can be far too low when the machine was busy for that moment (a
+    # engine.FILL_LIMIT), re-estimated the same way, so the whole time is used. A plan made
+    # from a dozen timed steps can be far too low when the machine was busy for a moment (a
     # wheezy fit timed finetuning at 47 images/s during another job, planned 2039 steps and
     # finished with 4.7 of its 11.8 minutes unused). `captcha-ml fit` sets it for finetuning.
     fill_time: bool = False

@@ -304,8 +304,8 @@ class SpecCaptcha(ImageCaptcha):
         bg, fg = _colours(s, rng)
         fg = fg + (rng.randint(220, 255),)
         # The library masks each glyph by its brightness, so a dark glyph colour came out
-        # faint (black ink on white at a quarter of its strength): the text is drawn white
-        # on black, as the "real" drawer does, and that coverage paints the glyph colour.
+        # faint (glyph colours 0-20 on white: darkest pixel 223 of 255): the text is drawn
+        # white on black, as the "real" drawer does, and that coverage paints the colour.
         white, black = (255, 255, 255, 255), (0, 0, 0)
         if s.text_width[1] > 0:
             cover, span = self._text_line(chars, white, black, rng)
