@@ -157,9 +157,9 @@ def test_palette_text_box_and_thick_curves():
     assert ink_share(thick) > ink_share(thin) + 0.01
     # Half of the thick curves are Bezier curves over the text line (0.6-0.9 of the width
     # here): no ink left of it; the waves and arcs start near the left edge.
-    over_text = [not ink_columns(render(thick_in_box := SyntheticSpec(
-        **{**spec.to_dict(), "curves": 1, "curve_width": (3, 3)}), 0, i)[0], bg)[:110].any()
-        for i in range(40)]
+    thick_in_box = SyntheticSpec(**{**spec.to_dict(), "curves": 1, "curve_width": (3, 3)})
+    over_text = [not ink_columns(render(thick_in_box, 0, i)[0], bg)[:110].any()
+                 for i in range(40)]
     assert 0.3 <= np.mean(over_text) <= 0.7, np.mean(over_text)
     assert thick_in_box.text_width == (0.3, 0.3)
     with pytest.raises(DataError, match="six values"):

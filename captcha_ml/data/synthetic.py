@@ -302,6 +302,8 @@ class SpecCaptcha(ImageCaptcha):
     def draw(self, chars: str, rng: random.Random) -> Image.Image:
         s = self.spec
         bg, fg = _colours(s, rng)
+        # An alpha that drawing on RGB ignores, still drawn so the later random draws of
+        # every render stay where they were.
         fg = fg + (rng.randint(220, 255),)
         # The library masks each glyph by its brightness, so a dark glyph colour came out
         # faint (glyph colours 0-20 on white: darkest pixel 223 of 255): the text is drawn
@@ -433,10 +435,11 @@ def bezier_points(rng: random.Random, span: tuple[int, int], h: int) -> list[tup
     n = rng.randint(4, 6)
     control = [(x0 + (x1 - x0) * i / (n - 1), rng.uniform(0.1, 0.9) * h) for i in range(n)]
     steps = max(2, int((x1 - x0) / 2))
+    binomial = [math.comb(n - 1, i) for i in range(n)]
     points = []
     for k in range(steps + 1):
         t = k / steps
-        weights = [math.comb(n - 1, i) * t**i * (1 - t) ** (n - 1 - i) for i in range(n)]
+        weights = [binomial[i] * t**i * (1 - t) ** (n - 1 - i) for i in range(n)]
         points.append((sum(wt * p[0] for wt, p in zip(weights, control)),
                        sum(wt * p[1] for wt, p in zip(weights, control))))
     return points
