@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image, ImageDraw
@@ -149,6 +150,36 @@ def test_probe_chooses_bfloat16_only_where_it_is_faster(monkeypatch, bf16_rate, 
     forced = fit.probe_throughput(DIGITS_SPEC, 32, 96, 3, 11, precision="bf16")
     assert forced.precision == "bf16" and forced.step_images_per_s == {}
     assert timed == [("bf16", True)]
+
+
+def test_probe_times_the_gpu_where_one_trains(monkeypatch):
+    """With a GPU, training runs there (Accelerate's choice), so the probe times it there and
+    both precisions are probed on it; without one, on the CPU."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert fit.budget.train_device().type == "cuda"
+    monkeypatch.setattr(fit.budget, "_pool_batches", lambda *a: ((x for x in ["pool"]), 0.002))
+    monkeypatch.setattr(fit.budget, "_images_per_s",
+                        lambda model, batches, precision, steps: {"no": 900.0, "bf16": 1800.0}[
+                            precision])
+    probe = fit.probe_throughput(DIGITS_SPEC, 32, 96, 3, 11)
+    assert probe.precision == "bf16" and "on this GPU (1800 vs 900 images/s" in probe.why
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert fit.budget.train_device().type == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_probe_steps_run_on_the_gpu():
+    """On a GPU machine the timed steps really run there (model and batches moved), in both
+    precisions."""
+    import itertools
+
+    model = CaptchaNet(11, 1)
+    x = torch.randn(8, 1, 32, 64)  # on the CPU, as the pool's loader gives them
+    assert fit.budget._images_per_s(model, itertools.repeat(x), "no", steps=2) > 0
+    assert fit.budget._images_per_s(model, itertools.repeat(x), "bf16", steps=2) > 0
+    assert next(model.parameters()).device.type == "cuda"
 
 
 def test_probe_times_real_steps_on_pool_batches():
@@ -402,6 +433,8 @@ def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
     fit_yaml = yaml.safe_load((out / "fit.yaml").read_text())
     assert fit_yaml["pretrain"]["data"]["style"] == str(out / "style.yaml")
     assert fit_yaml["finetune"]["train"]["init_from"] == str(out / "pretrain" / "best.pt")
+    # --max-steps decides the steps: no time limit to fill.
+    assert fit_yaml["pretrain"]["train"]["fill_time"] is False
     # Pretraining at height <= 40 (widened from the aspect's 120 for CTC_STEPS_PER_SYMBOL
     # steps per narrowest symbol), finetuning at the source's 48 rows (aspect kept).
     sizes = [(fit_yaml[k]["data"]["height"], fit_yaml[k]["data"]["width"])
@@ -532,8 +565,10 @@ def test_budget_finetune_gets_the_time_pretraining_left(tmp_path, monkeypatch):
     limit = fit_yaml["finetune"]["train"]["max_minutes"]
     assert 0 < limit < 1.2 and f"train.max_minutes={limit:g}" in note
     assert fit_yaml["finetune"]["train"]["fill_time"] is True  # and fills a faster machine's
-    # Pretraining is held to its planned share of the budget.
+    # Pretraining is held to its planned share of the budget, and fills it where the probe
+    # timed too low.
     assert fit_yaml["pretrain"]["train"]["max_minutes"] == plan.pretrain_minutes > 0
+    assert fit_yaml["pretrain"]["train"]["fill_time"] is True
     assert f"(at most {plan.pretrain_minutes:g} min: train.max_minutes)" in "\n".join(lines)
     assert fit_yaml["fit"]["precision"] == "bf16"
     assert 0 < fit_yaml["fit"]["symbol_share"] < 0.5  # measured on the sample, for the input
@@ -551,7 +586,8 @@ def test_budget_finetune_gets_the_time_pretraining_left(tmp_path, monkeypatch):
     assert fit.replan_finetune(100, 16, 64, 50, synthetic_share=0.5) == (
         200, 200 * 8 // fit.budget.POOL_REUSE)  # 8 synthetic images a step
     assert fit_yaml["finetune"]["data"]["synthetic_pool"] == fit.budget.pool_size(ran, 16, 0.5)
-    assert fit_yaml["pretrain"]["data"]["num_workers"] == 0  # a CPU: no loader process
+    # No loader process on a CPU, two on a GPU.
+    assert fit_yaml["pretrain"]["data"]["num_workers"] == fit.budget.loader_workers()
 
 
 def test_cli_budget_default_is_fits():
