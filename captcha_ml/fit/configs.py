@@ -64,6 +64,9 @@ def build_configs(insp: Inspection, out: Path, inputs: dict[str, tuple[int, int]
         f"data.synthetic_pool={plan.pretrain_pool}",
         "data.synthetic_valid_size=256", "train.stage=pretrain", f"train.output_dir={out / 'pretrain'}",
         "train.epochs=1", f"train.max_steps={n_pre}", f"train.max_minutes={plan.pretrain_minutes}",
+        # and grows to it where the probe timed too low (a busy moment: planned at 71
+        # images/s, lower4to7's pretraining ran at 166 and would have ended 3 minutes early)
+        f"train.fill_time={bool(plan.pretrain_minutes)}",
         f"train.batch_size={plan.pretrain_batch}",
         "train.lr=1e-3", f"train.eval_every={max(1, n_pre // 5)}", "tracking.log_model=false"])
     fine = config.load(None, common + size("finetune") + [
