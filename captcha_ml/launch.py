@@ -12,11 +12,21 @@ import sys
 
 import torch
 
+from .config import ConfigError
+
 
 def accelerate_command(num_processes: int, args: list[str], mixed_precision: str = "no",
                        num_machines: int = 1) -> tuple[list[str], dict[str, str]]:
     """The `accelerate launch ... -m captcha_ml ARGS` argv and the environment to run it with."""
     env = dict(os.environ)
+    gpus, per_machine = torch.cuda.device_count(), -(-num_processes // num_machines)
+    if torch.cuda.is_available() and per_machine > gpus:
+        # Processes beyond the GPUs fail deep inside, after the run started (seen on one H200:
+        # rank 1 of 2 asked for CUDA device 1, "invalid device ordinal", at its first barrier).
+        raise ConfigError(
+            f"--num-processes {num_processes} needs {per_machine} GPUs on each of "
+            f"{num_machines} machine(s); this one has {gpus}. Use --num-processes {gpus}, or "
+            "CPU processes with CUDA_VISIBLE_DEVICES= (empty) set.")
     cmd = [sys.executable, "-m", "accelerate.commands.launch",
            "--num_processes", str(num_processes), "--num_machines", str(num_machines),
            "--mixed_precision", mixed_precision, "--dynamo_backend", "no"]

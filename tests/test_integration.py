@@ -92,7 +92,9 @@ def test_mlproject_pretrain_finetune_evaluate(tmp_path, real_dir):
 
 
 def test_two_cpu_processes_make_one_run_and_count_every_image(tmp_path):
-    env = _env(tmp_path, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    # CPU processes; a visible GPU is hidden (with one GPU, rank 1's first barrier asked for
+    # CUDA device 1 and failed, seen on an H200).
+    env = _env(tmp_path, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     overrides = [f"train.output_dir={tmp_path / 'out'}", "data.synthetic_valid_size=15",
                  "data.synthetic_train_size=40", "train.epochs=2", "train.log_every=1",
                  f"tracking.tracking_uri={env['MLFLOW_TRACKING_URI']}", "tracking.log_model=false",
@@ -121,6 +123,19 @@ def test_launch_command_uses_real_cpu_processes(monkeypatch):
     assert "--multi_gpu" in cmd and env["ACCELERATE_USE_CPU"] == "true"
     cmd, env = launch.accelerate_command(1, ["train", "x.yaml"])
     assert "--cpu" in cmd and "--multi_gpu" not in cmd
+
+
+def test_launch_refuses_more_processes_than_gpus(monkeypatch):
+    """On a GPU machine each process takes a GPU: more processes than GPUs is a clear error
+    before anything starts, not a CUDA error in rank 1 after the data was built."""
+    from captcha_ml.config import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="needs 2 GPUs on each of 1 machine.*this one has 1"):
+        launch.accelerate_command(2, ["train", "x.yaml"])
+    cmd, _ = launch.accelerate_command(4, ["train", "x.yaml"], num_machines=4)  # one per node
+    assert "--multi_gpu" in cmd
 
 
 def _free_port() -> int:
