@@ -85,6 +85,24 @@ def test_case_insensitive_lowercases_labels_and_charset(tmp_path):
     assert "B" in fit.inspect(data).charset  # case-sensitive keeps both cases
 
 
+def test_every_font_of_the_mix_draws_every_symbol():
+    """fit renders any charset of up to 62 symbols in every font of FONT_MIX: each font is
+    found among the bundled ones and draws each of 0-9a-zA-Z as its own glyph (none missing,
+    which PIL would draw as the font's empty box)."""
+    import string
+
+    from PIL import ImageFont
+
+    from captcha_ml.fit.style import FONT_MIX
+
+    symbols = string.digits + string.ascii_letters
+    for name in FONT_MIX:
+        font = ImageFont.truetype(synthetic.font_path(name), 40)
+        masks = {c: bytes(font.getmask(c)) for c in symbols}
+        assert all(any(m) for m in masks.values()), name  # every symbol leaves ink
+        assert len(set(masks.values())) == len(symbols), name  # no two alike (no .notdef boxes)
+
+
 @pytest.mark.parametrize("size,max_len", [((90, 30), 8), ((300, 80), 6), ((160, 60), 4)])
 def test_model_input_gives_ctc_enough_steps(size, max_len):
     h, w, _ = fit.model_input(size, max_len)

@@ -17,7 +17,8 @@ from ..data.transforms import load_image
 from .sample import Inspection
 
 FONT_MIX = ("DroidSansMono.ttf", "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSansMono.ttf",
-            "DejaVuSerif.ttf", "DejaVuSans-BoldOblique.ttf")
+            "DejaVuSerif.ttf", "DejaVuSans-BoldOblique.ttf", "STIXGeneral.ttf",
+            "STIXGeneralBol.ttf")
 # Crop to the text only where that leaves at most this share of the image.
 CROP_MAX_KEPT = 0.9
 CALIBRATION_IMAGES = 24  # synthetic images measured per style-calibration round
