@@ -173,8 +173,6 @@ def test_probe_chooses_bfloat16_only_where_it_is_faster(monkeypatch, bf16_rate, 
 def test_probe_times_the_gpu_where_one_trains(monkeypatch):
     """With a GPU, training runs there (Accelerate's choice), so the probe times it there and
     both precisions are probed on it; without one, on the CPU."""
-    import torch
-
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert fit.budget.train_device().type == "cuda"
     monkeypatch.setattr(fit.budget, "_pool_batches", lambda *a: ((x for x in ["pool"]), 0.002))
