@@ -18,9 +18,9 @@ from .config import ConfigError
 def accelerate_command(num_processes: int, args: list[str], mixed_precision: str = "no",
                        num_machines: int = 1) -> tuple[list[str], dict[str, str]]:
     """The `accelerate launch ... -m captcha_ml ARGS` argv and the environment to run it with."""
-    env = dict(os.environ)
+    env, on_gpu = dict(os.environ), torch.cuda.is_available()
     gpus, per_machine = torch.cuda.device_count(), -(-num_processes // num_machines)
-    if torch.cuda.is_available() and per_machine > gpus:
+    if on_gpu and per_machine > gpus:
         # Processes beyond the GPUs fail deep inside, after the run started (seen on one H200:
         # rank 1 of 2 asked for CUDA device 1, "invalid device ordinal", at its first barrier).
         raise ConfigError(
@@ -32,9 +32,9 @@ def accelerate_command(num_processes: int, args: list[str], mixed_precision: str
            "--mixed_precision", mixed_precision, "--dynamo_backend", "no"]
     if num_processes > 1 or num_machines > 1:
         cmd.append("--multi_gpu")
-        if not torch.cuda.is_available():
+        if not on_gpu:
             env["ACCELERATE_USE_CPU"] = "true"  # real CPU processes over gloo
-    elif not torch.cuda.is_available():
+    elif not on_gpu:
         cmd.append("--cpu")
     return cmd + ["-m", "captcha_ml", *args], env
 

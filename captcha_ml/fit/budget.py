@@ -109,9 +109,7 @@ def loader_workers() -> int:
     neither helps nor hurts (lower4to7 at 40x168, `benchmarks/loader_speed.py`: 351 vs 356
     images/s pretraining, 263 vs 267 finetuning) and would be forked again every epoch of a
     few hundred real images; two to feed a GPU."""
-    import torch
-
-    return 2 if torch.cuda.is_available() else 0
+    return 2 if train_device().type == "cuda" else 0
 
 
 def train_device():
@@ -217,9 +215,9 @@ def probe_throughput(spec: SyntheticSpec, height: int, width: int, channels: int
         rates = {p: _images_per_s(model(), itertools.repeat(x), p, 3) for p in tried}
         speedup = rates["bf16"] / rates["no"]
         chosen = "bf16" if speedup >= BF16_MIN_SPEEDUP else "no"
-        on = "this GPU" if train_device().type == "cuda" else "this CPU"
+        on = "GPU" if train_device().type == "cuda" else "CPU"
         why = (f"a training step in bfloat16 autocast ran {speedup:.1f}x as fast as in float32 "
-               f"on {on} ({rates['bf16']:.0f} vs {rates['no']:.0f} images/s; chosen at "
+               f"on this {on} ({rates['bf16']:.0f} vs {rates['no']:.0f} images/s; chosen at "
                f">= {BF16_MIN_SPEEDUP:g}x)")
     batches, render_s = _pool_batches(spec, height, width, channels, batch)
     images_per_s = _images_per_s(model(), batches, chosen, steps)
