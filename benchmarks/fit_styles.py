@@ -206,6 +206,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--match-stroke", action="store_true",
                     help="fit --match-stroke: synthetic strokes calibrated to the sample's.")
+    ap.add_argument("--no-universal", dest="universal", action="store_false",
+                    help="fit --no-universal: pretraining from random weights.")
     ap.add_argument("--holdout", type=int, default=1000,
                     help="Also read this many new images of each style (0: skip).")
     args = ap.parse_args()
@@ -222,7 +224,7 @@ def main() -> None:
             continue
         start = time.perf_counter()
         r = fit.run(folder, args.work / "fit" / name, budget_minutes=args.budget_minutes,
-                    match_stroke=args.match_stroke,
+                    match_stroke=args.match_stroke, universal=args.universal,
                     name=f"bench-{name}", tracking_uri=uri, seed=args.seed)
         minutes = (time.perf_counter() - start) / 60
         t = r["test"]

@@ -312,6 +312,9 @@ def fit(
                                       "the sample's measured stroke width (helped a sample "
                                       "drawn in thin faces, hurt one drawn in a single regular "
                                       "serif: see the README)."),
+    universal: bool = typer.Option(True, help="Start pretraining from the universal model "
+                                   "shipped with captcha_ml (general glyph features; "
+                                   "--no-universal: random weights)."),
 ) -> None:
     """Train a reader for a new captcha style from labeled examples: inspect, split, match the
     style, pretrain on synthetic, finetune, test, register (one MLflow parent run "fit")."""
@@ -319,4 +322,5 @@ def fit(
 
     fitting.run(data, out, not case_insensitive, budget_minutes,
                 str(config_path) if config_path else None, name, max_steps, tracking_uri, seed,
-                skip_bad, reuse_pretrain, precision, say=typer.echo, match_stroke=match_stroke)
+                skip_bad, reuse_pretrain, precision, say=typer.echo, match_stroke=match_stroke,
+                universal=universal)

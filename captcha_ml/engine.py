@@ -187,21 +187,48 @@ def evaluate(model: nn.Module, loader: DataLoader, accelerator: Accelerator, cha
 
 
 def init_weights(model: nn.Module, uri: str, charset: Charset) -> dict[str, str]:
-    """Start from a checkpoint or MLflow model; a different charset re-initialises the classifier."""
+    """Start from a checkpoint or MLflow model. Another charset keeps the classifier rows of
+    the symbols both have (and the blank's), the rest start afresh; a colour network starts a
+    grey one with its first filters summed over RGB (the same response to a grey image)."""
     path = tracking.download_checkpoint(uri)
     payload = checkpoint.load_payload(path)
-    state = payload["state_dict"]
-    same_charset = payload["charset"]["symbols"] == charset.symbols
-    if not same_charset:
-        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    state = dict(payload["state_dict"])
     mine = model.state_dict()
+    theirs = payload["charset"]["symbols"]
+    same_charset = theirs == charset.symbols
+    if not same_charset:
+        state.update(_classifier_rows(state, mine, theirs, charset.symbols))
+    first = "features.0.weight"
+    if first in state and first in mine and state[first].shape[1] == 3 and mine[first].shape[1] == 1:
+        state[first] = state[first].sum(dim=1, keepdim=True)
     clash = [k for k, v in state.items() if k in mine and mine[k].shape != v.shape]
     if clash or set(state) - set(mine):
-        raise TrainingError(f"{uri}: its network does not match model.* of this config "
-                            f"(model there: {payload['model']}); use the same model.depth/head")
+        raise TrainingError(f"{uri}: its network does not match model.* and data.channels of "
+                            f"this config (model there: {payload['model']}, channels "
+                            f"{payload['preprocess'].get('channels')}); use the same "
+                            "model.depth/head, or another train.init_from")
     model.load_state_dict(state, strict=False)
+    shared = sum(c in theirs for c in charset.symbols)
     return {"init_from": uri, "init_run_id": payload.get("run_id", ""),
-            "init_same_charset": str(same_charset)}
+            "init_same_charset": str(same_charset),
+            "init_shared_symbols": f"{shared}/{len(charset.symbols)}"}
+
+
+def _classifier_rows(state: dict, mine: dict, theirs: str, symbols: str) -> dict:
+    """The classifier for ``symbols`` from one trained on ``theirs``: row 0 (the CTC blank)
+    and each shared symbol's row copied, the others as this model initialised them."""
+    out = {}
+    for key in ("classifier.weight", "classifier.bias"):
+        if key not in state or key not in mine or state[key].shape[1:] != mine[key].shape[1:]:
+            state.pop(key, None)
+            continue
+        rows = mine[key].clone()
+        rows[0] = state[key][0]
+        for i, c in enumerate(symbols):
+            if c in theirs:
+                rows[i + 1] = state[key][theirs.index(c) + 1]
+        out[key] = rows
+    return out
 
 
 @dataclass

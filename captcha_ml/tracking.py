@@ -6,6 +6,7 @@ stray runs (see DESIGN.md, traps).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -143,10 +144,13 @@ class Tracker:
             ckpt.write_bytes(Path(checkpoint).read_bytes())
             with torch.no_grad():
                 out = model(torch.from_numpy(input_example)).numpy()
-            info = mlflow.pytorch.log_model(
-                model, name="model", input_example=input_example,
-                signature=infer_signature(input_example, out), extra_files=[str(ckpt)],
-                pip_requirements=_requirements())
+            # MLflow checks the logged model on its example by loading it, onto the GPU where
+            # there is one, and a torch.export program (exported here on the CPU) cannot move.
+            with _prediction_device("cpu"):
+                info = mlflow.pytorch.log_model(
+                    model, name="model", input_example=input_example,
+                    signature=infer_signature(input_example, out), extra_files=[str(ckpt)],
+                    pip_requirements=_requirements())
         return info.model_uri
 
     def log_reader(self, checkpoint_path: str | Path) -> str:
@@ -172,6 +176,20 @@ class Tracker:
 
     def end(self, status: str = "FINISHED") -> None:
         mlflow.end_run(status=status)
+
+
+@contextlib.contextmanager
+def _prediction_device(device: str):
+    """MLFLOW_DEFAULT_PREDICTION_DEVICE while the block runs, unless the user set it."""
+    name = "MLFLOW_DEFAULT_PREDICTION_DEVICE"
+    if os.environ.get(name):
+        yield
+        return
+    os.environ[name] = device
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
 
 
 def _requirements() -> list[str]:

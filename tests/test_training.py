@@ -44,6 +44,7 @@ def test_pretrain_writes_checkpoints_and_logs_run(tmp_path):
 
 
 @pytest.mark.parametrize("ema", ["0", "0.9"])
+@pytest.mark.usefixtures("exact_kernels")
 def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch, ema):
     # With a weight average on, the average itself must be saved and restored too.
     overrides = ["train.epochs=2", "train.save_every=2", "train.eval_every=4",
@@ -72,6 +73,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch, ema):
     assert steps == sorted(set(steps)) == [2, 4, 6, 8, 10, 12]
 
 
+@pytest.mark.usefixtures("exact_kernels")
 def test_weight_average_is_what_is_validated_and_saved(tmp_path):
     # After two steps the average is w1 + (w2 - w1) * (1 - d), d = min(decay, 2/11) (warm-up).
     runs = {}
@@ -94,6 +96,7 @@ def test_weight_average_is_what_is_validated_and_saved(tmp_path):
                      resume=True)
 
 
+@pytest.mark.usefixtures("exact_kernels")
 def test_channels_last_changes_the_memory_layout_not_the_weights(tmp_path):
     states = {}
     for layout in ("true", "false"):

@@ -147,7 +147,8 @@ _PRESETS: dict[str, dict] = {
 def preset(name: str, **overrides) -> SyntheticSpec:
     """A named spec (``captcha`` or ``real``) with any fields overridden."""
     if name not in _PRESETS:
-        raise DataError(f"unknown synthetic style {name!r}; use one of {', '.join(_PRESETS)}")
+        raise DataError(f"unknown synthetic style {name!r}; use one of {', '.join(_PRESETS)} "
+                        "(or universal, a mixture of looks, as data.style)")
     return SyntheticSpec(**{**_PRESETS[name], **_tuples(overrides)})
 
 
@@ -167,6 +168,10 @@ def spec_from_config(data: DataConfig, **overrides) -> SyntheticSpec:
     every image to the model input (data.width x data.height), as it does the real ones.
     """
     text = {"charset": data.charset, "min_len": data.min_len, "max_len": data.max_len}
+    if data.style == "universal":
+        from captcha_ml.data.universal import mixture
+
+        return mixture(**text)
     if is_style_file(data.style):
         return SyntheticSpec(**{**load_style(data.style), **text, **overrides})
     return preset(data.style, **{**text, **overrides})
@@ -199,7 +204,7 @@ def load_style(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"style file {p} does not exist; give data.style as a preset "
-                        f"({', '.join(_PRESETS)}) or the path of a style YAML")
+                        f"({', '.join(_PRESETS)}, universal) or the path of a style YAML")
     raw = yaml.safe_load(p.read_text()) or {}
     known = {f.name for f in dataclasses.fields(SyntheticSpec)}
     unknown = sorted(set(raw) - known) if isinstance(raw, dict) else ["(not a mapping)"]
@@ -605,14 +610,17 @@ def _hooks(im: Image.Image, rng: random.Random, count: int, ink: int, x: int) ->
                      width=rng.choice((2, 3)))
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=16)  # a universal mixture has 10 specs
 def _captcha_for(spec: SyntheticSpec) -> SpecCaptcha:
     """One drawer per spec and process (fonts load once)."""
     return (RealCaptcha if spec.style == "real" else SpecCaptcha)(spec)
 
 
 def render(spec: SyntheticSpec, seed: int | str, index: int) -> tuple[Image.Image, str]:
-    """Image and label of item ``index``: a pure function of (spec, seed, index)."""
+    """Image and label of item ``index``: a pure function of (spec, seed, index); a mixture
+    of specs (``universal.SpecMixture``) first picks the member that draws it."""
+    if hasattr(spec, "pick"):
+        spec = spec.pick(seed, index)
     rng = item_rng(seed, index)
     label = ""
     for _ in range(rng.randint(spec.min_len, spec.max_len)):

@@ -39,13 +39,24 @@ FINETUNE_AUGMENT_LINES = 0.5
 # them against 0.873 / 0.945 / 0.950 without (wheezy / alnum62 / lower4to7; `--no-tta` or
 # Reader.load(tta=False) reads once).
 FINETUNE_TTA = True
+# Pretraining starts from this general model where it is there and fit's network matches it:
+# fit's network trained on the universal mixture of synthetic looks (captcha_ml/data/
+# universal.py; experiments/universal.yaml, 5.5 minutes on one GPU), so the few CPU minutes of
+# style-matched pretraining adapt general glyph features instead of learning them.
+UNIVERSAL_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "universal-layer2.pt"
+
+
+def universal_start() -> str:
+    """The universal model's path, or "" where it is missing (pretraining from scratch)."""
+    return str(UNIVERSAL_WEIGHTS) if UNIVERSAL_WEIGHTS.is_file() else ""
 
 
 def build_configs(insp: Inspection, out: Path, inputs: dict[str, tuple[int, int]], plan: Plan,
-                  splits: dict[str, Path], seed: int = 0, crop: tuple[float, ...] = ()
-                  ) -> tuple[Config, Config]:
+                  splits: dict[str, Path], seed: int = 0, crop: tuple[float, ...] = (),
+                  init: str = "") -> tuple[Config, Config]:
     """The resolved pretrain and finetune configs; ``inputs`` maps each stage to its
-    (height, width); ``crop`` (data.crop) is the part of the images both stages read."""
+    (height, width); ``crop`` (data.crop) is the part of the images both stages read;
+    ``init`` the checkpoint pretraining starts from ("": random weights)."""
     common = [f"data.charset={insp.charset}", f"data.case_sensitive={insp.case_sensitive}",
               f"data.min_len={insp.min_len}", f"data.max_len={insp.max_len}",
               f"data.channels={insp.channels}", f"data.num_workers={plan.loader_workers}",
@@ -68,7 +79,8 @@ def build_configs(insp: Inspection, out: Path, inputs: dict[str, tuple[int, int]
         # images/s, lower4to7's pretraining ran at 166 and would have ended 3 minutes early)
         f"train.fill_time={bool(plan.pretrain_minutes)}",
         f"train.batch_size={plan.pretrain_batch}",
-        "train.lr=1e-3", f"train.eval_every={max(1, n_pre // 5)}", "tracking.log_model=false"])
+        "train.lr=1e-3", f"train.eval_every={max(1, n_pre // 5)}", "tracking.log_model=false",
+        *([f"train.init_from={init}"] if init else [])])
     fine = config.load(None, common + size("finetune") + [
         f"data.train={splits['train']}", f"data.valid={splits['valid']}", "data.augment=true",
         f"data.augment_strength={FINETUNE_AUGMENT_STRENGTH}", "data.augment_local=true",

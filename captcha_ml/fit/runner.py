@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .. import config
+from .. import checkpoint, config
 from ..config import Config
 from ..data import synthetic
 from ..data.datasets import available_cores
@@ -29,9 +29,9 @@ from . import budget
 from .budget import (DEFAULT_BUDGET_MINUTES, FALLBACK_IMAGES_PER_S, FINAL_RESERVE_S,
                      FINETUNE_MAX_HEIGHT, POOL_REUSE, PRECISIONS, Probe, input_cost,
                      model_input, plan_budget, replan_finetune)
-from .configs import (FINETUNE_AUGMENT_STRENGTH, FINETUNE_SYNTHETIC_SHARE, adopt_style,
-                      build_configs, override_precision, read_fit_yaml, repoint,
-                      write_fit_yaml)
+from .configs import (FINETUNE_AUGMENT_STRENGTH, FINETUNE_SYNTHETIC_SHARE, UNIVERSAL_WEIGHTS,
+                      adopt_style, build_configs, override_precision, read_fit_yaml, repoint,
+                      universal_start, write_fit_yaml)
 from .reuse import PRETRAIN_RECORD, reusable_pretraining, write_pretrain_record
 from .sample import Inspection, inspect, inspection_notes, make_split, split_sizes
 from .style import TextLayout, derive_style, sample_stats, style_samples, text_layout
@@ -51,10 +51,11 @@ class _Notes:
 
 def _configs(insp: Inspection, out: Path, spec: SyntheticSpec, splits: dict[str, Path],
              budget_minutes: float, config_path: str | None, max_steps: int, seed: int,
-             precision: str, note: _Notes, layout: TextLayout | None = None
-             ) -> tuple[Config, Config, dict[str, Any]]:
+             precision: str, note: _Notes, layout: TextLayout | None = None,
+             universal: bool = True) -> tuple[Config, Config, dict[str, Any]]:
     """``layout``: where the sample's text lies (style.text_layout): the crop, and the width
-    share of one symbol in it, decide the model input."""
+    share of one symbol in it, decide the model input; ``universal``: pretraining starts from
+    the universal model (where it is installed)."""
     layout = layout or TextLayout()
     size, share = layout.cropped(insp.size)
     height, width, why = model_input(size, insp.max_len, symbol_share=share)
@@ -85,7 +86,14 @@ def _configs(insp: Inspection, out: Path, spec: SyntheticSpec, splits: dict[str,
         plan.precision, plan.loader_workers = probe.precision, budget.loader_workers()
         note(f"precision: {'bfloat16 autocast' if probe.precision == 'bf16' else 'float32'}"
              f" (train.mixed_precision={probe.precision}): {probe.why}")
-        pre, fine = build_configs(insp, out, inputs, plan, splits, seed, layout.crop)
+        init = universal_start() if universal else ""
+        pre, fine = build_configs(insp, out, inputs, plan, splits, seed, layout.crop, init)
+        known = checkpoint.load_payload(init)["charset"]["symbols"] if init else ""
+        shared = sum(c in known for c in insp.charset)
+        note(f"pretraining starts from the universal model {init} ({shared} of the "
+             f"{len(insp.charset)} symbols known to it; --no-universal: random weights)"
+             if init else "pretraining starts from random weights" + (
+                 "" if not universal else f" ({UNIVERSAL_WEIGHTS} is missing)"))
         note(f"budget: {budget_minutes:g} min at ~{ips:.0f} training images/s (probe) -> pretrain "
              f"{plan.pretrain_steps} steps x {plan.pretrain_batch} synthetic images (at most "
              f"{plan.pretrain_minutes:g} min: train.max_minutes), finetune "
@@ -250,7 +258,7 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
         budget_minutes: float = DEFAULT_BUDGET_MINUTES, config_path: str | None = None,
         name: str = "", max_steps: int = 0, tracking_uri: str = "", seed: int = 0,
         skip_bad: bool = False, reuse_pretrain: bool = True, precision: str = "auto",
-        say=print, match_stroke: bool = False) -> dict[str, Any]:
+        say=print, match_stroke: bool = False, universal: bool = True) -> dict[str, Any]:
     """The whole fit (see the module docstring); returns metrics, run ids, files and times."""
     import mlflow
 
@@ -267,7 +275,7 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
     insp, splits, spec, layout = _prepare(data, out, case_sensitive, skip_bad,
                                           bool(config_path), seed, note, match_stroke)
     pre, fine, info = _configs(insp, out, spec, splits, budget_minutes, config_path, max_steps,
-                               seed, precision, note, layout)
+                               seed, precision, note, layout, universal)
     for cfg in (pre, fine):
         cfg.tracking.tracking_uri = tracking_uri or cfg.tracking.tracking_uri
     folders = [out / "pretrain"] + ([Path(info["config_pretrain_dir"])]
