@@ -198,8 +198,8 @@ def init_weights(model: nn.Module, uri: str, charset: Charset) -> dict[str, str]
     same_charset = theirs == charset.symbols
     if not same_charset:
         state.update(_classifier_rows(state, mine, theirs, charset.symbols))
-    first = "features.0.weight"
-    if first in state and first in mine and state[first].shape[1] == 3 and mine[first].shape[1] == 1:
+    first = "features.0.weight"  # the first convolution's filters: (out, channels, 7, 7)
+    if first in state and first in mine and (state[first].shape[1], mine[first].shape[1]) == (3, 1):
         state[first] = state[first].sum(dim=1, keepdim=True)
     clash = [k for k, v in state.items() if k in mine and mine[k].shape != v.shape]
     if clash or set(state) - set(mine):

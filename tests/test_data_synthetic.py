@@ -398,3 +398,37 @@ def test_dark_glyph_colours_are_drawn_at_full_strength(layout):
         text = img[np.abs(img - 250) > 24]
         assert text.size > 500 and img.min() <= ink[0] + 5, (ink, img.min())
         assert np.median(text) < ink[0] + 70, (ink, np.median(text))
+
+
+def test_universal_mixture_is_seeded_and_varied():
+    """data.style=universal: each image is drawn by one of the mixture's specs, picked by its
+    own seeded draw, so an image is a pure function of (seed, index); the members differ in
+    drawer, glyph shape and polarity, and every font of the mix draws every symbol."""
+    import string
+
+    from PIL import ImageFont
+
+    from captcha_ml.data import universal
+    from captcha_ml.data.synthetic import font_path, spec_from_config
+
+    mix = spec_from_config(DataConfig(style="universal", charset="abc123", min_len=4, max_len=8))
+    assert isinstance(mix, universal.SpecMixture) and len(mix.specs) == 10
+    assert {(s.style, s.stretch) for s in mix.specs} == {("captcha", True), ("captcha", False),
+                                                        ("real", False)}
+    assert {s.background for s in mix.specs} == {(190, 255), (0, 70)}
+    assert all(s.charset == "abc123" and (s.min_len, s.max_len) == (4, 8) for s in mix.specs)
+    picks = {mix.pick("s", i) for i in range(200)}
+    assert len(picks) == len(mix.specs)  # every member draws
+    for i in range(6):
+        a, b = render(mix, "s", i), render(mix, "s", i)
+        assert a[1] == b[1] and np.array_equal(np.asarray(a[0]), np.asarray(b[0]))
+        assert a[0].size == (mix.pick("s", i).width, mix.pick("s", i).height)
+    assert len({render(mix, "s", i)[0].size for i in range(40)}) > 1  # several canvases
+    symbols = string.digits + string.ascii_letters
+    for name in universal.UNIVERSAL_FONTS:
+        font = ImageFont.truetype(font_path(name), 40)
+        masks = {c: bytes(font.getmask(c)) for c in symbols}
+        assert all(any(m) for m in masks.values()), name
+        assert len(set(masks.values())) == len(symbols), name
+    with pytest.raises(DataError, match="universal"):
+        spec_from_config(DataConfig(style="no-such-style"))

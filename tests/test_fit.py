@@ -449,6 +449,11 @@ def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
     fit_yaml = yaml.safe_load((out / "fit.yaml").read_text())
     assert fit_yaml["pretrain"]["data"]["style"] == str(out / "style.yaml")
     assert fit_yaml["finetune"]["train"]["init_from"] == str(out / "pretrain" / "best.pt")
+    # Pretraining starts from the universal model shipped with the package.
+    assert fit_yaml["pretrain"]["train"]["init_from"] == str(fit.configs.UNIVERSAL_WEIGHTS)
+    assert "pretraining starts from the universal model" in result.output
+    assert "(10 of the 10 symbols known to it" in result.output
+    assert fit_yaml["fit"]["pretrain_init"] == str(fit.configs.UNIVERSAL_WEIGHTS)
     # --max-steps decides the steps: no time limit to fill.
     assert fit_yaml["pretrain"]["train"]["fill_time"] is False
     # Pretraining at height <= 40 (widened from the aspect's 120 for CTC_STEPS_PER_SYMBOL
@@ -569,7 +574,7 @@ def test_budget_finetune_gets_the_time_pretraining_left(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     lines: list[str] = []
     result = fit.run(tmp_path / "data", tmp_path / "out", budget_minutes=1.2, tracking_uri=uri,
-                     name="budget", say=lines.append)
+                     name="budget", say=lines.append, universal=False)
     plan = fit.plan_budget(1.2, 12.0)
     note = next(line for line in lines if "min left -> finetune" in line)
     ran = int(note.split("-> finetune ")[1].split(" steps")[0])
@@ -602,6 +607,12 @@ def test_budget_finetune_gets_the_time_pretraining_left(tmp_path, monkeypatch):
     assert fit.replan_finetune(100, 16, 64, 50, synthetic_share=0.5) == (
         200, 200 * 8 // fit.budget.POOL_REUSE)  # 8 synthetic images a step
     assert fit_yaml["finetune"]["data"]["synthetic_pool"] == fit.budget.pool_size(ran, 16, 0.5)
+    # --no-universal: pretraining from random weights.
+    assert fit_yaml["pretrain"]["train"]["init_from"] == ""
+    assert "pretraining starts from random weights" in lines
+    assert fit_yaml["fit"]["pretrain_init"] == "random"
+    assert MlflowClient(uri).get_run(result["parent_run_id"]).data.params[
+        "fit.pretrain_init"] == "random"
     # No loader process on a CPU, two on a GPU.
     assert fit_yaml["pretrain"]["data"]["num_workers"] == fit.budget.loader_workers()
 
@@ -615,3 +626,20 @@ def test_cli_budget_default_is_fits():
     option = signature(cli.fit).parameters["budget_minutes"].default
     assert (option.default == fit.DEFAULT_BUDGET_MINUTES
             == signature(fit.run).parameters["budget_minutes"].default)
+
+
+def test_shipped_universal_model_is_fits_network_as_its_config_trains_it():
+    """captcha_ml/weights/universal-layer2.pt is what experiments/universal.yaml trains: fit's
+    depth, its 62 symbols, colour input at its size; it loads into fit's network as it is."""
+    from captcha_ml import checkpoint, config
+    from captcha_ml.model import build_model
+
+    payload = checkpoint.load_payload(fit.configs.UNIVERSAL_WEIGHTS)
+    cfg = config.load(Path(__file__).resolve().parents[1] / "experiments" / "universal.yaml")
+    assert payload["model"]["depth"] == cfg.model.depth == fit.budget.FIT_DEPTH
+    assert payload["charset"]["symbols"] == cfg.data.charset and len(cfg.data.charset) == 62
+    pre = payload["preprocess"]
+    assert (pre["height"], pre["width"], pre["channels"]) == (cfg.data.height, cfg.data.width,
+                                                              cfg.data.channels) == (40, 176, 3)
+    net = build_model(cfg.model, len(cfg.data.charset) + 1, cfg.data.channels)
+    net.load_state_dict(payload["state_dict"])  # strict: every key, every shape

@@ -362,3 +362,35 @@ def test_time_limit_reestimates_the_steps_and_the_schedule_follows(tmp_path, mon
                       "train.log_every=1", "train.eval_every=0")
     result = engine.train(run)
     assert result["steps"] < 500 and (tmp_path / "run" / "out" / "best.pt").is_file()
+
+
+def test_init_from_another_charset_and_colour_keeps_what_carries_over(tmp_path):
+    """A colour checkpoint of 62 symbols starts a grey model of 4 (fit's universal start): the
+    blank's and each shared symbol's classifier row are copied, a new symbol's row is the
+    model's own, the first filters are summed over RGB; another depth is refused."""
+    from captcha_ml.charset import Charset
+    from captcha_ml.config import ModelConfig
+    from captcha_ml.data.transforms import Preprocess
+    from captcha_ml.model import build_model
+
+    symbols = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    cfg = ModelConfig(depth="layer2")
+    torch.manual_seed(0)
+    theirs = build_model(cfg, len(symbols) + 1, 3)
+    path = checkpoint.save(tmp_path / "universal.pt", theirs, Charset(symbols),
+                           Preprocess(40, 176, 3), cfg)
+    mine = build_model(cfg, 5, 1)
+    own_row = mine.classifier.weight[4].clone()  # "#": not among the 62
+    tags = engine.init_weights(mine, str(path), Charset("a0Z#"))
+    w, b = theirs.classifier.weight, theirs.classifier.bias
+    for i, c in enumerate("a0Z"):
+        assert torch.equal(mine.classifier.weight[i + 1], w[symbols.index(c) + 1]), c
+        assert torch.equal(mine.classifier.bias[i + 1], b[symbols.index(c) + 1]), c
+    assert torch.equal(mine.classifier.weight[0], w[0])  # the CTC blank
+    assert torch.equal(mine.classifier.weight[4], own_row)
+    assert torch.equal(mine.features[0].weight, theirs.features[0].weight.sum(1, keepdim=True))
+    assert torch.equal(mine.features[4][1].conv2.weight, theirs.features[4][1].conv2.weight)
+    assert tags["init_same_charset"] == "False" and tags["init_shared_symbols"] == "3/4"
+    with pytest.raises(engine.TrainingError, match="does not match model"):
+        engine.init_weights(build_model(ModelConfig(depth="layer3"), 5, 1), str(path),
+                            Charset("a0Z#"))

@@ -39,10 +39,11 @@ FINETUNE_AUGMENT_LINES = 0.5
 # them against 0.873 / 0.945 / 0.950 without (wheezy / alnum62 / lower4to7; `--no-tta` or
 # Reader.load(tta=False) reads once).
 FINETUNE_TTA = True
-# Pretraining starts from this general model where it is there and fit's network matches it:
-# fit's network trained on the universal mixture of synthetic looks (captcha_ml/data/
-# universal.py; experiments/universal.yaml, 5.5 minutes on one GPU), so the few CPU minutes of
-# style-matched pretraining adapt general glyph features instead of learning them.
+# Pretraining starts from this general model where it is installed: fit's network (FIT_DEPTH)
+# trained on the universal mixture of synthetic looks (captcha_ml/data/universal.py) by
+# experiments/universal.yaml, 5.5 minutes on one GPU (tests/test_fit.py checks the file against
+# both), so the few CPU minutes of style-matched pretraining adapt general glyph features
+# instead of learning them from random weights.
 UNIVERSAL_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "universal-layer2.pt"
 
 

@@ -104,7 +104,8 @@ def _configs(insp: Inspection, out: Path, spec: SyntheticSpec, splits: dict[str,
              f"{plan.finetune_pool} for finetuning, rendered before each stage by "
              f"{available_cores()} processes ({1000 * probe.render_s:.1f} ms an image each), "
              f"each image used ~{POOL_REUSE} times; data.num_workers={plan.loader_workers}")
-        info = {"budget_minutes": budget_minutes, "probe_images_per_s": round(ips, 1),
+        info = {"budget_minutes": budget_minutes, "pretrain_init": init or "random",
+                "probe_images_per_s": round(ips, 1),
                 "probe_step_images_per_s": probe.step_images_per_s,
                 "probe_render_ms": round(1000 * probe.render_s, 2), **asdict(plan)}
     info["symbol_share"] = round(layout.symbol_share, 4)
