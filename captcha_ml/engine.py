@@ -202,7 +202,7 @@ def init_weights(model: nn.Module, uri: str, charset: Charset) -> dict[str, str]
     if first in state and first in mine and (state[first].shape[1], mine[first].shape[1]) == (3, 1):
         state[first] = state[first].sum(dim=1, keepdim=True)
     clash = [k for k, v in state.items() if k in mine and mine[k].shape != v.shape]
-    if clash or set(state) - set(mine):
+    if clash or set(state) ^ set(mine):  # another depth or head: keys missing or extra
         raise TrainingError(f"{uri}: its network does not match model.* and data.channels of "
                             f"this config (model there: {payload['model']}, channels "
                             f"{payload['preprocess'].get('channels')}); use the same "
