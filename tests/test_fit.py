@@ -643,3 +643,17 @@ def test_shipped_universal_model_is_fits_network_as_its_config_trains_it():
                                                               cfg.data.channels) == (40, 176, 3)
     net = build_model(cfg.model, len(cfg.data.charset) + 1, cfg.data.channels)
     net.load_state_dict(payload["state_dict"])  # strict: every key, every shape
+
+
+def test_pretraining_is_not_reused_after_its_starting_model_changed(tmp_path):
+    """The reuse fingerprint covers the starting checkpoint's content, not only its path: a
+    retrained universal model at the same path trains pretraining again."""
+    from captcha_ml import config
+
+    start = tmp_path / "universal.pt"
+    start.write_bytes(b"one")
+    pre = config.load(None, [f"train.init_from={start}", f"train.output_dir={tmp_path}"])
+    before = fit.pretrain_fingerprint(pre)
+    assert fit.pretrain_fingerprint(pre) == before
+    start.write_bytes(b"two")
+    assert fit.pretrain_fingerprint(pre) != before

@@ -15,9 +15,12 @@ PRETRAIN_RECORD = "fit_pretrain.json"  # in OUT/pretrain: what trained best.pt, 
 
 def pretrain_fingerprint(pre: Config) -> str:
     """What decides the pretrained weights: the pretrain config (tracking aside), the style
-    file's text and the package version."""
+    file's text, the starting checkpoint's content (the universal model) and the package
+    version."""
     from .. import __version__, tracking
 
+    start = Path(pre.train.init_from) if pre.train.init_from else None
+    start_digest = tracking.path_digest(start) if start and start.is_file() else ""
     settings = pre.to_dict()
     settings.pop("tracking")
     settings["train"].pop("output_dir")  # where, not what: a rerun into another OUT may reuse
@@ -25,7 +28,8 @@ def pretrain_fingerprint(pre: Config) -> str:
     style = Path(pre.data.style)
     style_file = synthetic.is_style_file(pre.data.style) and style.is_file()
     return tracking.text_digest(json.dumps(settings, sort_keys=True)
-                                + (style.read_text() if style_file else "") + __version__)
+                                + (style.read_text() if style_file else "") + start_digest
+                                + __version__)
 
 
 def write_pretrain_record(pre: Config, result: dict[str, Any], seconds: float) -> None:
