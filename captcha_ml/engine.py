@@ -216,11 +216,11 @@ def init_weights(model: nn.Module, uri: str, charset: Charset) -> dict[str, str]
 
 def _classifier_rows(state: dict, mine: dict, theirs: str, symbols: str) -> dict:
     """The classifier for ``symbols`` from one trained on ``theirs``: row 0 (the CTC blank)
-    and each shared symbol's row copied, the others as this model initialised them."""
+    and each shared symbol's row copied, the others as this model initialised them. Another
+    feature width (another depth) is left as it is, for the shape check to refuse."""
     out = {}
     for key in ("classifier.weight", "classifier.bias"):
         if key not in state or key not in mine or state[key].shape[1:] != mine[key].shape[1:]:
-            state.pop(key, None)
             continue
         rows = mine[key].clone()
         rows[0] = state[key][0]

@@ -31,3 +31,20 @@ def write_manifests(real_dir: Path, out: Path, sizes=(("train", 24), ("valid", 1
             w.writerows([str(p), p.stem] for p in files[start:start + n])
         start += n
     return paths
+
+
+def assert_fonts_draw_every_symbol(names) -> None:
+    """Each font is found among the bundled ones and draws each of 0-9a-zA-Z as its own glyph
+    (none missing, which PIL would draw as the font's empty box)."""
+    import string
+
+    from PIL import ImageFont
+
+    from captcha_ml.data.synthetic import font_path
+
+    symbols = string.digits + string.ascii_letters
+    for name in names:
+        font = ImageFont.truetype(font_path(name), 40)
+        masks = {c: bytes(font.getmask(c)) for c in symbols}
+        assert all(any(m) for m in masks.values()), name  # every symbol leaves ink
+        assert len(set(masks.values())) == len(symbols), name  # no two alike (no .notdef boxes)

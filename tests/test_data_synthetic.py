@@ -404,12 +404,9 @@ def test_universal_mixture_is_seeded_and_varied():
     """data.style=universal: each image is drawn by one of the mixture's specs, picked by its
     own seeded draw, so an image is a pure function of (seed, index); the members differ in
     drawer, glyph shape and polarity, and every font of the mix draws every symbol."""
-    import string
-
-    from PIL import ImageFont
-
     from captcha_ml.data import universal
-    from captcha_ml.data.synthetic import font_path, spec_from_config
+    from captcha_ml.data.synthetic import spec_from_config
+    from helpers import assert_fonts_draw_every_symbol
 
     mix = spec_from_config(DataConfig(style="universal", charset="abc123", min_len=4, max_len=8))
     assert isinstance(mix, universal.SpecMixture) and len(mix.specs) == 10
@@ -424,11 +421,6 @@ def test_universal_mixture_is_seeded_and_varied():
         assert a[1] == b[1] and np.array_equal(np.asarray(a[0]), np.asarray(b[0]))
         assert a[0].size == (mix.pick("s", i).width, mix.pick("s", i).height)
     assert len({render(mix, "s", i)[0].size for i in range(40)}) > 1  # several canvases
-    symbols = string.digits + string.ascii_letters
-    for name in universal.UNIVERSAL_FONTS:
-        font = ImageFont.truetype(font_path(name), 40)
-        masks = {c: bytes(font.getmask(c)) for c in symbols}
-        assert all(any(m) for m in masks.values()), name
-        assert len(set(masks.values())) == len(symbols), name
+    assert_fonts_draw_every_symbol(universal.UNIVERSAL_FONTS)
     with pytest.raises(DataError, match="universal"):
         spec_from_config(DataConfig(style="no-such-style"))

@@ -23,6 +23,7 @@ from captcha_ml.data.real import DataError
 from captcha_ml.data.synthetic import SyntheticSpec
 from captcha_ml.model import CaptchaNet, output_length
 from captcha_ml.reader import Reader
+from helpers import assert_fonts_draw_every_symbol
 
 DIGITS = "0123456789"
 DIGITS_SPEC = synthetic.preset("captcha", charset=DIGITS, min_len=4, max_len=4, width=96,
@@ -89,18 +90,9 @@ def test_every_font_of_the_mix_draws_every_symbol():
     """fit renders any charset of up to 62 symbols in every font of FONT_MIX: each font is
     found among the bundled ones and draws each of 0-9a-zA-Z as its own glyph (none missing,
     which PIL would draw as the font's empty box)."""
-    import string
-
-    from PIL import ImageFont
-
     from captcha_ml.fit.style import FONT_MIX
 
-    symbols = string.digits + string.ascii_letters
-    for name in FONT_MIX:
-        font = ImageFont.truetype(synthetic.font_path(name), 40)
-        masks = {c: bytes(font.getmask(c)) for c in symbols}
-        assert all(any(m) for m in masks.values()), name  # every symbol leaves ink
-        assert len(set(masks.values())) == len(symbols), name  # no two alike (no .notdef boxes)
+    assert_fonts_draw_every_symbol(FONT_MIX)
 
 
 @pytest.mark.parametrize("size,max_len", [((90, 30), 8), ((300, 80), 6), ((160, 60), 4)])

@@ -160,7 +160,7 @@ def _tuples(fields: dict) -> dict:
     return out
 
 
-def spec_from_config(data: DataConfig, **overrides) -> SyntheticSpec:
+def spec_from_config(data: DataConfig, **overrides) -> SyntheticSpec | SpecMixture:
     """The style of a DataConfig (preset name or style YAML) with its charset and lengths.
 
     Presets and style files keep their own canvas (the size their font sizes belong to: 200x50
@@ -610,16 +610,28 @@ def _hooks(im: Image.Image, rng: random.Random, count: int, ink: int, x: int) ->
                      width=rng.choice((2, 3)))
 
 
+@dataclass(frozen=True)
+class SpecMixture:
+    """Several specs (``data.style: universal``, ``universal.mixture``); item ``index`` is
+    drawn by ``specs[k]``, k a seeded choice."""
+
+    specs: tuple[SyntheticSpec, ...]
+
+    def pick(self, seed: int | str, index: int) -> SyntheticSpec:
+        return self.specs[item_rng(f"{seed}/pick", index).randrange(len(self.specs))]
+
+
 @functools.lru_cache(maxsize=16)  # a universal mixture has 10 specs
 def _captcha_for(spec: SyntheticSpec) -> SpecCaptcha:
     """One drawer per spec and process (fonts load once)."""
     return (RealCaptcha if spec.style == "real" else SpecCaptcha)(spec)
 
 
-def render(spec: SyntheticSpec, seed: int | str, index: int) -> tuple[Image.Image, str]:
+def render(spec: SyntheticSpec | SpecMixture, seed: int | str, index: int
+           ) -> tuple[Image.Image, str]:
     """Image and label of item ``index``: a pure function of (spec, seed, index); a mixture
-    of specs (``universal.SpecMixture``) first picks the member that draws it."""
-    if hasattr(spec, "pick"):
+    of specs first picks the member that draws it."""
+    if isinstance(spec, SpecMixture):
         spec = spec.pick(seed, index)
     rng = item_rng(seed, index)
     label = ""

@@ -12,9 +12,8 @@ Each image picks one member spec by its own seeded draw, so an image stays a pur
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 
-from captcha_ml.data.synthetic import SyntheticSpec, font_path, item_rng
+from captcha_ml.data.synthetic import SpecMixture, SyntheticSpec, font_path
 
 # Every bundled face that draws all 62 letters and digits as distinct glyphs: captcha's
 # DroidSansMono, matplotlib's DejaVu family and STIX General (tests check each).
@@ -36,16 +35,6 @@ _NOISE = (dict(dots=0, curve_width=(1, 2), strikes=(0, 0), specks=(0, 0)),
 # Canvases (width, height) and font sizes for them: wide and short to tall and square-ish.
 _CANVASES = (((200, 50), (34, 38, 42)), ((160, 60), (36, 42, 48)), ((240, 70), (42, 50, 56)),
              ((120, 40), (24, 28, 32)))
-
-
-@dataclass(frozen=True)
-class SpecMixture:
-    """Several synthetic specs; item ``index`` is drawn by ``specs[k]``, k a seeded choice."""
-
-    specs: tuple[SyntheticSpec, ...]
-
-    def pick(self, seed: int | str, index: int) -> SyntheticSpec:
-        return self.specs[item_rng(f"{seed}/pick", index).randrange(len(self.specs))]
 
 
 def mixture(charset: str, min_len: int, max_len: int) -> SpecMixture:
