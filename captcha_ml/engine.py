@@ -377,7 +377,10 @@ def _run(loop: Loop) -> dict[str, Any]:
                 stop, last_eval = _validate(loop), p.step
                 _save_state(loop)
     bar.close()
-    if p.total < loop.planned and acc.is_main_process:
+    if stop and acc.is_main_process:
+        tqdm.write(f"train.early_stop_patience={cfg.train.early_stop_patience}: stopped at step "
+                   f"{p.step} of {p.total}, no better validation since step {p.best_step}")
+    elif p.total < loop.planned and acc.is_main_process:
         tqdm.write(f"train.max_minutes={cfg.train.max_minutes:g}: stopped after {p.step} of the "
                    f"planned {loop.planned} steps, the schedule run down by then")
     elif p.total > loop.planned and acc.is_main_process:
@@ -386,7 +389,7 @@ def _run(loop: Loop) -> dict[str, Any]:
     if last_eval != p.step:
         _validate(loop)
         _save_state(loop)
-    return _finish(loop)
+    return {**_finish(loop), "stopped_early": stop}
 
 
 def _fit_to_time(loop: Loop, steps_done: int, loop_start: float) -> int:

@@ -583,6 +583,13 @@ def test_budget_finetune_gets_the_time_pretraining_left(tmp_path, monkeypatch):
     assert fit_yaml["pretrain"]["train"]["max_minutes"] == plan.pretrain_minutes > 0
     assert fit_yaml["pretrain"]["train"]["fill_time"] is True
     assert f"(at most {plan.pretrain_minutes:g} min: train.max_minutes)" in "\n".join(lines)
+    # Pretraining validates on the real valid part and stops once it reads it no better.
+    assert fit_yaml["pretrain"]["data"]["valid"] == fit_yaml["finetune"]["data"]["valid"] == str(
+        tmp_path / "out" / "splits" / "valid.csv")
+    assert fit_yaml["pretrain"]["train"]["early_stop_patience"] == fit.PRETRAIN_PATIENCE > 0
+    assert fit_yaml["pretrain"]["train"]["eval_every"] == max(
+        1, plan.pretrain_steps // fit.PRETRAIN_EVALS)
+    assert any(line.startswith("pretrain: real valid part seq_acc ") for line in lines)
     assert fit_yaml["fit"]["precision"] == "bf16"
     assert 0 < fit_yaml["fit"]["symbol_share"] < 0.5  # measured on the sample, for the input
     assert fit_yaml["finetune"]["train"]["select"] == "last"  # its final weights are the model
@@ -648,4 +655,14 @@ def test_pretraining_is_not_reused_after_its_starting_model_changed(tmp_path):
     before = fit.pretrain_fingerprint(pre)
     assert fit.pretrain_fingerprint(pre) == before
     start.write_bytes(b"two")
+    assert fit.pretrain_fingerprint(pre) != before
+    # ... and the content of the real valid part pretraining validates on (it picks the
+    # weights and stops early), not its path: another OUT's split of the same data reuses.
+    for name, rows in (("a.csv", "x.png,1\n"), ("b.csv", "x.png,1\n"), ("c.csv", "x.png,2\n")):
+        (tmp_path / name).write_text("path,label\n" + rows)
+    pre.data.valid = str(tmp_path / "a.csv")
+    before = fit.pretrain_fingerprint(pre)
+    pre.data.valid = str(tmp_path / "b.csv")
+    assert fit.pretrain_fingerprint(pre) == before
+    pre.data.valid = str(tmp_path / "c.csv")
     assert fit.pretrain_fingerprint(pre) != before

@@ -259,13 +259,18 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     assert run.info.status == "FAILED"
 
 
-def test_early_stopping_after_patience(tmp_path, monkeypatch):
+def test_early_stopping_after_patience(tmp_path, monkeypatch, capsys):
     flat = {"seq_acc": 0.5, "char_acc": 0.5, "cer": 0.5, "count": 16.0, "loss": 1.0}
     monkeypatch.setattr(engine, "evaluate", lambda *a, **k: (dict(flat), [], []))
     cfg = tiny_config(tmp_path, "train.eval_every=1", "train.early_stop_patience=2",
                       "train.epochs=2", "tracking.log_model=false")
     result = engine.train(cfg)
     assert result["best_step"] == 1 and result["steps"] == 3  # best at 1, two stale, stop
+    assert result["stopped_early"] is True
+    assert "stopped at step 3 of 12, no better validation since step 1" in capsys.readouterr().out
+    cfg.train.early_stop_patience, cfg.train.output_dir = 0, str(tmp_path / "all")
+    result = engine.train(cfg)
+    assert result["steps"] == 12 and result["stopped_early"] is False
 
 
 def test_bf16_and_gradient_accumulation_on_cpu(tmp_path):

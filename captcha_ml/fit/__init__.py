@@ -14,7 +14,8 @@ One module per step, in the order the command runs them (`runner.run` chains the
 from .budget import (DEFAULT_BUDGET_MINUTES, FINETUNE_MAX_HEIGHT, PRECISIONS, Plan, Probe,
                      input_cost, model_input, plan_budget, probe_throughput, replan_finetune)
 from .configs import (FINETUNE_AUGMENT_LINES, FINETUNE_AUGMENT_STRENGTH, FINETUNE_SYNTHETIC_SHARE,
-                      build_configs, read_fit_yaml, write_fit_yaml)
+                      PRETRAIN_EVALS, PRETRAIN_PATIENCE, build_configs, read_fit_yaml,
+                      write_fit_yaml)
 from .reuse import PRETRAIN_RECORD, pretrain_fingerprint, reusable_pretraining
 from .runner import confusion_line, run
 from .sample import Inspection, inspect, inspection_notes, make_split, split_sizes
@@ -24,7 +25,8 @@ from .style import (TextLayout, calibrate, derive_style, sample_stats, style_sam
 __all__ = [
     "DEFAULT_BUDGET_MINUTES", "FINETUNE_AUGMENT_LINES", "FINETUNE_AUGMENT_STRENGTH",
     "FINETUNE_MAX_HEIGHT",
-    "FINETUNE_SYNTHETIC_SHARE", "PRECISIONS", "PRETRAIN_RECORD", "Inspection", "Plan", "Probe",
+    "FINETUNE_SYNTHETIC_SHARE", "PRECISIONS", "PRETRAIN_EVALS", "PRETRAIN_PATIENCE",
+    "PRETRAIN_RECORD", "Inspection", "Plan", "Probe",
     "build_configs", "calibrate", "confusion_line", "derive_style", "input_cost", "inspect",
     "inspection_notes", "make_split", "model_input", "plan_budget", "pretrain_fingerprint",
     "probe_throughput", "read_fit_yaml", "replan_finetune", "reusable_pretraining", "run",

@@ -15,7 +15,8 @@ PRETRAIN_RECORD = "fit_pretrain.json"  # in OUT/pretrain: what trained best.pt, 
 
 def pretrain_fingerprint(pre: Config) -> str:
     """What decides the pretrained weights: the pretrain config (tracking aside), the style
-    file's text, the starting checkpoint's content (the universal model) and the package
+    file's text, the starting checkpoint's content (the universal model), the content of the
+    valid part it validates on (it picks the weights and stops early) and the package
     version."""
     from .. import __version__, tracking
 
@@ -27,9 +28,11 @@ def pretrain_fingerprint(pre: Config) -> str:
     settings["data"].pop("style")  # the path; its text counts below
     style = Path(pre.data.style)
     style_file = synthetic.is_style_file(pre.data.style) and style.is_file()
+    valid = Path(settings["data"].pop("valid"))  # the real valid part: its content counts
+    valid_digest = tracking.path_digest(valid) if valid.is_file() else str(valid)
     return tracking.text_digest(json.dumps(settings, sort_keys=True)
                                 + (style.read_text() if style_file else "") + start_digest
-                                + __version__)
+                                + valid_digest + __version__)
 
 
 def write_pretrain_record(pre: Config, result: dict[str, Any], seconds: float) -> None:

@@ -144,6 +144,10 @@ def _eval_config(pre: Config, run_name: str) -> Config:
                               f"tracking.run_name={run_name}", "data.num_workers=0"])
 
 
+def _valid_name(pre: Config) -> str:
+    return "synthetic valid" if pre.data.valid == "synthetic" else "real valid part"
+
+
 def _train(pre: Config, fine: Config, splits: dict[str, Path], note: _Notes,
            deadline: float | None = None, replanned=None,
            record: dict[str, Any] | None = None, render_s: float = 0.0) -> dict[str, Any]:
@@ -161,7 +165,7 @@ def _train(pre: Config, fine: Config, splits: dict[str, Path], note: _Notes,
         pre_result, pre_seconds = record["result"], record["seconds"]
         note(f"pretrain: reusing {pre_result['best_checkpoint']} (same pretraining settings and "
              f"style as the run {pre_result['run_id']} that wrote it; --no-reuse-pretrain trains "
-             f"again): synthetic valid seq_acc {pre_result['val'].get('seq_acc', 0):.4f}")
+             f"again): {_valid_name(pre)} seq_acc {pre_result['val'].get('seq_acc', 0):.4f}")
         mlflow.set_tags({"fit.pretrain_reused_from_run": str(pre_result["run_id"])})
     else:
         record_path = Path(pre.train.output_dir) / PRETRAIN_RECORD
@@ -169,7 +173,11 @@ def _train(pre: Config, fine: Config, splits: dict[str, Path], note: _Notes,
         pre_result = engine.train(pre)
         pre_seconds = time.perf_counter() - t0
         write_pretrain_record(pre, pre_result, pre_seconds)
-        note(f"pretrain: synthetic valid seq_acc {pre_result['val'].get('seq_acc', 0):.4f} "
+        stopped = (f"; stopped early, {pre.train.early_stop_patience} validations without a "
+                   "better one: finetuning gets the time left" if pre_result.get("stopped_early")
+                   else "")
+        note(f"pretrain: {_valid_name(pre)} seq_acc {pre_result['val'].get('seq_acc', 0):.4f} "
+             f"at step {pre_result['best_step']} of {pre_result['steps']}{stopped} "
              f"({pre_seconds / 60:.1f} min)")
     times["pretrain"] = time.perf_counter() - t0
     zero = engine.evaluate_model(_eval_config(pre, "zero_shot"), pre_result["best_checkpoint"],
