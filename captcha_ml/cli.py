@@ -315,6 +315,9 @@ def fit(
     universal: bool = typer.Option(True, help="Start pretraining from the universal model "
                                    "shipped with captcha_ml (general glyph features; "
                                    "--no-universal: random weights)."),
+    font_match: bool = typer.Option(True, help="Where one bundled face clearly draws the "
+                                    "sample's glyphs, half the synthetic glyphs are drawn in "
+                                    "it (--no-font-match: the font mix only)."),
 ) -> None:
     """Train a reader for a new captcha style from labeled examples: inspect, split, match the
     style, pretrain on synthetic, finetune, test, register (one MLflow parent run "fit")."""
@@ -323,4 +326,4 @@ def fit(
     fitting.run(data, out, not case_insensitive, budget_minutes,
                 str(config_path) if config_path else None, name, max_steps, tracking_uri, seed,
                 skip_bad, reuse_pretrain, precision, say=typer.echo, match_stroke=match_stroke,
-                universal=universal)
+                universal=universal, font_match=font_match)

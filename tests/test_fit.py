@@ -406,6 +406,35 @@ def test_calibration_finds_how_often_glyphs_are_spaced(tmp_path, spaces):
         SyntheticSpec(spaces=1.5)
 
 
+def test_font_match_finds_the_face_that_drew_the_sample(tmp_path):
+    """The universal model ranks the face a sample was drawn in first; the style then draws
+    half its glyphs in it where it beats the runner-up by the margin, else keeps the mix."""
+    serif = SyntheticSpec(style="captcha", width=240, height=70, charset="0123456789abcdefoxyz",
+                          min_len=6, max_len=6, fonts=(synthetic.font_path("DejaVuSerif.ttf"),),
+                          font_sizes=(44, 50), background=(0, 50), foreground=(190, 255),
+                          dots=20, grey=False)
+    insp = _styled(tmp_path, "serif", serif)
+    spec, _ = fit.derive_style(insp)
+    model = fit.configs.UNIVERSAL_WEIGHTS
+    found = fit.rank_fonts(insp, spec, model, samples=60, renders=30)
+    assert found.scores[0][0] == "DejaVuSerif.ttf" and found.margin > 0
+    assert {name for name, _ in found.scores} == set(fit.fonts.UNIVERSAL_FONTS)
+    leaned, found, line = fit.match_fonts(insp, spec, model, margin=0.0, samples=60, renders=30)
+    assert found.chosen == "DejaVuSerif.ttf" and line.startswith("fonts: DejaVuSerif.ttf draws")
+    names = [Path(f).name for f in leaned.fonts]
+    assert names[:len(fit.style.FONT_MIX)] == list(fit.style.FONT_MIX)  # the mix stays
+    assert names.count("DejaVuSerif.ttf") / len(names) >= fit.MATCH_SHARE
+    kept, found, line = fit.match_fonts(insp, spec, model, margin=1.0, samples=60, renders=30)
+    assert kept == spec and not found.chosen and line.startswith("fonts: the mix kept")
+    assert found.summary()["chosen"] == "none"
+    # A face listed twice in a style file draws twice the share: the file keeps repeats.
+    synthetic.save_style(leaned, tmp_path / "style.yaml")
+    assert synthetic.load_style(tmp_path / "style.yaml")["fonts"] == leaned.fonts
+    # Without the universal model there is nothing to compare faces with.
+    same, found, line = fit.match_fonts(insp, spec, tmp_path / "missing.pt")
+    assert same == spec and found is None and "not matched" in line
+
+
 def test_style_file_round_trip_and_config(tmp_path):
     spec = SyntheticSpec(style="captcha", width=150, height=50, charset="abc",
                          fonts=(synthetic.font_path("DejaVuSerif.ttf"),), mixed_case=True)
@@ -445,6 +474,8 @@ def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
     assert fit_yaml["pretrain"]["train"]["init_from"] == str(fit.configs.UNIVERSAL_WEIGHTS)
     assert "pretraining starts from the universal model" in result.output
     assert "(10 of the 10 symbols known to it" in result.output
+    assert "fonts: " in result.output  # matched, or the mix kept: said either way
+    assert fit_yaml["fit"]["font_match"] == fit_yaml["fit"]["font_scores"]["chosen"]
     assert fit_yaml["fit"]["pretrain_init"] == str(fit.configs.UNIVERSAL_WEIGHTS)
     # --max-steps decides the steps: no time limit to fill.
     assert fit_yaml["pretrain"]["train"]["fill_time"] is False

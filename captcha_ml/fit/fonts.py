@@ -1,0 +1,136 @@
+"""Font matching: where one bundled face clearly draws the sample's glyphs, the synthetic
+images lean on it.
+
+The style derived from the sample's pixels draws its glyphs in a mix of faces (`style.FONT_MIX`),
+for generality. But look-alikes are told apart by details of a face, and a mix teaches
+boundaries the sample's face does not have: alnum62 (DejaVu Serif, glyphs stretched to the
+line) read its holdout at 0.955 after fit, misreading o as 0 18 times (never 0 as o), while the
+same finetuning on 60,000 images of its own generator read 0.992 without one such misread
+(session 22, `benchmarks/fit_ceiling.py`).
+
+How a face is matched: the universal model (fit's general starting model) reads the sample, and
+images of the derived style drawn in each candidate face alone; every glyph it reads gives the
+feature vector at its peak time step. A face's score is the mean cosine similarity of the
+sample's glyphs to the mean vector of the same symbol in that face's images. Where the best
+score beats the runner-up's by MATCH_MARGIN, the best face draws MATCH_SHARE of the glyphs and
+the mix the rest; otherwise the mix stays as it is (a face nobody bundled, or one the derived
+style draws too unlike the sample to compare).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..data import synthetic
+from ..data.synthetic import SyntheticSpec
+from ..data.transforms import load_image
+from ..data.universal import UNIVERSAL_FONTS
+from .sample import Inspection
+from .style import FONT_MIX
+
+# Scores (mean cosine similarity) of the best face and the runner-up, 100 sample images and 60
+# renders per face (session 22): captcha_ml's generator in one face, stretched glyphs: alnum62
+# (DejaVu Serif) 0.936 / 0.926 (DejaVu Serif Bold), captcha_images_v2 (made with the captcha
+# library, whose face is Droid Sans Mono) 0.901 / 0.886, lower4to7 (DejaVu Sans Mono) 0.888 /
+# 0.884 (Droid Sans Mono); other drawers, whose derived style draws unlike them: ink (STIX bold
+# and DejaVu Sans Mono Bold, at font proportions) 0.863 / 0.861, both its faces last of 13;
+# wheezy (DejaVu Sans Bold and Serif, warped) 0.876 / 0.875, its bold face 7th. A margin of
+# 0.008 takes the two clear matches and leaves the rest to the mix.
+MATCH_MARGIN = 0.008
+MATCH_SHARE = 0.5  # of the glyphs drawn in the matched face
+MATCH_SAMPLES, MATCH_RENDERS = 100, 60  # sample images read; images rendered per face
+
+
+@dataclass
+class FontMatch:
+    """Each candidate face's score (best first), and the face chosen ("" where none is)."""
+
+    scores: list[tuple[str, float]]
+    chosen: str = ""
+
+    @property
+    def margin(self) -> float:
+        return self.scores[0][1] - self.scores[1][1] if len(self.scores) > 1 else 0.0
+
+    def summary(self) -> dict:
+        return {"chosen": self.chosen or "none", "margin": round(self.margin, 4),
+                "scores": {name: round(score, 4) for name, score in self.scores}}
+
+
+def _glyphs(reader, images, labels: list[str], case_sensitive: bool) -> list[tuple[str, np.ndarray]]:
+    """(symbol, unit feature vector) at the peak step of every symbol the model reads there
+    that the image's label holds (a read symbol absent from the label is skipped)."""
+    import torch
+
+    model, charset, pre = reader
+    x = torch.stack([pre(img) for img in images])
+    with torch.no_grad():
+        feats = model.features(x).mean(dim=2).transpose(1, 2)  # (B, T, C), as the head reads
+        log_probs = model.classifier(feats).log_softmax(dim=-1)
+    best = log_probs.argmax(dim=-1)
+    out = []
+    for b, label in enumerate(labels):
+        label = label if case_sensitive else label.lower()
+        path, t = best[b].tolist(), 0
+        while t < len(path):
+            k, start = path[t], t
+            while t < len(path) and path[t] == k:
+                t += 1
+            sym = charset.symbols[k - 1] if k else ""
+            if k and (sym if case_sensitive else sym.lower()) in label:
+                peak = start + int(log_probs[b, start:t, k].argmax())
+                v = feats[b, peak].numpy()
+                out.append((sym if case_sensitive else sym.lower(), v / np.linalg.norm(v)))
+    return out
+
+
+def rank_fonts(insp: Inspection, spec: SyntheticSpec, model_path: str | Path, seed: int = 0,
+               samples: int = MATCH_SAMPLES, renders: int = MATCH_RENDERS,
+               faces: tuple[str, ...] = UNIVERSAL_FONTS) -> FontMatch:
+    """Each face's score against the sample (see the module docstring), best first."""
+    from .. import checkpoint
+
+    model, charset, pre, _ = checkpoint.load(model_path)
+    reader = (model.eval(), charset, pre)
+    chosen = random.Random(seed).sample(insp.samples, min(samples, len(insp.samples)))
+    real = _glyphs(reader, [load_image(p) for p, _ in chosen], [lab for _, lab in chosen],
+                   insp.case_sensitive)
+    scores = []
+    for face in faces:
+        drawn = replace(spec, fonts=(synthetic.font_path(face),))
+        items = [synthetic.render(drawn, f"fonts{seed}", i) for i in range(renders)]
+        protos: dict[str, list[np.ndarray]] = {}
+        for sym, v in _glyphs(reader, [im for im, _ in items], [lab for _, lab in items],
+                              insp.case_sensitive):
+            protos.setdefault(sym, []).append(v)
+        means = {s: np.mean(vs, axis=0) for s, vs in protos.items()}
+        sims = [float(v @ means[s]) / float(np.linalg.norm(means[s])) for s, v in real
+                if s in means]
+        scores.append((face, float(np.mean(sims)) if sims else 0.0))
+    scores.sort(key=lambda fs: -fs[1])
+    return FontMatch(scores)
+
+
+def match_fonts(insp: Inspection, spec: SyntheticSpec, model_path: str | Path | None,
+                seed: int = 0, margin: float = MATCH_MARGIN, **kwargs
+                ) -> tuple[SyntheticSpec, FontMatch | None, str]:
+    """The spec with its glyphs MATCH_SHARE in the matched face where one is clearly best
+    (else as it was), the ranking (None without a model), and the line fit prints."""
+    if not model_path or not Path(model_path).is_file():
+        return spec, None, "fonts: not matched (no universal model to compare faces with)"
+    found = rank_fonts(insp, spec, model_path, seed, **kwargs)
+    (best, score), (second, runner_up) = found.scores[0], found.scores[1]
+    compared = (f"{best} {score:.3f}, runner-up {second} {runner_up:.3f} (margin "
+                f"{found.margin:.3f}; needs {margin:g})")
+    if found.margin < margin:
+        return spec, found, f"fonts: the mix kept, no face clearly matches the sample: {compared}"
+    found.chosen = best
+    mix = tuple(synthetic.font_path(f) for f in FONT_MIX)
+    weight = max(1, round(len(mix) * MATCH_SHARE / (1 - MATCH_SHARE)))
+    spec = replace(spec, fonts=mix + (synthetic.font_path(best),) * weight)
+    return spec, found, (f"fonts: {best} draws {MATCH_SHARE:.0%} of the glyphs, the mix the "
+                         f"rest: it matches the sample's glyphs best, {compared}")
