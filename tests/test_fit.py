@@ -597,7 +597,7 @@ def test_budget_finetune_gets_the_time_pretraining_left(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     lines: list[str] = []
     result = fit.run(tmp_path / "data", tmp_path / "out", budget_minutes=1.2, tracking_uri=uri,
-                     name="budget", say=lines.append, universal=False)
+                     name="budget", say=lines.append, universal=False, font_match=False)
     plan = fit.plan_budget(1.2, 12.0)
     note = next(line for line in lines if "min left -> finetune" in line)
     ran = int(note.split("-> finetune ")[1].split(" steps")[0])
@@ -637,6 +637,9 @@ def test_budget_finetune_gets_the_time_pretraining_left(tmp_path, monkeypatch):
     assert fit.replan_finetune(100, 16, 64, 50, synthetic_share=0.5) == (
         200, 200 * 8 // fit.budget.POOL_REUSE)  # 8 synthetic images a step
     assert fit_yaml["finetune"]["data"]["synthetic_pool"] == fit.budget.pool_size(ran, 16, 0.5)
+    # --no-font-match: the font mix as derived, no faces compared.
+    assert not any(line.startswith("fonts: ") for line in lines)
+    assert "font_match" not in fit_yaml["fit"]
     # --no-universal: pretraining from random weights.
     assert fit_yaml["pretrain"]["train"]["init_from"] == ""
     assert "pretraining starts from random weights" in lines

@@ -26,12 +26,12 @@ from .style import (TextLayout, calibrate, derive_style, sample_stats, style_sam
 
 __all__ = [
     "DEFAULT_BUDGET_MINUTES", "FINETUNE_AUGMENT_LINES", "FINETUNE_AUGMENT_STRENGTH",
-    "FINETUNE_MAX_HEIGHT",
-    "FINETUNE_SYNTHETIC_SHARE", "FontMatch", "MATCH_MARGIN", "MATCH_SHARE", "PRECISIONS", "PRETRAIN_EVALS", "PRETRAIN_PATIENCE",
-    "PRETRAIN_RECORD", "Inspection", "Plan", "Probe",
-    "build_configs", "calibrate", "confusion_line", "derive_style", "input_cost", "inspect",
-    "inspection_notes", "make_split", "match_fonts", "model_input", "plan_budget", "pretrain_fingerprint",
-    "probe_throughput", "rank_fonts", "read_fit_yaml", "replan_finetune", "reusable_pretraining", "run",
-    "sample_stats", "split_sizes", "style_samples", "symbol_share", "text_layout", "TextLayout",
+    "FINETUNE_MAX_HEIGHT", "FINETUNE_SYNTHETIC_SHARE", "FontMatch", "MATCH_MARGIN",
+    "MATCH_SHARE", "PRECISIONS", "PRETRAIN_EVALS", "PRETRAIN_PATIENCE", "PRETRAIN_RECORD",
+    "Inspection", "Plan", "Probe", "build_configs", "calibrate", "confusion_line",
+    "derive_style", "input_cost", "inspect", "inspection_notes", "make_split", "match_fonts",
+    "model_input", "plan_budget", "pretrain_fingerprint", "probe_throughput", "rank_fonts",
+    "read_fit_yaml", "replan_finetune", "reusable_pretraining", "run", "sample_stats",
+    "split_sizes", "style_samples", "symbol_share", "text_layout", "TextLayout",
     "write_fit_yaml",
 ]

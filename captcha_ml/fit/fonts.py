@@ -61,7 +61,8 @@ class FontMatch:
                 "scores": {name: round(score, 4) for name, score in self.scores}}
 
 
-def _glyphs(reader, images, labels: list[str], case_sensitive: bool) -> list[tuple[str, np.ndarray]]:
+def _glyphs(reader, images, labels: list[str], case_sensitive: bool
+            ) -> list[tuple[str, np.ndarray]]:
     """(symbol, unit feature vector) at the peak step of every symbol the model reads there
     that the image's label holds (a read symbol absent from the label is skipped)."""
     import torch
@@ -118,8 +119,9 @@ def rank_fonts(insp: Inspection, spec: SyntheticSpec, model_path: str | Path, se
 def match_fonts(insp: Inspection, spec: SyntheticSpec, model_path: str | Path | None,
                 seed: int = 0, margin: float = MATCH_MARGIN, **kwargs
                 ) -> tuple[SyntheticSpec, FontMatch | None, str]:
-    """The spec with its glyphs MATCH_SHARE in the matched face where one is clearly best
-    (else as it was), the ranking (None without a model), and the line fit prints."""
+    """The spec with at least MATCH_SHARE of its glyphs in the matched face where one is
+    clearly best (else as it was), the ranking (None without a model), and the line fit
+    prints."""
     if not model_path or not Path(model_path).is_file():
         return spec, None, "fonts: not matched (no universal model to compare faces with)"
     found = rank_fonts(insp, spec, model_path, seed, **kwargs)
@@ -131,6 +133,8 @@ def match_fonts(insp: Inspection, spec: SyntheticSpec, model_path: str | Path | 
     found.chosen = best
     mix = tuple(synthetic.font_path(f) for f in FONT_MIX)
     weight = max(1, round(len(mix) * MATCH_SHARE / (1 - MATCH_SHARE)))
-    spec = replace(spec, fonts=mix + (synthetic.font_path(best),) * weight)
-    return spec, found, (f"fonts: {best} draws {MATCH_SHARE:.0%} of the glyphs, the mix the "
-                         f"rest: it matches the sample's glyphs best, {compared}")
+    fonts = mix + (synthetic.font_path(best),) * weight
+    share = fonts.count(synthetic.font_path(best)) / len(fonts)  # the mix may hold it too
+    return replace(spec, fonts=fonts), found, (
+        f"fonts: {best} draws {share:.0%} of the glyphs, the mix the rest: it matches the "
+        f"sample's glyphs best, {compared}")
