@@ -1,9 +1,9 @@
 """Font matching: where one bundled face clearly draws the sample's glyphs, the synthetic
 images lean on it.
 
-The style derived from the sample's pixels draws its glyphs in a mix of faces (`style.FONT_MIX`),
-for generality. But look-alikes are told apart by details of a face, and a mix teaches
-boundaries the sample's face does not have: alnum62 (DejaVu Serif, glyphs stretched to the
+The style derived from the sample's pixels draws its glyphs in a mix of faces
+(`style.FONT_MIX`), for generality. But look-alikes are told apart by details of a face, and
+a mix teaches boundaries the sample's face does not have: alnum62 (DejaVu Serif, glyphs stretched to the
 line) read its holdout at 0.955 after fit, misreading o as 0 18 times (never 0 as o), while the
 same finetuning on 60,000 images of its own generator read 0.992 without one such misread
 (session 22, `benchmarks/fit_ceiling.py`).
@@ -30,7 +30,6 @@ from ..data.synthetic import SyntheticSpec
 from ..data.transforms import load_image
 from ..data.universal import UNIVERSAL_FONTS
 from .sample import Inspection
-from .style import FONT_MIX
 
 # Scores (mean cosine similarity) of the best face and the runner-up, 100 sample images and 60
 # renders per face (session 22): captcha_ml's generator in one face, stretched glyphs: alnum62
@@ -131,7 +130,7 @@ def match_fonts(insp: Inspection, spec: SyntheticSpec, model_path: str | Path | 
     if found.margin < margin:
         return spec, found, f"fonts: the mix kept, no face clearly matches the sample: {compared}"
     found.chosen = best
-    mix = tuple(synthetic.font_path(f) for f in FONT_MIX)
+    mix = spec.font_files  # the derived style's mix (style.FONT_MIX)
     weight = max(1, round(len(mix) * MATCH_SHARE / (1 - MATCH_SHARE)))
     fonts = mix + (synthetic.font_path(best),) * weight
     share = fonts.count(synthetic.font_path(best)) / len(fonts)  # the mix may hold it too
