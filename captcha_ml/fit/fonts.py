@@ -5,8 +5,8 @@ The style derived from the sample's pixels draws its glyphs in a mix of faces
 (`style.FONT_MIX`), for generality. But look-alikes are told apart by details of a face, and
 a mix teaches boundaries the sample's face does not have: alnum62 (DejaVu Serif, glyphs
 stretched to the line) read its holdout at 0.955 after fit, misreading o as 0 18 times (never
-0 as o), while the same finetuning on 60,000 images of its own generator read 0.992 without one such misread
-(session 22, `benchmarks/fit_ceiling.py`).
+0 as o), while the same finetuning on 60,000 images of its own generator read 0.992 without
+one such misread (session 22, `benchmarks/fit_ceiling.py`).
 
 How a face is matched: the universal model (fit's general starting model) reads the sample, and
 images of the derived style drawn in each candidate face alone; every glyph it reads gives the
