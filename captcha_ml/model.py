@@ -44,12 +44,17 @@ class CaptchaNet(nn.Module):
         self.classifier = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # float32 log_softmax: CTC is unstable in half precision.
+        return self.classifier(self.columns(x)).float().log_softmax(dim=-1)
+
+    def columns(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-time-step features (B, T, C) the classifier reads (`fit.fonts` compares
+        glyphs by them)."""
         f = self.features(x).mean(dim=2)  # (B, C, T)
         f = self.dropout(f.transpose(1, 2))  # (B, T, C)
         if self.rnn is not None:
             f, _ = self.rnn(f)
-        # float32 log_softmax: CTC is unstable in half precision.
-        return self.classifier(f).float().log_softmax(dim=-1)
+        return f
 
     def output_length(self, width: int) -> int:
         """Number of CTC time steps for an input of this width."""

@@ -69,7 +69,7 @@ def _glyphs(reader, images, labels: list[str], case_sensitive: bool
     model, charset, pre = reader
     x = torch.stack([pre(img) for img in images])
     with torch.no_grad():
-        feats = model.features(x).mean(dim=2).transpose(1, 2)  # (B, T, C), as the head reads
+        feats = model.columns(x)  # (B, T, C)
         log_probs = model.classifier(feats).log_softmax(dim=-1)
     best = log_probs.argmax(dim=-1)
     out = []
