@@ -48,6 +48,7 @@ def training_images_per_s(cfg: config_lib.Config, steps: int = 8) -> float:
     """Images/s consumed by optimizer steps of cfg's model on one in-memory batch."""
     data = engine.build_data(cfg)
     model = engine.build_model(cfg.model, data.charset.num_classes, cfg.data.channels).train()
+    model.freeze(cfg.train.freeze)  # train.freeze: no backward below the frozen stages
     if cfg.train.channels_last:  # as the training loop does
         model = channels_last(model)
     opt = engine.make_optimizer(model, cfg)

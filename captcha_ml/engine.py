@@ -304,6 +304,7 @@ def _prepare(cfg: Config, accelerator: Accelerator, tracker, out: Path, started:
     data = build_data(cfg)
     model = build_model(cfg.model, data.charset.num_classes, cfg.data.channels)
     init_tags = init_weights(model, t.init_from, data.charset) if t.init_from else {}
+    model.freeze(t.freeze)
     if t.channels_last:
         model = channels_last(model)
     opt = make_optimizer(model, cfg)

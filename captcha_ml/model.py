@@ -12,6 +12,8 @@ from .config import ModelConfig
 
 
 DEPTHS = ("layer2", "layer3", "layer4")  # the last ResNet-18 stage kept (128/256/512 channels)
+# train.freeze: the leading feature modules it keeps fixed ("stem": conv1, bn1, relu, maxpool).
+FREEZE = {"": 0, "stem": 4, "layer1": 5}
 
 
 class CaptchaNet(nn.Module):
@@ -42,6 +44,26 @@ class CaptchaNet(nn.Module):
             self.rnn = nn.LSTM(channels, hidden, batch_first=True, bidirectional=True)
             channels = 2 * hidden
         self.classifier = nn.Linear(channels, num_classes)
+        self.frozen = 0  # leading modules of self.features kept fixed (`freeze`)
+
+    def freeze(self, upto: str) -> "CaptchaNet":
+        """Keep the feature stages up to ``upto`` (a FREEZE key; "": none) fixed: no gradients,
+        and their batch norms in eval mode (running statistics kept) even while training.
+        Nothing below them needs a backward pass, so a training step is cheaper (the stem and
+        layer1 are most of layer2-deep ResNet's compute at full resolution)."""
+        if upto not in FREEZE:
+            raise ValueError(f"freeze must be one of {', '.join(map(repr, FREEZE))} (got {upto!r})")
+        self.frozen = FREEZE[upto]
+        for i, module in enumerate(self.features):
+            for p in module.parameters():
+                p.requires_grad_(i >= self.frozen)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> "CaptchaNet":
+        super().train(mode)
+        for module in self.features[:self.frozen]:
+            module.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # float32 log_softmax: CTC is unstable in half precision.

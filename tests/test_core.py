@@ -47,6 +47,7 @@ def test_config_unknown_key_lists_valid_keys(tmp_path):
     ("data.crop=0.5,0,0.4,1", "left < right"),
     ("data.crop=0.1,0.2", "give 4 shares"),
     ("data.crop=a,b,c,d", "expected a list of numbers"),
+    ("train.freeze=layer2", "train.freeze='layer2'"),
 ])
 def test_config_rejects_bad_values(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -215,6 +216,28 @@ def test_model_depth_sets_width_and_size():
     assert CaptchaNet(20, 1, "layer2").classifier.in_features == 128
     with pytest.raises(ValueError, match="layer2, layer3, layer4"):
         CaptchaNet(20, 1, "layer1")
+
+
+def test_freeze_keeps_the_first_stages_as_they_were():
+    torch.manual_seed(0)
+    net = CaptchaNet(num_classes=6, in_channels=1, depth="layer2").freeze("layer1")
+    frozen = {k: v.clone() for k, v in net.features[:5].state_dict().items()}
+    trained = {k: v.clone() for k, v in net.features[5].state_dict().items()}
+    net.eval().train()  # train() again must not wake the frozen batch norms
+    assert not any(m.training for m in net.features[:5]) and net.features[5].training
+    opt = torch.optim.AdamW(net.parameters(), lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        net(torch.randn(4, 1, 32, 96)).logsumexp(-1).mean().backward()
+        opt.step()
+    assert all(torch.equal(v, net.features[:5].state_dict()[k]) for k, v in frozen.items())
+    now = net.features[5].state_dict()
+    assert not torch.equal(trained["0.conv1.weight"], now["0.conv1.weight"])
+    assert not torch.equal(trained["0.bn1.running_mean"], now["0.bn1.running_mean"])
+    assert all(p.requires_grad for p in net.freeze("").parameters())
+    assert all(m.training for m in net.features)
+    with pytest.raises(ValueError, match="freeze must be one of"):
+        net.freeze("layer2")
 
 
 def test_model_lstm_head_and_rgb():

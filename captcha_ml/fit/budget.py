@@ -179,7 +179,8 @@ def config_images_per_s(cfg: Config, steps: int = 12) -> float:
     cfg = copy.deepcopy(cfg)  # a small pool: the timing must not render the stage's whole pool
     cfg.data.synthetic_pool = min(cfg.data.synthetic_pool, 64)
     data = engine.build_data(cfg)
-    model = channels_last(build_model(cfg.model, data.charset.num_classes, cfg.data.channels))
+    model = build_model(cfg.model, data.charset.num_classes, cfg.data.channels)
+    model = channels_last(model.freeze(cfg.train.freeze))
     loader = engine.make_loader(data.train, cfg, data.charset, train=True)
     batches = (b["images"] for _ in itertools.count() for b in loader)  # a small set repeats
     try:
