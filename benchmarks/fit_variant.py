@@ -1,0 +1,100 @@
+"""One change to `captcha-ml fit`'s finetuning, measured: the same finetuning again from the
+same pretrained model, with config overrides, and both readers on the style's holdout.
+
+    python benchmarks/fit_styles.py --work W --styles wheezy      # first: the fit itself
+    python benchmarks/fit_variant.py --work W --style wheezy --name frozen \\
+        --set train.freeze=layer1 --same-time --set train.max_steps=7000
+    python benchmarks/fit_variant.py --work W --style wheezy --name train-valid --train-valid
+
+The fit's finetune section of `W/fit/<style>/fit.yaml` runs again from its pretrained model
+(`W/fit/<style>/pretrain/best.pt`) with the overrides (`--set`, as `captcha-ml train`'s),
+for the steps fit's finetuning ran (the default: a change in what a step does, compared
+step for step) or, with `--same-time`, for fit's finetuning time limit (a change in what a
+step costs: the steps shrink to the time, from a plan of 3x fit's steps or `--set
+train.max_steps=N`; the schedule still anneals by then). `v2` has no holdout generator here.
+`--train-valid` trains on the train and valid parts together (425 of 500 images instead of
+350; the test part stays out). Prints the steps and minutes, the holdout seq acc of fit's
+reader and of the variant's, then both misread lines as `fit_styles.py` prints them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import yaml
+
+from captcha_ml import checkpoint, config, engine, fit, report
+from captcha_ml.data import real
+from fit_styles import make_data, misread_line, read_holdout, styles
+from machine import describe
+
+
+def variant(args: argparse.Namespace) -> tuple[list, list[str]]:
+    name = args.style
+    fitted = args.work / "fit" / name
+    if not (fitted / "fit.yaml").is_file() or not (fitted / "pretrain" / "best.pt").is_file():
+        raise SystemExit(f"{fitted}: no fit of {name} (fit.yaml and pretrain/best.pt); run "
+                         f"python benchmarks/fit_styles.py --work {args.work} --styles {name}")
+    _, fine = fit.read_fit_yaml(fitted / "fit.yaml")
+    fit_reader = Path(fine.train.output_dir) / "best.pt"
+    fit_ran = checkpoint.load_payload(fit_reader)["step"]  # select: last, so the steps run
+    holdout = make_data(name, args.holdout, args.work / "holdout" / name,
+                        f"holdout{args.seed}/{name}")[1]
+    out = args.work / "variant" / f"{name}-{args.name}"
+    out.mkdir(parents=True, exist_ok=True)
+    t = fine.train
+    t.output_dir, t.init_from = str(out), str(fitted / "pretrain" / "best.pt")
+    t.fill_time, fine.tracking.log_model = False, False
+    if args.same_time:  # the steps shrink to fit's time limit
+        t.max_steps = 3 * fit_ran
+    else:
+        t.max_steps, t.max_minutes = fit_ran, 0.0
+    if args.train_valid:
+        rows = [r for part in ("train", "valid")
+                for r in real.read_manifest(fitted / "splits" / f"{part}.csv").samples]
+        fine.data.train = str(real.write_manifest(out / "train_valid.csv", rows))
+    (out / "finetune.yaml").write_text(yaml.safe_dump(fine.to_dict(), sort_keys=False))
+    fine = config.load(out / "finetune.yaml", args.set)  # what ran, overrides applied
+    (out / "finetune.yaml").write_text(yaml.safe_dump(fine.to_dict(), sort_keys=False))
+    start = time.perf_counter()
+    result = engine.train(fine)
+    minutes = (time.perf_counter() - start) / 60
+    fit_held = read_holdout(str(fit_reader), holdout)
+    held = read_holdout(result["best_checkpoint"], holdout)
+    row = [name, args.name, " ".join(args.set + ["--train-valid"] * args.train_valid) or "-",
+           f"{fit_ran} / {result['steps']}", f"{minutes:.1f}",
+           f"{fit_held['metrics']['seq_acc']:.4f}", f"{held['metrics']['seq_acc']:.4f}"]
+    return row, [misread_line(f"{name} fit", fit_held),
+                 misread_line(f"{name} {args.name}", held)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, required=True,
+                    help="fit_styles.py's --work folder (its fits are read from there).")
+    ap.add_argument("--style", required=True, choices=["wheezy", "ink", *styles()])
+    ap.add_argument("--name", required=True, help="The variant's folder: WORK/variant/STYLE-NAME.")
+    ap.add_argument("--set", action="append", default=[],
+                    help="A finetune config override, e.g. train.lr=2e-3 (repeatable).")
+    ap.add_argument("--same-time", action="store_true",
+                    help="Run for fit's finetuning time limit, not for its steps.")
+    ap.add_argument("--train-valid", action="store_true",
+                    help="Finetune on the train and valid parts together.")
+    ap.add_argument("--holdout", type=int, default=1000, help="As fit_styles.py's --holdout.")
+    ap.add_argument("--seed", type=int, default=0, help="As fit_styles.py's --seed.")
+    args = ap.parse_args()
+    args.work = args.work.resolve()
+    os.chdir(args.work)  # MLflow's artifact root (./mlruns), as fit_styles.py has it
+    print(f"machine: {describe()}", flush=True)
+    row, lines = variant(args)
+    print(report.table([row], ["style", "variant", "overrides", "finetune steps (fit / variant)",
+                               "variant minutes", "fit holdout seq acc",
+                               "variant holdout seq acc"]), flush=True)
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    main()
