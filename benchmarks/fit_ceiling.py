@@ -27,9 +27,9 @@ import os
 import time
 from pathlib import Path
 
-from captcha_ml import checkpoint, engine, fit, report
+from captcha_ml import checkpoint, engine, report
 from captcha_ml.data import synthetic
-from fit_styles import build_wheezy, make_data, misread_line, read_holdout, styles
+from fit_styles import benchmark_fit, build_wheezy, misread_line, read_holdout, styles
 from machine import describe
 
 
@@ -44,14 +44,7 @@ def oracle_folder(name: str, n: int, folder: Path, seed: str) -> Path:
 
 
 def ceiling(name: str, args: argparse.Namespace) -> tuple[list, list[str]]:
-    fitted = args.work / "fit" / name
-    if not (fitted / "fit.yaml").is_file() or not (fitted / "pretrain" / "best.pt").is_file():
-        raise SystemExit(f"{fitted}: no fit of {name} (fit.yaml and pretrain/best.pt); run "
-                         f"python benchmarks/fit_styles.py --work {args.work} --styles {name}")
-    _, fine = fit.read_fit_yaml(fitted / "fit.yaml")
-    fit_reader = Path(fine.train.output_dir) / "best.pt"
-    holdout = make_data(name, args.holdout, args.work / "holdout" / name,
-                        f"holdout{args.seed}/{name}")[1]
+    fitted, fine, fit_reader, holdout = benchmark_fit(args.work, name, args.holdout, args.seed)
     fit_held = read_holdout(str(fit_reader), holdout)
     # One folder per count: a folder holds every image it was ever given, and training reads
     # them all (the first n of a larger count's images are the same: one seed, by index).

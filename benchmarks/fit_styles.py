@@ -28,6 +28,7 @@ import os
 import string
 import time
 from pathlib import Path
+from typing import Any
 
 from captcha_ml import fit, report
 from captcha_ml.config import DataConfig
@@ -181,6 +182,18 @@ def read_holdout(checkpoint: str, folder: Path) -> dict:
 
     cfg = config.load(None, ["data.num_workers=0"])
     return engine.evaluate_model(cfg, checkpoint, str(folder), log=False)
+
+
+def benchmark_fit(work: Path, name: str, holdout: int, seed: int) -> tuple[Path, Any, Path, Path]:
+    """A fit this script ran in ``work`` (for scripts that finetune it again): its folder, its
+    finetune config (fit.yaml's), its reader and the style's holdout folder."""
+    folder = work / "fit" / name
+    if not (folder / "fit.yaml").is_file() or not (folder / "pretrain" / "best.pt").is_file():
+        raise SystemExit(f"{folder}: no fit of {name} (fit.yaml and pretrain/best.pt); run "
+                         f"python benchmarks/fit_styles.py --work {work} --styles {name}")
+    _, fine = fit.read_fit_yaml(folder / "fit.yaml")
+    held = make_data(name, holdout, work / "holdout" / name, f"holdout{seed}/{name}")[1]
+    return folder, fine, Path(fine.train.output_dir) / "best.pt", held
 
 
 def misread_line(name: str, report: dict, top: int = 8) -> str:

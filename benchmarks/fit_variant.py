@@ -26,23 +26,16 @@ from pathlib import Path
 
 import yaml
 
-from captcha_ml import checkpoint, config, engine, fit, report
+from captcha_ml import checkpoint, config, engine, report
 from captcha_ml.data import real
-from fit_styles import make_data, misread_line, read_holdout, styles
+from fit_styles import benchmark_fit, misread_line, read_holdout, styles
 from machine import describe
 
 
 def variant(args: argparse.Namespace) -> tuple[list, list[str]]:
     name = args.style
-    fitted = args.work / "fit" / name
-    if not (fitted / "fit.yaml").is_file() or not (fitted / "pretrain" / "best.pt").is_file():
-        raise SystemExit(f"{fitted}: no fit of {name} (fit.yaml and pretrain/best.pt); run "
-                         f"python benchmarks/fit_styles.py --work {args.work} --styles {name}")
-    _, fine = fit.read_fit_yaml(fitted / "fit.yaml")
-    fit_reader = Path(fine.train.output_dir) / "best.pt"
+    fitted, fine, fit_reader, holdout = benchmark_fit(args.work, name, args.holdout, args.seed)
     fit_ran = checkpoint.load_payload(fit_reader)["step"]  # select: last, so the steps run
-    holdout = make_data(name, args.holdout, args.work / "holdout" / name,
-                        f"holdout{args.seed}/{name}")[1]
     out = args.work / "variant" / f"{name}-{args.name}"
     out.mkdir(parents=True, exist_ok=True)
     t = fine.train
