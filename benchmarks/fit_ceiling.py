@@ -23,14 +23,13 @@ prints them.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
 from captcha_ml import checkpoint, engine, report
 from captcha_ml.data import synthetic
-from fit_styles import benchmark_fit, build_wheezy, misread_line, read_holdout, styles
-from machine import describe
+from fit_styles import (benchmark_fit, build_wheezy, enter_work, misread_line, read_holdout,
+                        refit_arguments, styles)
 
 
 def oracle_folder(name: str, n: int, folder: Path, seed: str) -> Path:
@@ -71,17 +70,12 @@ def ceiling(name: str, args: argparse.Namespace) -> tuple[list, list[str]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, required=True,
-                    help="fit_styles.py's --work folder (its fits are read from there).")
+    refit_arguments(ap)
     ap.add_argument("--styles", nargs="*", default=["wheezy", "alnum62", "lower4to7"],
                     choices=["wheezy", *styles()])
     ap.add_argument("--oracle-images", type=int, default=60_000)
-    ap.add_argument("--holdout", type=int, default=1000, help="As fit_styles.py's --holdout.")
-    ap.add_argument("--seed", type=int, default=0, help="As fit_styles.py's --seed.")
     args = ap.parse_args()
-    args.work = args.work.resolve()
-    os.chdir(args.work)  # MLflow's artifact root (./mlruns), as fit_styles.py has it
-    print(f"machine: {describe()}", flush=True)
+    enter_work(args)
     rows, misreads = [], []
     for name in args.styles:
         row, lines = ceiling(name, args)

@@ -184,6 +184,23 @@ def read_holdout(checkpoint: str, folder: Path) -> dict:
     return engine.evaluate_model(cfg, checkpoint, str(folder), log=False)
 
 
+def refit_arguments(ap: argparse.ArgumentParser) -> None:
+    """--work, --holdout and --seed of the scripts that finetune a fit of this one again."""
+    ap.add_argument("--work", type=Path, required=True,
+                    help="fit_styles.py's --work folder (its fits are read from there).")
+    ap.add_argument("--holdout", type=int, default=1000, help="As fit_styles.py's --holdout.")
+    ap.add_argument("--seed", type=int, default=0, help="As fit_styles.py's --seed.")
+
+
+def enter_work(args: argparse.Namespace) -> None:
+    """Work in --work (made if missing): MLflow's artifact root (./mlruns) lands there; print
+    the machine."""
+    args.work = args.work.resolve()
+    args.work.mkdir(parents=True, exist_ok=True)
+    os.chdir(args.work)
+    print(f"machine: {describe()}", flush=True)
+
+
 def benchmark_fit(work: Path, name: str, holdout: int, seed: int) -> tuple[Path, Any, Path, Path]:
     """A fit this script ran in ``work`` (for scripts that finetune it again): its folder, its
     finetune config (fit.yaml's), its reader and the style's holdout folder."""
@@ -226,11 +243,8 @@ def main() -> None:
     ap.add_argument("--holdout", type=int, default=1000,
                     help="Also read this many new images of each style (0: skip).")
     args = ap.parse_args()
-    args.work = args.work.resolve()
-    args.work.mkdir(parents=True, exist_ok=True)
-    os.chdir(args.work)  # MLflow's artifact root (./mlruns) lands in the work folder
+    enter_work(args)
     uri = f"sqlite:///{args.work / 'mlflow.db'}"
-    print(f"machine: {describe()}", flush=True)
     rows, misreads = [], []
     for name in args.styles:
         spec, folder = make_data(name, args.images, args.work / "data" / name,

@@ -20,16 +20,14 @@ reader and of the variant's, then both misread lines as `fit_styles.py` prints t
 from __future__ import annotations
 
 import argparse
-import os
 import time
-from pathlib import Path
 
 import yaml
 
 from captcha_ml import checkpoint, config, engine, report
 from captcha_ml.data import real
-from fit_styles import benchmark_fit, misread_line, read_holdout, styles
-from machine import describe
+from fit_styles import (benchmark_fit, enter_work, misread_line, read_holdout,
+                        refit_arguments, styles)
 
 
 def variant(args: argparse.Namespace) -> tuple[list, list[str]]:
@@ -66,8 +64,7 @@ def variant(args: argparse.Namespace) -> tuple[list, list[str]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, required=True,
-                    help="fit_styles.py's --work folder (its fits are read from there).")
+    refit_arguments(ap)
     ap.add_argument("--style", required=True, choices=["wheezy", "ink", *styles()])
     ap.add_argument("--name", required=True, help="The variant's folder: WORK/variant/STYLE-NAME.")
     ap.add_argument("--set", action="append", default=[],
@@ -76,12 +73,8 @@ def main() -> None:
                     help="Run for fit's finetuning time limit, not for its steps.")
     ap.add_argument("--train-valid", action="store_true",
                     help="Finetune on the train and valid parts together.")
-    ap.add_argument("--holdout", type=int, default=1000, help="As fit_styles.py's --holdout.")
-    ap.add_argument("--seed", type=int, default=0, help="As fit_styles.py's --seed.")
     args = ap.parse_args()
-    args.work = args.work.resolve()
-    os.chdir(args.work)  # MLflow's artifact root (./mlruns), as fit_styles.py has it
-    print(f"machine: {describe()}", flush=True)
+    enter_work(args)
     row, lines = variant(args)
     print(report.table([row], ["style", "variant", "overrides", "finetune steps (fit / variant)",
                                "variant minutes", "fit holdout seq acc",

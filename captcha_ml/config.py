@@ -79,6 +79,10 @@ class ModelConfig:
     imagenet_weights: str = ""  # local file with torchvision resnet18 weights; never downloaded
 
 
+# train.freeze's values: the network's first stages it keeps fixed ("": none).
+FREEZE_STAGES = ("", "stem", "layer1")
+
+
 @dataclass
 class TrainConfig:
     stage: str = "pretrain"
@@ -288,7 +292,7 @@ def validate(cfg: Config) -> None:
         problems.append(f"model.head={m.head!r}: use linear or lstm")
     if t.select not in ("best", "last"):
         problems.append(f"train.select={t.select!r}: use best or last")
-    if t.freeze not in ("", "stem", "layer1"):
+    if t.freeze not in FREEZE_STAGES:
         problems.append(f"train.freeze={t.freeze!r}: use stem, layer1 or an empty value (none)")
     if t.schedule not in ("onecycle", "cosine", "constant"):
         problems.append(f"train.schedule={t.schedule!r}: use onecycle, cosine or constant")

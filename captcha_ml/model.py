@@ -8,12 +8,13 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
-from .config import ModelConfig
+from .config import FREEZE_STAGES, ModelConfig
 
 
 DEPTHS = ("layer2", "layer3", "layer4")  # the last ResNet-18 stage kept (128/256/512 channels)
-# train.freeze: the leading feature modules it keeps fixed ("stem": conv1, bn1, relu, maxpool).
-FREEZE = {"": 0, "stem": 4, "layer1": 5}
+# train.freeze: how many leading feature modules each value keeps fixed ("stem": conv1, bn1,
+# relu, maxpool; "layer1": those and layer1).
+FREEZE = dict(zip(FREEZE_STAGES, (0, 4, 5), strict=True))
 
 
 class CaptchaNet(nn.Module):
