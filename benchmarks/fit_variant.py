@@ -5,6 +5,7 @@ same pretrained model, with config overrides, and both readers on the style's ho
     python benchmarks/fit_variant.py --work W --style wheezy --name frozen \\
         --set train.freeze=layer1 --same-time --set train.max_steps=7000
     python benchmarks/fit_variant.py --work W --style wheezy --name train-valid --train-valid
+    python benchmarks/fit_variant.py --work W --style lower4to7 --name twins --style-set repeat=0.15
 
 The fit's finetune section of `W/fit/<style>/fit.yaml` runs again from its pretrained model
 (`W/fit/<style>/pretrain/best.pt`) with the overrides (`--set`, as `captcha-ml train`'s),
@@ -13,7 +14,9 @@ step for step) or, with `--same-time`, for fit's finetuning time limit (a change
 step costs: the steps shrink to the time, from a plan of 3x fit's steps or `--set
 train.max_steps=N`; the schedule still anneals by then). `v2` has no holdout generator here.
 `--train-valid` trains on the train and valid parts together (425 of 500 images instead of
-350; the test part stays out). Prints the steps and minutes, the holdout seq acc of fit's
+350; the test part stays out). `--style-set key=value` changes the fit's style file
+(`W/fit/<style>/style.yaml`, keys as `SyntheticSpec`'s) for finetuning's synthetic images; the
+pretrained model stays the one fit's style trained. Prints the steps and minutes, the holdout seq acc of fit's
 reader and of the variant's, then both misread lines as `fit_styles.py` prints them.
 """
 
@@ -21,11 +24,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import yaml
 
 from captcha_ml import checkpoint, config, engine, report
-from captcha_ml.data import real
+from captcha_ml.data import real, synthetic
+from captcha_ml.data.real import DataError
 from fit_styles import (benchmark_fit, enter_work, misread_line, read_holdout,
                         refit_arguments, styles)
 
@@ -47,6 +52,8 @@ def variant(args: argparse.Namespace) -> tuple[list, list[str]]:
         rows = [r for part in ("train", "valid")
                 for r in real.read_manifest(fitted / "splits" / f"{part}.csv").samples]
         fine.data.train = str(real.write_manifest(out / "train_valid.csv", rows))
+    if args.style_set:
+        fine.data.style = str(changed_style(fitted / "style.yaml", args.style_set, out))
     (out / "finetune.yaml").write_text(yaml.safe_dump(fine.to_dict(), sort_keys=False))
     fine = config.load(out / "finetune.yaml", args.set)  # what ran, overrides applied
     (out / "finetune.yaml").write_text(yaml.safe_dump(fine.to_dict(), sort_keys=False))
@@ -62,6 +69,24 @@ def variant(args: argparse.Namespace) -> tuple[list, list[str]]:
                  misread_line(f"{name} {args.name}", held)]
 
 
+def changed_style(path: Path, changes: list[str], out: Path) -> Path:
+    """A copy of a style file in ``out`` with ``key=value`` changes (values read as YAML),
+    checked by loading it as the drawer would."""
+    style = yaml.safe_load(path.read_text())
+    for change in changes:
+        key, sep, value = change.partition("=")
+        if not sep:
+            raise SystemExit(f"--style-set {change!r}: use key=value, e.g. repeat=0.15")
+        style[key.strip()] = yaml.safe_load(value)
+    changed = out / "style.yaml"
+    changed.write_text(yaml.safe_dump(style, sort_keys=False))
+    try:
+        synthetic.SyntheticSpec(**synthetic.load_style(changed))
+    except (DataError, TypeError) as e:
+        raise SystemExit(f"--style-set: {e}") from None
+    return changed
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     refit_arguments(ap)
@@ -69,6 +94,9 @@ def main() -> None:
     ap.add_argument("--name", required=True, help="The variant's folder: WORK/variant/STYLE-NAME.")
     ap.add_argument("--set", action="append", default=[],
                     help="A finetune config override, e.g. train.lr=2e-3 (repeatable).")
+    ap.add_argument("--style-set", action="append", default=[],
+                    help="A change to the fit's style file for finetuning's synthetic images, "
+                         "e.g. repeat=0.15 (repeatable).")
     ap.add_argument("--same-time", action="store_true",
                     help="Run for fit's finetuning time limit, not for its steps.")
     ap.add_argument("--train-valid", action="store_true",
