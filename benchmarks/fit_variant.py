@@ -15,9 +15,10 @@ step costs: the steps shrink to the time, from a plan of 3x fit's steps or `--se
 train.max_steps=N`; the schedule still anneals by then). `v2` has no holdout generator here.
 `--train-valid` trains on the train and valid parts together (425 of 500 images instead of
 350; the test part stays out). `--style-set key=value` changes the fit's style file
-(`W/fit/<style>/style.yaml`, keys as `SyntheticSpec`'s) for finetuning's synthetic images; the
-pretrained model stays the one fit's style trained. Prints the steps and minutes, the holdout seq acc of fit's
-reader and of the variant's, then both misread lines as `fit_styles.py` prints them.
+(`W/fit/<style>/style.yaml`, keys as `SyntheticSpec`'s) for finetuning's synthetic images;
+the pretrained model stays the one fit's style trained. Prints the steps and minutes, the
+holdout seq acc of fit's reader and of the variant's, then both misread lines as
+`fit_styles.py` prints them.
 """
 
 from __future__ import annotations
