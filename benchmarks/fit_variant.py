@@ -63,7 +63,9 @@ def variant(args: argparse.Namespace) -> tuple[list, list[str]]:
     minutes = (time.perf_counter() - start) / 60
     fit_held = read_holdout(str(fit_reader), holdout)
     held = read_holdout(result["best_checkpoint"], holdout)
-    row = [name, args.name, " ".join(args.set + ["--train-valid"] * args.train_valid) or "-",
+    changes = (args.set + [f"style {change}" for change in args.style_set]
+               + ["--same-time"] * args.same_time + ["--train-valid"] * args.train_valid)
+    row = [name, args.name, " ".join(changes) or "-",
            f"{fit_ran} / {result['steps']}", f"{minutes:.1f}",
            f"{fit_held['metrics']['seq_acc']:.4f}", f"{held['metrics']['seq_acc']:.4f}"]
     return row, [misread_line(f"{name} fit", fit_held),
@@ -105,7 +107,7 @@ def main() -> None:
     args = ap.parse_args()
     enter_work(args)
     row, lines = variant(args)
-    print(report.table([row], ["style", "variant", "overrides", "finetune steps (fit / variant)",
+    print(report.table([row], ["style", "variant", "changes", "finetune steps (fit / variant)",
                                "variant minutes", "fit holdout seq acc",
                                "variant holdout seq acc"]), flush=True)
     print("\n".join(lines), flush=True)
