@@ -240,6 +240,8 @@ def main() -> None:
                     help="fit --no-universal: pretraining from random weights.")
     ap.add_argument("--no-font-match", dest="font_match", action="store_false",
                     help="fit --no-font-match: the synthetic glyphs in the font mix only.")
+    ap.add_argument("--no-likeness", dest="likeness", action="store_false",
+                    help="fit --no-likeness: the style's noise and rotation not tuned.")
     ap.add_argument("--holdout", type=int, default=1000,
                     help="Also read this many new images of each style (0: skip).")
     args = ap.parse_args()
@@ -254,7 +256,7 @@ def main() -> None:
         start = time.perf_counter()
         r = fit.run(folder, args.work / "fit" / name, budget_minutes=args.budget_minutes,
                     match_stroke=args.match_stroke, universal=args.universal,
-                    font_match=args.font_match,
+                    font_match=args.font_match, likeness=args.likeness,
                     name=f"bench-{name}", tracking_uri=uri, seed=args.seed)
         minutes = (time.perf_counter() - start) / 60
         t = r["test"]

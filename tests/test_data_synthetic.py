@@ -49,7 +49,7 @@ def test_real_style_keeps_glyph_shapes_and_places_text_left():
     assert cols.min() < 60 and cols.max() < 190  # text starts in the left part, like the real set
     for change in (dict(jitter=(3, 3)), dict(hooks=(0, 0)), dict(stretch=True),
                    dict(pitch=(0.5, 0.6)), dict(rotate=(20.0, 20.0)), dict(squeeze=(0.7, 0.7)),
-                   dict(slant=(0.2, 0.2))):
+                   dict(slant=(0.2, 0.2)), dict(font_warp=(0.2, 0.3))):
         other = preset("real", charset="2345678bcdefgmnpwxy", **change)
         assert render(other, 0, 0)[0].tobytes() != img.tobytes(), change
 
@@ -168,6 +168,8 @@ def test_palette_text_box_and_thick_curves():
         SyntheticSpec(text_width=(0.5, 1.5))
     with pytest.raises(DataError, match="curve_width"):
         SyntheticSpec(curve_width=(3, 1))
+    with pytest.raises(DataError, match="font_warp"):
+        SyntheticSpec(font_warp=(0.3, 0.6))
 
 
 def test_spec_lengths_and_charset():

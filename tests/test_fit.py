@@ -435,6 +435,29 @@ def test_font_match_finds_the_face_that_drew_the_sample(tmp_path):
     assert same == spec and found is None and "not matched" in line
 
 
+def test_likeness_tunes_the_noise_towards_the_sample(tmp_path):
+    """Renders of the sample's own generator are nearer the sample, to the universal model,
+    than renders with other noise; tuning picks the generator's curve width and specks from
+    wrong starting values, and keeps them where no value is nearer by the margin."""
+    truth = SyntheticSpec(style="captcha", width=160, height=60, charset=DIGITS, min_len=5,
+                          max_len=5, palette=((235, 230, 200, 60, 90, 170),), curves=1,
+                          curve_width=(4, 4), specks=(40, 60), grey=False)
+    insp = _styled(tmp_path, "truth", truth)
+    start = replace(truth, curve_width=(1, 1), specks=(0, 0))
+    model = fit.configs.UNIVERSAL_WEIGHTS
+    tries = {"curve_width": ((1, 1), (4, 4)), "specks": ((0, 0), (40, 60))}
+    tuned, found, line = fit.tune_style(insp, start, model, images=60, tuned=tries)
+    assert (tuned.curve_width, tuned.specks) == ((4, 4), (40, 60)), found.summary()
+    assert found.kept == {"curve_width": (4, 4), "specks": (40, 60)}
+    assert found.final < found.start and line.startswith("likeness: curve_width [4, 4]")
+    assert [k for k, _, _ in found.tried] == ["curve_width", "specks"]
+    kept, found, line = fit.tune_style(insp, start, model, images=60, tuned=tries, margin=1.0)
+    assert kept == start and not found.kept and "nothing changed" in line
+    # Without the universal model there is nothing to compare images with.
+    same, found, line = fit.tune_style(insp, start, tmp_path / "missing.pt")
+    assert same == start and found is None and "not tuned" in line
+
+
 def test_style_file_round_trip_and_config(tmp_path):
     spec = SyntheticSpec(style="captcha", width=150, height=50, charset="abc",
                          fonts=(synthetic.font_path("DejaVuSerif.ttf"),), mixed_case=True)
@@ -476,6 +499,10 @@ def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
     assert "(10 of the 10 symbols known to it" in result.output
     assert "fonts: " in result.output  # matched, or the mix kept: said either way
     assert fit_yaml["fit"]["font_match"] == fit_yaml["fit"]["font_scores"]["chosen"]
+    assert "likeness: " in result.output  # the style's noise tuned, every distance kept
+    likeness = fit_yaml["fit"]["likeness"]
+    assert 0 < len(likeness["tried"]) <= sum(len(v) - 1 for v in fit.likeness.TUNED.values())
+    assert likeness["distance_tuned"] <= likeness["distance_derived"]
     assert fit_yaml["fit"]["pretrain_init"] == str(fit.configs.UNIVERSAL_WEIGHTS)
     # --max-steps decides the steps: no time limit to fill.
     assert fit_yaml["pretrain"]["train"]["fill_time"] is False
@@ -499,7 +526,8 @@ def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
     children = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId")
                 == parent.info.run_id}
     assert children == {"pretrain", "zero_shot", "finetune", "test"}
-    assert {"zero_shot/valid_seq_acc", "test/seq_acc"} <= set(parent.data.metrics)
+    assert {"zero_shot/valid_seq_acc", "test/seq_acc", "fit/likeness_derived",
+            "fit/likeness_tuned"} <= set(parent.data.metrics)
     assert parent.data.params["fit.charset"] == DIGITS
     assert int(client.get_model_version_by_alias("e2e", "champion").version) == 1
     # An edited fit.yaml is read back; a broken one names the file and the fix.
@@ -597,7 +625,8 @@ def test_budget_finetune_gets_the_time_pretraining_left(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     lines: list[str] = []
     result = fit.run(tmp_path / "data", tmp_path / "out", budget_minutes=1.2, tracking_uri=uri,
-                     name="budget", say=lines.append, universal=False, font_match=False)
+                     name="budget", say=lines.append, universal=False, font_match=False,
+                     likeness=False)
     plan = fit.plan_budget(1.2, 12.0)
     note = next(line for line in lines if "min left -> finetune" in line)
     ran = int(note.split("-> finetune ")[1].split(" steps")[0])
@@ -640,6 +669,9 @@ def test_budget_finetune_gets_the_time_pretraining_left(tmp_path, monkeypatch):
     # --no-font-match: the font mix as derived, no faces compared.
     assert not any(line.startswith("fonts: ") for line in lines)
     assert "font_match" not in fit_yaml["fit"]
+    # --no-likeness: the style's noise as derived, no distances measured.
+    assert not any(line.startswith("likeness: ") for line in lines)
+    assert "likeness" not in fit_yaml["fit"]
     # --no-universal: pretraining from random weights.
     assert fit_yaml["pretrain"]["train"]["init_from"] == ""
     assert "pretraining starts from random weights" in lines

@@ -81,6 +81,9 @@ class SyntheticSpec:
     squeeze: tuple[float, float] = (1.0, 1.0)  # stretch off: per-glyph width
     # scale (condensed or wide lettering, so glyphs are told apart by shape, not only width)
     slant: tuple[float, float] = (0.0, 0.0)  # and per-glyph shear (positive leans right)
+    font_warp: tuple[float, float] = (0.0, 0.0)  # and per-glyph perspective warp: each corner
+    # moved by up to this share of the glyph's width and height, drawn from the range, as
+    # wheezy.captcha and the library (stretched glyphs: ``warp``) draw it; (0, 0): none
     # Measured from a sample by `captcha-ml fit` (the defaults keep the drawers' own look):
     palette: tuple[tuple[int, ...], ...] = ()  # (bg R, G, B, glyph R, G, B) pairs seen in the
     # sample; when set, each image takes one (jittered) instead of the background/foreground ranges
@@ -114,7 +117,7 @@ class SyntheticSpec:
                             f"six values each (got {list(self.palette)[:2]}...)")
         ranges = {"text_width": (self.text_width, 0, 1), "text_left": (self.text_left, 0, 1),
                   "curve_width": (self.curve_width, 1, 64), "squeeze": (self.squeeze, 0.05, 10),
-                  "specks": (self.specks, 0, 400)}
+                  "specks": (self.specks, 0, 400), "font_warp": (self.font_warp, 0, 0.5)}
         for name, ((lo, hi), low, high) in ranges.items():
             if not low <= lo <= hi <= high:
                 raise DataError(f"synthetic spec: {name} must be a range (low, high) within "
@@ -299,6 +302,7 @@ class SpecCaptcha(ImageCaptcha):
         im = Image.new("RGBA", (right + 8, ascent + descent + 4))
         ImageDraw.Draw(im).text((4, 2), c, font=font, fill=color)
         im = _squeeze_slant(im, self.spec, rand)
+        im = _font_warp(im, self.spec.font_warp, rand)
         lo, hi = self.character_rotate
         im = im.rotate(lo + rand.randbits(32) / 2**32 * (hi - lo), Image.BILINEAR)
         box = im.getbbox() or (0, 0, im.width, im.height)
@@ -564,6 +568,21 @@ def _squeeze_slant(im: Image.Image, spec: SyntheticSpec, rand) -> Image.Image:
         im = im.transform((im.width + int(abs(k) * h) + 1, h), Image.AFFINE,
                           (1, k, -k * h if k > 0 else 0, 0, 1, 0), Image.BILINEAR)
     return im
+
+
+def _font_warp(im: Image.Image, share: tuple[float, float], rand) -> Image.Image:
+    """A glyph's perspective warp (the library's and wheezy.captcha's quad transform): the
+    corners of the source quad move by up to a share, drawn from ``share``, of its size."""
+    if share[1] <= 0:
+        return im
+    f = share[0] + rand.randbits(32) / 2**32 * (share[1] - share[0])
+    dx, dy = f * im.width, f * im.height
+    x1, y1, x2, y2 = (int((2 * rand.randbits(32) / 2**32 - 1) * d) for d in (dx, dy, dx, dy))
+    w2, h2 = im.width + abs(x1) + abs(x2), im.height + abs(y1) + abs(y2)
+    canvas = Image.new(im.mode, (w2, h2))
+    canvas.paste(im, (abs(x1), abs(y1)))
+    return canvas.transform(im.size, Image.QUAD, (x1, y1, -x1, h2 - y2, w2 + x2, h2 + y2,
+                                                  w2 - x2, -y1), Image.BILINEAR)
 
 
 def _jitter(text: Image.Image, rng: random.Random, copies: int) -> Image.Image:

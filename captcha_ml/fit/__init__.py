@@ -5,6 +5,7 @@ One module per step, in the order the command runs them (`runner.run` chains the
   sample   read and check the labeled images (charset, lengths, sizes, label noise); split
   style    derive a synthetic style from the sample's pixels and calibrate it
   fonts    lean the style on the bundled face that draws the sample's glyphs, if one clearly does
+  likeness tune the style's unmeasured noise and rotation to look most like the sample
   budget   model input sizes; probe the machine's speed and precision; split the wall time
   configs  the pretrain and finetune configs, and OUT/fit.yaml (written, edited, read back)
   reuse    skip pretraining when an unchanged one already lies in OUT/pretrain
@@ -18,6 +19,7 @@ from .configs import (FINETUNE_AUGMENT_LINES, FINETUNE_AUGMENT_STRENGTH, FINETUN
                       PRETRAIN_EVALS, PRETRAIN_PATIENCE, build_configs, read_fit_yaml,
                       write_fit_yaml)
 from .fonts import MATCH_MARGIN, MATCH_SHARE, FontMatch, match_fonts, rank_fonts
+from .likeness import Likeness, tune_style
 from .reuse import PRETRAIN_RECORD, pretrain_fingerprint, reusable_pretraining
 from .runner import confusion_line, run
 from .sample import Inspection, inspect, inspection_notes, make_split, split_sizes
@@ -28,10 +30,10 @@ __all__ = [
     "DEFAULT_BUDGET_MINUTES", "FINETUNE_AUGMENT_LINES", "FINETUNE_AUGMENT_STRENGTH",
     "FINETUNE_MAX_HEIGHT", "FINETUNE_SYNTHETIC_SHARE", "FontMatch", "MATCH_MARGIN",
     "MATCH_SHARE", "PRECISIONS", "PRETRAIN_EVALS", "PRETRAIN_PATIENCE", "PRETRAIN_RECORD",
-    "Inspection", "Plan", "Probe", "build_configs", "calibrate", "confusion_line",
+    "Inspection", "Likeness", "Plan", "Probe", "build_configs", "calibrate", "confusion_line",
     "derive_style", "input_cost", "inspect", "inspection_notes", "make_split", "match_fonts",
     "model_input", "plan_budget", "pretrain_fingerprint", "probe_throughput", "rank_fonts",
     "read_fit_yaml", "replan_finetune", "reusable_pretraining", "run", "sample_stats",
     "split_sizes", "style_samples", "symbol_share", "text_layout", "TextLayout",
-    "write_fit_yaml",
+    "tune_style", "write_fit_yaml",
 ]

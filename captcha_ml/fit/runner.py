@@ -1,6 +1,6 @@
 """`captcha-ml fit`, the whole command: a reader for a new captcha style from labeled examples.
 
-inspect -> model input -> split -> style and font matching -> configs -> pretrain on style-matched
+inspect -> model input -> split -> style, font matching, noise tuning -> configs -> pretrain on style-matched
 synthetic captchas -> zero-shot check -> finetune on the real train part -> test -> register,
 under one MLflow parent run "fit" (pretrain, zero_shot, finetune, test are its child runs).
 Every choice is printed and logged to the parent run. Files under OUT:
@@ -33,6 +33,7 @@ from .configs import (FINETUNE_AUGMENT_STRENGTH, FINETUNE_SYNTHETIC_SHARE, UNIVE
                       adopt_style, build_configs, override_precision, read_fit_yaml, repoint,
                       universal_start, write_fit_yaml)
 from .fonts import match_fonts
+from .likeness import tune_style
 from .reuse import PRETRAIN_RECORD, reusable_pretraining, write_pretrain_record
 from .sample import Inspection, inspect, inspection_notes, make_split, split_sizes
 from .style import TextLayout, derive_style, sample_stats, style_samples, text_layout
@@ -133,6 +134,9 @@ def _log_parent(out: Path, section: dict[str, Any], insp: Inspection, spec: Synt
     mlflow.log_params({k: str(v)[:500] for k, v in {**flat, **style}.items()})
     mlflow.set_tags({"stage": "fit", "fit.style_drawer": spec.style,
                      "fit.warnings": str(sum(n.startswith("warning") for n in inspection_notes(insp)))})
+    if section.get("likeness"):
+        mlflow.log_metrics({"fit/likeness_derived": section["likeness"]["distance_derived"],
+                            "fit/likeness_tuned": section["likeness"]["distance_tuned"]})
     for name in ("fit.yaml", "style.yaml", "inspection.json", "style_samples.png"):
         mlflow.log_artifact(str(out / name))
     for path in section["splits"].values():
@@ -236,10 +240,11 @@ def _register(fine_run_id: str, name: str, note: _Notes) -> dict[str, Any]:
 
 def _prepare(data: str | Path, out: Path, case_sensitive: bool, skip_bad: bool,
              keep_style: bool, seed: int, note: _Notes, match_stroke: bool = False,
-             font_match: bool = True
+             font_match: bool = True, likeness: bool = True
              ) -> tuple[Inspection, dict[str, Path], SyntheticSpec, TextLayout, dict[str, Any]]:
-    """Steps 1, 3, 4: inspect, split, derive (or keep, with --config) the style and match its
-    fonts; also where the text lies (for the model input) and the font match's summary."""
+    """Steps 1, 3, 4: inspect, split, derive (or keep, with --config) the style, match its
+    fonts and tune its noise; also where the text lies (for the model input), and the font
+    match's and the tuning's summaries (under "fonts" and "likeness")."""
     insp = inspect(data, case_sensitive, skip_bad)
     for line in inspection_notes(insp):
         note(line)
@@ -252,14 +257,18 @@ def _prepare(data: str | Path, out: Path, case_sensitive: bool, skip_bad: bool,
     for line in style_notes:
         note(line)
     style_file = out / "style.yaml"
-    fonts_found: dict[str, Any] = {}
+    found: dict[str, Any] = {}
     if keep_style and style_file.exists():
         note(f"style: keeping {style_file} (it may hold your edits)")
     else:
         if font_match:
-            spec, found, line = match_fonts(insp, spec, universal_start(), seed)
+            spec, fonts, line = match_fonts(insp, spec, universal_start(), seed)
             note(line)
-            fonts_found = found.summary() if found else {}
+            found["fonts"] = fonts.summary() if fonts else {}
+        if likeness:
+            spec, alike, line = tune_style(insp, spec, universal_start(), seed)
+            note(line)
+            found["likeness"] = alike.summary() if alike else {}
         synthetic.save_style(spec, style_file, "# derived by captcha-ml fit; edit and rerun with "
                              "--config OUT/fit.yaml (a face listed n times draws n shares)\n")
     spec = SyntheticSpec(**synthetic.load_style(style_file))
@@ -267,7 +276,7 @@ def _prepare(data: str | Path, out: Path, case_sensitive: bool, skip_bad: bool,
     layout = text_layout(stats)
     if not keep_style:  # with --config the configs' crop holds
         note(layout.why)
-    return insp, splits, spec, layout, fonts_found
+    return insp, splits, spec, layout, found
 
 
 def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = True,
@@ -275,7 +284,7 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
         name: str = "", max_steps: int = 0, tracking_uri: str = "", seed: int = 0,
         skip_bad: bool = False, reuse_pretrain: bool = True, precision: str = "auto",
         say=print, match_stroke: bool = False, universal: bool = True,
-        font_match: bool = True) -> dict[str, Any]:
+        font_match: bool = True, likeness: bool = True) -> dict[str, Any]:
     """The whole fit (see the module docstring); returns metrics, run ids, files and times."""
     import mlflow
 
@@ -289,13 +298,16 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
     note = _Notes(say)
     if config_path:
         adopt_style(config_path, out)
-    insp, splits, spec, layout, fonts_found = _prepare(
+    insp, splits, spec, layout, found = _prepare(
         data, out, case_sensitive, skip_bad, bool(config_path), seed, note, match_stroke,
-        font_match)
+        font_match, likeness)
     pre, fine, info = _configs(insp, out, spec, splits, budget_minutes, config_path, max_steps,
                                seed, precision, note, layout, universal)
+    fonts_found = found.get("fonts")
     if fonts_found:  # fit.yaml keeps every face's score; the parent run the face chosen
         info["font_match"], info["font_scores"] = fonts_found["chosen"], fonts_found
+    if found.get("likeness"):  # fit.yaml keeps every distance measured
+        info["likeness"] = found["likeness"]
     for cfg in (pre, fine):
         cfg.tracking.tracking_uri = tracking_uri or cfg.tracking.tracking_uri
     folders = [out / "pretrain"] + ([Path(info["config_pretrain_dir"])]
