@@ -318,9 +318,9 @@ def fit(
     font_match: bool = typer.Option(True, help="Where one bundled face clearly draws the "
                                     "sample's glyphs, half the synthetic glyphs are drawn in "
                                     "it (--no-font-match: the font mix only)."),
-    likeness: bool = typer.Option(True, help="Tune the synthetic style's curve width, specks "
-                                  "and rotation to look most like the sample to the universal "
-                                  "model (--no-likeness: fit's broad defaults)."),
+    likeness: bool = typer.Option(True, help="Tune the synthetic style's curve width, specks, "
+                                  "rotation and glyph warp to look most like the sample to the "
+                                  "universal model (--no-likeness: fit's broad defaults)."),
 ) -> None:
     """Train a reader for a new captcha style from labeled examples: inspect, split, match the
     style, pretrain on synthetic, finetune, test, register (one MLflow parent run "fit")."""

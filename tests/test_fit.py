@@ -458,6 +458,16 @@ def test_likeness_tunes_the_noise_towards_the_sample(tmp_path):
     assert same == start and found is None and "not tuned" in line
 
 
+def test_likeness_distance_is_frechet():
+    """Equal covariances leave the squared distance of the means; scaling one covariance by
+    k^2 adds n (1 - k)^2 (n dimensions, identity covariance)."""
+    cov, mean = np.eye(4), np.zeros(4)
+    distance = fit.likeness.FeatureStats.distance
+    assert distance((mean, cov), (mean, cov)) == pytest.approx(0, abs=1e-9)
+    assert distance((mean, cov), (mean + 2, cov)) == pytest.approx(16)
+    assert distance((mean, cov), (mean, 9 * cov)) == pytest.approx(4 * (1 - 3) ** 2)
+
+
 def test_style_file_round_trip_and_config(tmp_path):
     spec = SyntheticSpec(style="captcha", width=150, height=50, charset="abc",
                          fonts=(synthetic.font_path("DejaVuSerif.ttf"),), mixed_case=True)
