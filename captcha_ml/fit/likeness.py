@@ -5,9 +5,9 @@ renders and the sample look to the universal model.
 shape) and draws the rest broadly, for generality: one curve of width 1-4, 0-30 specks, glyphs
 rotated up to 20 degrees and, at font proportions, not warped. A sample whose generator draws
 a thick curve through the text, or cuts its strokes with many specks, then gets a synthetic
-half that looks less like it than it could, and how alike the two look is what the synthetic images are worth: wheezy's fit read
-its holdout at 0.915 with the universal mixture as the synthetic half against 0.940 with its
-derived style (session 25).
+half that looks less like it than it could, and how alike the two look is what the synthetic
+images are worth: wheezy's fit read its holdout at 0.915 with the universal mixture as the
+synthetic half against 0.940 with its derived style (session 25).
 
 How alike: the universal model (fit's starting model) turns each image into layer2 feature
 vectors, one per position; the Fréchet distance between the sample's vectors and a style's

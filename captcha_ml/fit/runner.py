@@ -1,8 +1,9 @@
 """`captcha-ml fit`, the whole command: a reader for a new captcha style from labeled examples.
 
-inspect -> model input -> split -> style, font matching, noise tuning -> configs -> pretrain on style-matched
-synthetic captchas -> zero-shot check -> finetune on the real train part -> test -> register,
-under one MLflow parent run "fit" (pretrain, zero_shot, finetune, test are its child runs).
+inspect -> model input -> split -> style, font matching, noise tuning -> configs -> pretrain
+on style-matched synthetic captchas -> zero-shot check -> finetune on the real train part ->
+test -> register, under one MLflow parent run "fit" (pretrain, zero_shot, finetune, test are
+its child runs).
 Every choice is printed and logged to the parent run. Files under OUT:
 
   splits/{train,valid,test}.csv  the deterministic split (content hash + seed)
