@@ -43,8 +43,7 @@ TUNED: dict[str, tuple[tuple, ...]] = {
     "rotate": ((-20.0, 20.0), (-10.0, 10.0), (-30.0, 30.0)),
     "font_warp": ((0.0, 0.0), (0.05, 0.3)),  # glyphs at font proportions only (not stretched)
 }
-MARGIN = 0.05  # a value is kept where the distance falls by this share (the same style's
-# renders from another seed, against the same sample images: ~0.5% apart)
+MARGIN = 0.05  # a value is kept where the distance falls by this share
 IMAGES = 200  # sample images read, and images rendered per candidate
 INPUT_HEIGHT = 48  # rows the images are read at (width by their aspect)
 FEATURE_STAGE = 5  # index in CaptchaNet.features of the stage compared (layer2)
