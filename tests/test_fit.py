@@ -720,6 +720,21 @@ def test_shipped_universal_model_is_fits_network_as_its_config_trains_it():
     net.load_state_dict(payload["state_dict"])  # strict: every key, every shape
 
 
+def test_universal_more_continues_the_shipped_model_on_the_same_mixture():
+    """experiments/universal_more.yaml (the CPU continuation the shipped file comes from)
+    starts from the shipped file and trains the network universal.yaml trains on the same
+    mixture, so the two configs cannot drift apart."""
+    from captcha_ml import config
+
+    root = Path(__file__).resolve().parents[1]
+    first = config.load(root / "experiments" / "universal.yaml")
+    more = config.load(root / "experiments" / "universal_more.yaml")
+    assert (root / more.train.init_from).resolve() == fit.configs.UNIVERSAL_WEIGHTS
+    assert replace(more.data, num_workers=first.data.num_workers) == first.data
+    assert more.model == first.model
+    assert more.train.stage == first.train.stage and more.train.batch_size == first.train.batch_size
+
+
 def test_pretraining_is_not_reused_after_its_starting_model_changed(tmp_path):
     """The reuse fingerprint covers the starting checkpoint's content, not only its path: a
     retrained universal model at the same path trains pretraining again."""

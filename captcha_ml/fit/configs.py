@@ -41,9 +41,10 @@ FINETUNE_AUGMENT_LINES = 0.5
 FINETUNE_TTA = True
 # Pretraining starts from this general model where it is installed: fit's network (FIT_DEPTH)
 # trained on the universal mixture of synthetic looks (captcha_ml/data/universal.py) by
-# experiments/universal.yaml, 5.5 minutes on one GPU (tests/test_fit.py checks the file against
-# both), so the few CPU minutes of style-matched pretraining adapt general glyph features
-# instead of learning them from random weights.
+# experiments/universal.yaml (5.5 minutes on one GPU), then experiments/universal_more.yaml (65
+# minutes more on a 2-core CPU; tests/test_fit.py checks the file and both configs against fit),
+# so the few CPU minutes of style-matched pretraining adapt general glyph features instead of
+# learning them from random weights.
 UNIVERSAL_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "universal-layer2.pt"
 # Pretraining is there to make the model read the user's style, so it validates on the real
 # valid part (not on synthetic images), PRETRAIN_EVALS times, keeps the weights that read it
