@@ -453,6 +453,12 @@ def test_likeness_tunes_the_noise_towards_the_sample(tmp_path):
     assert [k for k, _, _ in found.tried] == ["curve_width", "specks"]
     kept, found, line = fit.tune_style(insp, start, model, images=60, tuned=tries, margin=1.0)
     assert kept == start and not found.kept and "nothing changed" in line
+    # font_warp warps glyphs at font proportions only: stretched glyphs are not tried with it.
+    warps = {"font_warp": ((0.0, 0.0), (0.05, 0.3))}
+    _, found, _ = fit.tune_style(insp, replace(start, stretch=True), model, images=8, tuned=warps)
+    assert found.tried == []
+    _, found, _ = fit.tune_style(insp, replace(start, stretch=False), model, images=8, tuned=warps)
+    assert [k for k, _, _ in found.tried] == ["font_warp"]
     # Without the universal model there is nothing to compare images with.
     same, found, line = fit.tune_style(insp, start, tmp_path / "missing.pt")
     assert same == start and found is None and "not tuned" in line

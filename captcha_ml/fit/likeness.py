@@ -41,8 +41,16 @@ TUNED: dict[str, tuple[tuple, ...]] = {
     "curve_width": ((1, 4), (1, 2), (3, 5)),
     "specks": ((0, 30), (0, 0), (20, 50)),
     "rotate": ((-20.0, 20.0), (-10.0, 10.0), (-30.0, 30.0)),
-    "font_warp": ((0.0, 0.0), (0.05, 0.3)),  # glyphs at font proportions only (not stretched)
+    "font_warp": ((0.0, 0.0), (0.05, 0.3)),  # see applies
 }
+
+
+def applies(name: str, spec: SyntheticSpec) -> bool:
+    """Whether a TUNED setting changes how ``spec`` draws: ``font_warp`` warps glyphs at their
+    font proportions; stretched glyphs get the library's own warp (``warp``) instead."""
+    return not (name == "font_warp" and spec.stretch)
+
+
 MARGIN = 0.05  # a value is kept where the distance falls by this share
 IMAGES = 200  # sample images read, and images rendered per candidate
 INPUT_HEIGHT = 48  # rows the images are read at (width by their aspect)
@@ -116,8 +124,10 @@ def tune_style(insp: Inspection, spec: SyntheticSpec, model_path: str | Path | N
     found = Likeness(start=distance(spec))
     best = found.start
     for name, values in (tuned or TUNED).items():
+        if not applies(name, spec):
+            continue
         for value in values:
-            if value == tuple(getattr(spec, name)) or (name == "font_warp" and spec.stretch):
+            if value == tuple(getattr(spec, name)):
                 continue
             d = distance(replace(spec, **{name: value}))
             found.tried.append((name, value, d))
