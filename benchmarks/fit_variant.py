@@ -16,7 +16,10 @@ train.max_steps=N`; the schedule still anneals by then). `v2` has no holdout gen
 `--train-valid` trains on the train and valid parts together (425 of 500 images instead of
 350; the test part stays out). `--style-set key=value` changes the fit's style file
 (`W/fit/<style>/style.yaml`, keys as `SyntheticSpec`'s) for finetuning's synthetic images;
-the pretrained model stays the one fit's style trained. Prints the steps and minutes, the
+the pretrained model stays the one fit's style trained. `--generator-half` draws finetuning's
+synthetic half from the style's own generator instead (as many images as fit's finetuning pool,
+rendered once into `W/oracle/`): what a perfect likeness would be worth to the reader, with the
+same 350 real images, augmentation and steps. Prints the steps and minutes, the
 holdout seq acc of fit's reader and of the variant's, then both misread lines as
 `fit_styles.py` prints them.
 """
@@ -30,8 +33,10 @@ from pathlib import Path
 import yaml
 
 from captcha_ml import checkpoint, config, engine, report
-from captcha_ml.data import real, synthetic
+from captcha_ml.data import datasets, real, synthetic
 from captcha_ml.data.real import DataError
+from captcha_ml.data.transforms import Preprocess, load_image
+from fit_ceiling import oracle_folder
 from fit_styles import (benchmark_fit, enter_work, misread_line, read_holdout,
                         refit_arguments, styles)
 
@@ -58,18 +63,50 @@ def variant(args: argparse.Namespace) -> tuple[list, list[str]]:
     (out / "finetune.yaml").write_text(yaml.safe_dump(fine.to_dict(), sort_keys=False))
     fine = config.load(out / "finetune.yaml", args.set)  # what ran, overrides applied
     (out / "finetune.yaml").write_text(yaml.safe_dump(fine.to_dict(), sort_keys=False))
+    if args.generator_half:
+        if name == "ink":
+            raise SystemExit("--generator-half: ink's generator is not offered (wheezy or "
+                             f"{', '.join(styles())})")
+        n = fine.data.synthetic_pool
+        own = oracle_folder(name, n, args.work / "oracle" / f"{name}-{n}",
+                            f"oracle{args.seed}/{name}")
+        datasets.SyntheticPool = generator_pool(sorted(own.glob("*.png")))
     start = time.perf_counter()
     result = engine.train(fine)
     minutes = (time.perf_counter() - start) / 60
     fit_held = read_holdout(str(fit_reader), holdout)
     held = read_holdout(result["best_checkpoint"], holdout)
     changes = (args.set + [f"style {change}" for change in args.style_set]
-               + ["--same-time"] * args.same_time + ["--train-valid"] * args.train_valid)
+               + ["--same-time"] * args.same_time + ["--train-valid"] * args.train_valid
+               + ["--generator-half"] * args.generator_half)
     row = [name, args.name, " ".join(changes) or "-",
            f"{fit_ran} / {result['steps']}", f"{minutes:.1f}",
            f"{fit_held['metrics']['seq_acc']:.4f}", f"{held['metrics']['seq_acc']:.4f}"]
     return row, [misread_line(f"{name} fit", fit_held),
                  misread_line(f"{name} {args.name}", held)]
+
+
+class _GeneratorImages(datasets._PerEpoch):
+    """Stands in for fit's synthetic pool: ``size`` items an epoch, item ``i`` of epoch ``e``
+    the file ``(e * size + i) % len(files)`` (labels from the file names), as a pool cycles."""
+
+    def __init__(self, files: list[Path], size: int, preprocess: Preprocess) -> None:
+        self.files, self.size, self.preprocess = files, size, preprocess
+
+    def __getitem__(self, index: int):
+        self._check(index)
+        path = self.files[(self.epoch * self.size + index) % len(self.files)]
+        return self.preprocess(load_image(str(path))), path.name.split("_")[0]
+
+
+def generator_pool(files: list[Path]):
+    """A ``datasets.SyntheticPool`` replacement that reads ``files`` instead of rendering."""
+    if not files:
+        raise SystemExit("--generator-half: the style's generator wrote no images")
+
+    def pool(spec, size, preprocess, pool, **_):
+        return _GeneratorImages(files, size, preprocess)
+    return pool
 
 
 def changed_style(path: Path, changes: list[str], out: Path) -> Path:
@@ -102,6 +139,8 @@ def main() -> None:
                          "e.g. repeat=0.15 (repeatable).")
     ap.add_argument("--same-time", action="store_true",
                     help="Run for fit's finetuning time limit, not for its steps.")
+    ap.add_argument("--generator-half", action="store_true",
+                    help="Finetuning's synthetic half from the style's own generator.")
     ap.add_argument("--train-valid", action="store_true",
                     help="Finetune on the train and valid parts together.")
     args = ap.parse_args()
