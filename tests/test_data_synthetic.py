@@ -426,3 +426,22 @@ def test_universal_mixture_is_seeded_and_varied():
     assert_fonts_draw_every_symbol(universal.UNIVERSAL_FONTS)
     with pytest.raises(DataError, match="universal"):
         spec_from_config(DataConfig(style="no-such-style"))
+
+
+def test_font_warp_warps_the_glyph_ink_in_its_own_box():
+    """As wheezy.captcha warps a glyph cropped to its ink: the warped ink stays inside the
+    ink's box, wherever the glyph sits on its (larger) line box, and still fills most of it;
+    a blank glyph (a space) comes back as it was."""
+    from captcha_ml.data.synthetic import _font_warp, _SeededSecrets
+
+    glyph = Image.new("RGBA", (60, 80))
+    ImageDraw.Draw(glyph).rectangle((20, 30, 39, 59), fill=(255, 255, 255, 255))
+    rand = _SeededSecrets(random.Random(3))
+    for _ in range(20):
+        warped = _font_warp(glyph, (0.2, 0.3), rand)
+        box = warped.getbbox()
+        assert warped.size == glyph.size and box is not None
+        assert 20 <= box[0] and 30 <= box[1] and box[2] <= 40 and box[3] <= 60, box
+        assert (box[2] - box[0]) * (box[3] - box[1]) >= 0.4 * 20 * 30
+    blank = Image.new("RGBA", (30, 80))
+    assert _font_warp(blank, (0.2, 0.3), rand).tobytes() == blank.tobytes()

@@ -572,9 +572,23 @@ def _squeeze_slant(im: Image.Image, spec: SyntheticSpec, rand) -> Image.Image:
 
 def _font_warp(im: Image.Image, share: tuple[float, float], rand) -> Image.Image:
     """A glyph's perspective warp (the library's and wheezy.captcha's quad transform): the
-    corners of the source quad move by up to a share, drawn from ``share``, of its size."""
+    corners of the source quad move by up to a share, drawn from ``share``, of the glyph's
+    ink box (as wheezy.captcha crops each glyph before warping it), and the warped ink goes
+    back where it was in ``im``, the glyph on its font's line box (so glyphs keep a common
+    baseline)."""
     if share[1] <= 0:
         return im
+    box = im.getbbox()
+    if box is None:  # a space: nothing to warp
+        return im
+    out = Image.new(im.mode, im.size)
+    out.paste(_quad_warp(im.crop(box), share, rand), box[:2])
+    return out
+
+
+def _quad_warp(im: Image.Image, share: tuple[float, float], rand) -> Image.Image:
+    """wheezy.captcha's warp: corners moved by up to a share of the image's size (``share``
+    drawn from the range), the result squeezed back to the image's size."""
     f = share[0] + rand.randbits(32) / 2**32 * (share[1] - share[0])
     dx, dy = f * im.width, f * im.height
     x1, y1, x2, y2 = (int((2 * rand.randbits(32) / 2**32 - 1) * d) for d in (dx, dy, dx, dy))
