@@ -43,18 +43,16 @@ TUNED: dict[str, tuple[tuple, ...]] = {
     "rotate": ((-20.0, 20.0), (-10.0, 10.0), (-30.0, 30.0)),
     "font_warp": ((0.0, 0.0), (0.05, 0.3)),  # see applies
 }
+MARGIN = 0.05  # a value is kept where the distance falls by this share
+IMAGES = 200  # sample images read, and images rendered per candidate
+INPUT_HEIGHT = 48  # rows the images are read at (width by their aspect)
+FEATURE_STAGE = 5  # index in CaptchaNet.features of the stage compared (layer2)
 
 
 def applies(name: str, spec: SyntheticSpec) -> bool:
     """Whether a TUNED setting changes how ``spec`` draws: ``font_warp`` warps glyphs at their
     font proportions; stretched glyphs get the library's own warp (``warp``) instead."""
     return not (name == "font_warp" and spec.stretch)
-
-
-MARGIN = 0.05  # a value is kept where the distance falls by this share
-IMAGES = 200  # sample images read, and images rendered per candidate
-INPUT_HEIGHT = 48  # rows the images are read at (width by their aspect)
-FEATURE_STAGE = 5  # index in CaptchaNet.features of the stage compared (layer2)
 
 
 @dataclass
