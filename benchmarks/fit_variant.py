@@ -35,7 +35,6 @@ import yaml
 from captcha_ml import checkpoint, config, engine, report
 from captcha_ml.data import datasets, real, synthetic
 from captcha_ml.data.real import DataError
-from captcha_ml.data.transforms import Preprocess, load_image
 from fit_ceiling import oracle_folder
 from fit_styles import (benchmark_fit, enter_work, misread_line, read_holdout,
                         refit_arguments, styles)
@@ -70,7 +69,7 @@ def variant(args: argparse.Namespace) -> tuple[list, list[str]]:
         n = fine.data.synthetic_pool
         own = oracle_folder(name, n, args.work / "oracle" / f"{name}-{n}",
                             f"oracle{args.seed}/{name}")
-        datasets.SyntheticPool = generator_pool(sorted(own.glob("*.png")))
+        datasets.SyntheticPool = generator_pool(own)
     start = time.perf_counter()
     result = engine.train(fine)
     minutes = (time.perf_counter() - start) / 60
@@ -88,24 +87,23 @@ def variant(args: argparse.Namespace) -> tuple[list, list[str]]:
 
 class _GeneratorImages(datasets._PerEpoch):
     """Stands in for fit's synthetic pool: ``size`` items an epoch, item ``i`` of epoch ``e``
-    the file ``(e * size + i) % len(files)`` (labels from the file names), as a pool cycles."""
+    the labeled image ``(e * size + i) % len(images)``, as a pool cycles."""
 
-    def __init__(self, files: list[Path], size: int, preprocess: Preprocess) -> None:
-        self.files, self.size, self.preprocess = files, size, preprocess
+    def __init__(self, images: datasets.LabeledImages, size: int) -> None:
+        self.images, self.size = images, size
 
     def __getitem__(self, index: int):
         self._check(index)
-        path = self.files[(self.epoch * self.size + index) % len(self.files)]
-        return self.preprocess(load_image(str(path))), path.name.split("_")[0]
+        return self.images[(self.epoch * self.size + index) % len(self.images)]
 
 
-def generator_pool(files: list[Path]):
-    """A ``datasets.SyntheticPool`` replacement that reads ``files`` instead of rendering."""
-    if not files:
-        raise SystemExit("--generator-half: the style's generator wrote no images")
+def generator_pool(folder: Path):
+    """A ``datasets.SyntheticPool`` replacement that reads the labeled images in ``folder``
+    (unaugmented) instead of rendering."""
+    samples = real.read_labeled(folder).samples
 
     def pool(spec, size, preprocess, pool, **_):
-        return _GeneratorImages(files, size, preprocess)
+        return _GeneratorImages(datasets.LabeledImages(samples, preprocess), size)
     return pool
 
 
