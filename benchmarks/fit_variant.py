@@ -18,10 +18,10 @@ train.max_steps=N`; the schedule still anneals by then). `v2` has no holdout gen
 (`W/fit/<style>/style.yaml`, keys as `SyntheticSpec`'s) for finetuning's synthetic images;
 the pretrained model stays the one fit's style trained. `--generator-half` draws finetuning's
 synthetic half from the style's own generator instead (as many images as fit's finetuning pool,
-rendered once into `W/oracle/`): what a perfect likeness would be worth to the reader, with the
-same 350 real images, augmentation and steps. Prints the steps and minutes, the
-holdout seq acc of fit's reader and of the variant's, then both misread lines as
-`fit_styles.py` prints them.
+rendered once into `W/oracle/` and read through `data.share_from`): what a perfect likeness
+would be worth to the reader, with the same 350 real images, augmentation and steps. Prints
+the steps and minutes, the holdout seq acc of fit's reader and of the variant's, then both
+misread lines as `fit_styles.py` prints them.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from captcha_ml import checkpoint, config, engine, report
-from captcha_ml.data import datasets, real, synthetic
+from captcha_ml.data import real, synthetic
 from captcha_ml.data.real import DataError
 from fit_ceiling import oracle_folder
 from fit_styles import (benchmark_fit, enter_work, misread_line, read_holdout,
@@ -59,17 +59,16 @@ def variant(args: argparse.Namespace) -> tuple[list, list[str]]:
         fine.data.train = str(real.write_manifest(out / "train_valid.csv", rows))
     if args.style_set:
         fine.data.style = str(changed_style(fitted / "style.yaml", args.style_set, out))
-    (out / "finetune.yaml").write_text(yaml.safe_dump(fine.to_dict(), sort_keys=False))
-    fine = config.load(out / "finetune.yaml", args.set)  # what ran, overrides applied
-    (out / "finetune.yaml").write_text(yaml.safe_dump(fine.to_dict(), sort_keys=False))
     if args.generator_half:
         if name == "ink":
             raise SystemExit("--generator-half: ink's generator is not offered (wheezy or "
                              f"{', '.join(styles())})")
         n = fine.data.synthetic_pool
-        own = oracle_folder(name, n, args.work / "oracle" / f"{name}-{n}",
-                            f"oracle{args.seed}/{name}")
-        datasets.SyntheticPool = generator_pool(own)
+        fine.data.share_from = str(oracle_folder(name, n, args.work / "oracle" / f"{name}-{n}",
+                                                 f"oracle{args.seed}/{name}"))
+    (out / "finetune.yaml").write_text(yaml.safe_dump(fine.to_dict(), sort_keys=False))
+    fine = config.load(out / "finetune.yaml", args.set)  # what ran, overrides applied
+    (out / "finetune.yaml").write_text(yaml.safe_dump(fine.to_dict(), sort_keys=False))
     start = time.perf_counter()
     result = engine.train(fine)
     minutes = (time.perf_counter() - start) / 60
@@ -83,28 +82,6 @@ def variant(args: argparse.Namespace) -> tuple[list, list[str]]:
            f"{fit_held['metrics']['seq_acc']:.4f}", f"{held['metrics']['seq_acc']:.4f}"]
     return row, [misread_line(f"{name} fit", fit_held),
                  misread_line(f"{name} {args.name}", held)]
-
-
-class _GeneratorImages(datasets._PerEpoch):
-    """Stands in for fit's synthetic pool: ``size`` items an epoch, item ``i`` of epoch ``e``
-    the labeled image ``(e * size + i) % len(images)``, as a pool cycles."""
-
-    def __init__(self, images: datasets.LabeledImages, size: int) -> None:
-        self.images, self.size = images, size
-
-    def __getitem__(self, index: int):
-        self._check(index)
-        return self.images[(self.epoch * self.size + index) % len(self.images)]
-
-
-def generator_pool(folder: Path):
-    """A ``datasets.SyntheticPool`` replacement that reads the labeled images in ``folder``
-    (unaugmented) instead of rendering."""
-    samples = real.read_labeled(folder).samples
-
-    def pool(spec, size, preprocess, pool, **_):
-        return _GeneratorImages(datasets.LabeledImages(samples, preprocess), size)
-    return pool
 
 
 def changed_style(path: Path, changes: list[str], out: Path) -> Path:

@@ -60,6 +60,10 @@ class DataConfig:
     # Labeled data.train only: this share of every training epoch is synthetic images of
     # data.style (few real images then do not wash out what pretraining taught); 0: real only.
     synthetic_share: float = 0.0
+    # A labeled folder or manifest that the synthetic_share part is read from instead of
+    # rendering data.style: images the captcha's own generator made, say. Each epoch takes the
+    # next images of it in a fixed order, cycling, never augmented; "": render data.style.
+    share_from: str = ""
     # Synthetic training images (data.train=synthetic, or the synthetic_share part): 0 renders
     # each one on the fly in the DataLoader workers (new images every epoch); N > 0 renders N
     # once, in parallel, before training, and cycles through them. On a CPU, where rendering
@@ -286,6 +290,10 @@ def validate(cfg: Config) -> None:
     elif d.synthetic_share and d.train == "synthetic":
         problems.append("data.synthetic_share mixes synthetic images into labeled training "
                         "data; with data.train=synthetic set it to 0")
+    if d.share_from and not d.synthetic_share:
+        problems.append(f"data.share_from={d.share_from!r} is the synthetic_share part's "
+                        "source, and data.synthetic_share is 0: set a share, e.g. 0.5, or "
+                        "leave share_from empty")
     if m.depth not in ("layer2", "layer3", "layer4"):
         problems.append(f"model.depth={m.depth!r}: use layer2, layer3 or layer4")
     if m.head not in ("linear", "lstm"):

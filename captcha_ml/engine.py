@@ -82,21 +82,25 @@ def build_data(cfg: Config) -> Data:
                                           stream=stream, desc=f"{cfg.train.stage}: render pool")
         return datasets.SyntheticImages(spec, size, pre, seed=cfg.train.seed, stream=stream)
 
+    def labeled(source: str, augment: bool) -> datasets.LabeledImages:
+        found = real.read_labeled(source, charset=charset, min_len=d.min_len,
+                                  max_len=d.max_len, skip_bad=d.skip_bad)
+        # Validation reads one view even with data.tta (the test and the reader read them all).
+        return datasets.LabeledImages(_normalized(found.samples, charset), pre, augment=augment,
+                                      seed=cfg.train.seed, strength=d.augment_strength,
+                                      local=d.augment_local, lines=d.augment_lines)
+
     def make(source: str, size: int, train: bool) -> Dataset:
         if source == "synthetic":
             return rendered(size, "train" if train else "valid")
-        labeled = real.read_labeled(source, charset=charset, min_len=d.min_len,
-                                    max_len=d.max_len, skip_bad=d.skip_bad)
-        # Validation reads one view even with data.tta (the test and the reader read them all).
-        return datasets.LabeledImages(_normalized(labeled.samples, charset), pre,
-                                      augment=train and d.augment, seed=cfg.train.seed,
-                                      strength=d.augment_strength, local=d.augment_local,
-                                      lines=d.augment_lines)
+        return labeled(source, train and d.augment)
 
     train = make(d.train, d.synthetic_train_size, True)
     if d.synthetic_share:
         extra = round(len(train) * d.synthetic_share / (1 - d.synthetic_share))
-        train = datasets.MixedImages([train, rendered(extra, "mix")])
+        part = (datasets.Cycled(labeled(d.share_from, False), extra) if d.share_from
+                else rendered(extra, "mix"))
+        train = datasets.MixedImages([train, part])
     return Data(charset, pre, train, make(d.valid, d.synthetic_valid_size, False),
                 {"train": d.train, "valid": d.valid})
 
@@ -569,8 +573,8 @@ def _log_start(tracker: tracking.Tracker, cfg: Config, data: Data, init_tags: di
     tracker.log_dict(cfg.to_dict(), "config.yaml")
     tracker.log_dict(data.charset.to_dict(), "charset.json")
     sources = [("training", data.sources["train"]), ("validation", data.sources["valid"])]
-    if cfg.data.synthetic_share:
-        sources.append(("training", "synthetic"))  # the synthetic part of a mixed epoch
+    if cfg.data.synthetic_share:  # the synthetic part of a mixed epoch
+        sources.append(("training", cfg.data.share_from or "synthetic"))
     for context, source in sources:
         if source == "synthetic":
             style = Path(cfg.data.style)

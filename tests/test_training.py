@@ -183,6 +183,35 @@ def test_synthetic_share_mixes_new_synthetic_images_into_real_training(tmp_path,
         tiny_config(tmp_path, "data.synthetic_share=0.5")  # data.train is synthetic there
 
 
+def test_share_from_reads_the_synthetic_share_from_a_labeled_folder(tmp_path, real_dir):
+    """data.share_from: the mixed-in part comes from another labeled folder (a generator's
+    images), the next ones each epoch, cycling, unaugmented; a bad setting says what to fix."""
+    from captcha_ml.data.datasets import Cycled
+    from captcha_ml.data.real import DataError
+
+    m = write_manifests(real_dir, tmp_path / "splits")
+    own = sorted(real_dir.glob("*.png"))[30:35]  # five images not in the train part
+    base = [f"data.train={m['train']}", f"data.valid={m['valid']}", "data.augment=true",
+            "data.charset=2345678bcdefgmnpwxy", "data.min_len=5", "data.max_len=5",
+            "data.synthetic_share=0.25"]
+    (tmp_path / "own").mkdir()
+    for p in own:
+        (tmp_path / "own" / p.name).write_bytes(p.read_bytes())
+    train = engine.build_data(tiny_config(tmp_path, *base,
+                                          f"data.share_from={tmp_path / 'own'}")).train
+    part = train.parts[1]
+    assert isinstance(part, Cycled) and len(train) == 24 + 8
+    labels = [p.stem for p in own]
+    assert [train[24 + i][1] for i in range(8)] == (labels * 2)[:8]
+    train.set_epoch(1)
+    assert [train[24 + i][1] for i in range(8)] == (labels * 4)[8:16]
+    assert torch.equal(train[24][0], part.images[3][0])  # unaugmented: the image as read
+    with pytest.raises(ConfigError, match="share_from.*synthetic_share is 0"):
+        tiny_config(tmp_path, *base[:-1], f"data.share_from={tmp_path / 'own'}")
+    with pytest.raises(DataError, match="missing"):
+        engine.build_data(tiny_config(tmp_path, *base, f"data.share_from={tmp_path / 'missing'}"))
+
+
 def test_synthetic_pool_serves_training_and_the_mix_but_not_validation(tmp_path, real_dir):
     """data.synthetic_pool renders the training images once (pretraining's set and the mixed-in
     part of finetuning); validation stays the fixed on-the-fly set."""

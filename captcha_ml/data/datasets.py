@@ -122,6 +122,21 @@ class SyntheticPool(_PerEpoch):
         return self.preprocess.normalize(self.pixels[j]), self.labels[j]
 
 
+class Cycled(_PerEpoch):
+    """``size`` items per epoch of another dataset, in its order, cycling: item ``i`` of
+    epoch ``e`` is its item ``(e * size + i) % len(images)``, as a pool cycles (the
+    synthetic_share part read from a labeled folder, `data.share_from`)."""
+
+    def __init__(self, images: Dataset, size: int) -> None:
+        if not len(images):
+            raise ValueError("nothing to cycle through: the dataset is empty")
+        self.images, self.size = images, size
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        self._check(index)
+        return self.images[(self.epoch * self.size + index) % len(self.images)]
+
+
 class _Pixels(SyntheticImages):
     """SyntheticImages' items as uint8 pixels (what a pool keeps)."""
 
