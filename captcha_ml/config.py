@@ -9,6 +9,7 @@ never silently trains with a default.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -18,6 +19,22 @@ import yaml
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used as given."""
+
+
+def read_yaml(path: Path) -> dict:
+    """A YAML file's mapping ({} where empty); a syntax error or another kind of document is a
+    ConfigError naming the file and the place (a hand-edited config or style, often)."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ConfigError(f"{path}: not valid YAML{at} ({getattr(e, 'problem', None) or e}); "
+                          "fix the file (its indentation, a missing colon or quote)") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values, got "
+                          f"{type(raw).__name__}")
+    return raw
 
 
 @dataclass
@@ -228,11 +245,17 @@ def _set(cfg: Config, key: str, value: Any) -> None:
     setattr(sec, name, _coerce(key, value, getattr(sec, name)))
 
 
+# Where an item holds several overrides (MLproject passes them as one string): whitespace
+# before the next "section.key=", so a value may hold spaces ("data.train=/my data/x.csv").
+_NEXT_OVERRIDE = re.compile(r"\s+(?=[A-Za-z_]\w*\.\w+=)")
+
+
 def parse_overrides(items: Iterable[str]) -> list[tuple[str, str]]:
-    """``["train.lr=1e-3", ...]`` -> ``[("train.lr", "1e-3"), ...]``; blank items are ignored."""
+    """``["train.lr=1e-3", ...]`` -> ``[("train.lr", "1e-3"), ...]``; an item may hold several,
+    separated by whitespace (``"train.lr=1e-3 train.epochs=2"``); blank items are ignored."""
     pairs = []
     for item in items:
-        for token in item.split():
+        for token in _NEXT_OVERRIDE.split(item.strip()) if item.strip() else []:
             key, sep, value = token.partition("=")
             if not sep:
                 raise ConfigError(f"override {token!r} is not of the form section.key=value")
@@ -247,9 +270,7 @@ def load(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Confi
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist; see experiments/ for examples")
-        raw = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: expected a mapping of sections, got {type(raw).__name__}")
+        raw = read_yaml(p)
         for section, values in raw.items():
             if section not in _SECTION_TYPES or not isinstance(values, dict):
                 raise ConfigError(f"{p}: unknown section {section!r}; valid sections: "

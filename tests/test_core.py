@@ -26,6 +26,13 @@ def test_config_layers_yaml_and_overrides(tmp_path):
     assert (cfg.train.lr, cfg.train.epochs, cfg.data.height) == (0.5, 3, 32)
     assert cfg.data.augment is True and cfg.model.depth == "layer4"
     assert cfg.flat()["train.lr"] == 0.5
+    # A value may hold spaces (a folder named "my data"), alone or among other overrides.
+    cfg = config.load(None, ["data.train=/my data/train.csv", " train.lr=0.5  "
+                             "data.valid=/my data/v 2.csv train.epochs=2 "])
+    assert (cfg.data.train, cfg.data.valid) == ("/my data/train.csv", "/my data/v 2.csv")
+    assert (cfg.train.lr, cfg.train.epochs) == (0.5, 2)
+    with pytest.raises(ConfigError, match="'lr' is not of the form"):
+        config.load(None, ["lr"])
 
 
 def test_config_unknown_key_lists_valid_keys(tmp_path):
@@ -52,6 +59,37 @@ def test_config_unknown_key_lists_valid_keys(tmp_path):
 def test_config_rejects_bad_values(override, message):
     with pytest.raises(ConfigError, match=message):
         config.load(None, [override])
+
+
+def test_broken_yaml_names_the_file_and_the_place(tmp_path):
+    """A hand-edited config, fit.yaml or style file with a YAML slip: a ConfigError with the
+    file, the line and the fix, not a parser traceback."""
+    from captcha_ml.data import synthetic
+    from captcha_ml.fit.configs import read_fit_yaml
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: 1e-3\n epochs: 3\n")  # one space short
+    for read in (config.load, read_fit_yaml, synthetic.load_style):
+        with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML at line 3.*fix the file"):
+            read(bad)
+    bad.write_text("- a list\n- not a mapping\n")
+    with pytest.raises(ConfigError, match="expected a mapping.*got list"):
+        synthetic.load_style(bad)
+
+
+def test_write_text_leaves_the_old_file_whole_when_interrupted(tmp_path, monkeypatch):
+    from captcha_ml import files
+
+    target = tmp_path / "fit.yaml"
+    assert files.write_text(target, "a: 1\n").read_text() == "a: 1\n"
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(files.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        files.write_text(target, "a: 2\n")
+    assert target.read_text() == "a: 1\n" and [p.name for p in tmp_path.iterdir()] == ["fit.yaml"]
 
 
 def test_config_missing_file_names_it(tmp_path):

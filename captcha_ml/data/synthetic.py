@@ -27,7 +27,8 @@ import captcha.image as captcha_image
 from captcha.image import ImageCaptcha
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from captcha_ml.config import DataConfig
+from captcha_ml import files
+from captcha_ml.config import DataConfig, read_yaml
 from captcha_ml.data.real import DataError, write_manifest
 from captcha_ml.data.transforms import wave_points
 
@@ -202,15 +203,13 @@ def font_path(name: str) -> str:
 
 def load_style(path: str | Path) -> dict:
     """SyntheticSpec fields from a style YAML (written by save_style / captcha-ml fit)."""
-    import yaml
-
     p = Path(path)
     if not p.is_file():
         raise DataError(f"style file {p} does not exist; give data.style as a preset "
                         f"({', '.join(_PRESETS)}, universal) or the path of a style YAML")
-    raw = yaml.safe_load(p.read_text()) or {}
+    raw = read_yaml(p)
     known = {f.name for f in dataclasses.fields(SyntheticSpec)}
-    unknown = sorted(set(raw) - known) if isinstance(raw, dict) else ["(not a mapping)"]
+    unknown = sorted(set(raw) - known)
     if unknown:
         raise DataError(f"{p}: unknown style keys {unknown}; valid keys: {', '.join(sorted(known))}")
     fields = _tuples(raw)
@@ -234,8 +233,7 @@ def save_style(spec: SyntheticSpec, path: str | Path, header: str = "") -> Path:
     d["fonts"] = [_font_name(f) for f in spec.fonts]
     d = {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
     d["palette"] = [list(row) for row in spec.palette]
-    Path(path).write_text(header + yaml.safe_dump(d, sort_keys=False))
-    return Path(path)
+    return files.write_text(path, header + yaml.safe_dump(d, sort_keys=False))
 
 
 # ----------------------------------------------------------------------------- seeding

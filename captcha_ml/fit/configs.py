@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from .. import config
+from .. import config, files
 from ..config import Config
 from ..data import synthetic
 from ..data.real import DataError
@@ -113,7 +113,7 @@ def write_fit_yaml(path: Path, fit_section: dict[str, Any], pre: Config, fine: C
               "# 'fit' is informational (inspection and budget); 'pretrain' and 'finetune' are\n"
               "# full training configs (see experiments/*.yaml for the keys).\n")
     body = {"fit": fit_section, "pretrain": pre.to_dict(), "finetune": fine.to_dict()}
-    path.write_text(header + yaml.safe_dump(body, sort_keys=False))
+    files.write_text(path, header + yaml.safe_dump(body, sort_keys=False))
 
 
 def read_fit_yaml(path: str | Path) -> tuple[Config, Config]:
@@ -121,7 +121,7 @@ def read_fit_yaml(path: str | Path) -> tuple[Config, Config]:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"--config {p}: no such file; pass the fit.yaml a previous fit wrote")
-    raw = yaml.safe_load(p.read_text()) or {}
+    raw = config.read_yaml(p)
     missing = [k for k in ("pretrain", "finetune") if not isinstance(raw.get(k), dict)]
     if missing:
         raise DataError(f"--config {p}: sections {missing} missing; pass a fit.yaml written by fit")
