@@ -29,7 +29,8 @@ def _late_errors() -> tuple[type[Exception], ...]:
     from captcha_ml.engine import TrainingError
     from captcha_ml.tracking import TrackingError
 
-    return (CheckpointError, TrackingError, TrainingError, FileNotFoundError)
+    return (CheckpointError, TrackingError, TrainingError, FileNotFoundError, PermissionError,
+            IsADirectoryError, NotADirectoryError)
 
 
 def friendly_errors(fn: Callable) -> Callable:
@@ -43,7 +44,7 @@ def friendly_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except Exception as e:
-            if not isinstance(e, USER_ERRORS + _late_errors()):
+            if not (isinstance(e, USER_ERRORS) or isinstance(e, _late_errors())):
                 raise
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None

@@ -23,7 +23,7 @@ from PIL import Image
 from . import checkpoint
 from .charset import Charset
 from .checkpoint import CheckpointError
-from .data.real import DataError, read_manifest
+from .data.real import IGNORED_SUFFIXES, DataError, read_manifest
 from .data.transforms import ImageError, ImageSource, Preprocess, average_views, load_image
 
 ONNX_FORMAT = "captcha_ml/onnx/1"
@@ -84,7 +84,7 @@ class Reader:
     def _load(cls, path_or_uri: str | Path, engine: str, threads: int | None,
               graph_opt: str) -> "Reader":
         if engine not in ENGINES:
-            raise ValueError(f"engine {engine!r} is not one of {ENGINES}")
+            raise CheckpointError(f"engine {engine!r}: use one of {', '.join(ENGINES)}")
         threads = threads or available_cpus()
         src = str(path_or_uri)
         if src.endswith(".onnx"):
@@ -317,15 +317,17 @@ def export_onnx(model_uri: str | Path, out: str | Path,
 
 def expand_inputs(inputs: Iterable[str], stdin: Callable[[], bytes] | None = None
                   ) -> list[tuple[str, Any]]:
-    """Command-line inputs -> (name, source): files, folders (their files), globs, '-' = stdin."""
+    """Command-line inputs -> (name, source): files, folders (their files but documentation:
+    real.IGNORED_SUFFIXES), globs, '-' = stdin."""
     found: list[tuple[str, Any]] = []
     for arg in inputs:
         p = Path(arg)
         if arg == "-":
             found.append(("-", stdin() if stdin else b""))
-        elif p.is_dir():
+        elif p.is_dir():  # its documentation (SOURCE.md, labels.csv) is not an image to read
             found += [(str(f), f) for f in sorted(p.iterdir())
-                      if f.is_file() and not f.name.startswith(".")]
+                      if f.is_file() and not f.name.startswith(".")
+                      and f.suffix.lower() not in IGNORED_SUFFIXES]
         elif not p.exists() and glob.has_magic(arg):
             matches = sorted(glob.glob(arg))
             found += [(m, Path(m)) for m in matches if Path(m).is_file()] or [(arg, p)]

@@ -52,6 +52,15 @@ def check_reachable(uri: str = "", timeout: float = 5.0) -> str:
     return uri
 
 
+def check_model_name(name: str) -> str:
+    """A registered model's name as MLflow accepts it, checked before any work: it refuses an
+    empty name and one holding '/' or ':' only when registering, after the training."""
+    if not name.strip() or any(c in name for c in "/:"):
+        raise TrackingError(f"model name {name!r}: give a non-empty name without '/' or ':' "
+                            "(MLflow's rule for registered models), e.g. 'captcha-mysite'")
+    return name
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -201,6 +210,7 @@ def download_checkpoint(uri: str) -> Path:
     """A local captcha_ml checkpoint for a path or an MLflow model URI (runs:/, models:/, ...)."""
     if "://" not in uri and ":/" not in uri:
         return Path(uri)
+    check_reachable()  # MLflow itself retries an unreachable server for minutes
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except Exception as e:
@@ -215,6 +225,7 @@ def download_checkpoint(uri: str) -> Path:
 
 def runs_table(experiment: str, max_results: int = 50) -> list[dict[str, Any]]:
     """Runs of an experiment, newest first, with key params and last metrics."""
+    check_reachable()
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         raise TrackingError(f"no experiment {experiment!r} at {mlflow.get_tracking_uri()}; "
@@ -246,6 +257,8 @@ def run_accuracy(client: MlflowClient, run_id: str, metric: str) -> tuple[float,
 def register(run_id: str, name: str, metric: str = "test/seq_acc",
              alias: str = "champion") -> dict[str, Any]:
     """Register a run's reader as a new version; move ``alias`` only when it beats the holder."""
+    check_model_name(name)
+    check_reachable()
     client = MlflowClient()
     try:
         run = client.get_run(run_id)

@@ -228,6 +228,27 @@ def test_split_keeps_duplicates_together(tmp_path, make_images):
     assert len(dup) == 1 and len(where) == 16
 
 
+def test_fit_split_keeps_a_resaved_copy_with_its_original(tmp_path, make_images):
+    """fit groups by pixels, as its inspection finds duplicates: a copy saved again (other
+    bytes, the same image) never lands in test while its original trains."""
+    from types import SimpleNamespace
+
+    from PIL import Image, PngImagePlugin
+
+    from captcha_ml.fit.sample import make_split
+
+    folder = make_images(tmp_path / "imgs", [f"ab{i:03d}" for i in range(30)])
+    info = PngImagePlugin.PngInfo()
+    info.add_text("source", "saved again")
+    Image.open(folder / "ab000.png").save(folder / "ab000_copy.png", pnginfo=info)
+    assert (folder / "ab000_copy.png").read_bytes() != (folder / "ab000.png").read_bytes()
+    insp = SimpleNamespace(samples=read_folder(folder).samples)
+    for seed in range(4):
+        paths = make_split(insp, tmp_path / f"s{seed}", seed=seed)
+        where = {Path(p).name: n for n, m in paths.items() for p, _ in read_manifest(m).samples}
+        assert where["ab000.png"] == where["ab000_copy.png"] and len(where) == 31
+
+
 def test_split_too_few(tmp_path, make_images):
     folder = make_images(tmp_path / "imgs", LABELS)
     with pytest.raises(DataError, match="need at least 8"):

@@ -66,10 +66,12 @@ def test_inspect_sizes_lengths_rare_and_duplicates(tmp_path):
     assert "policy: treat all as the median size 90x30" in notes and "label noise" in notes
 
 
-def test_inspect_warns_on_rare_characters(tmp_path):
-    insp = fit.inspect(_write(tmp_path / "d", _labels(64) + ["12x4"]))
-    assert insp.rare == {"x": 1}
-    assert any(n.startswith("warning: characters seen fewer than 5") for n in fit.inspection_notes(insp))
+def test_inspect_warns_on_rare_characters_and_spaces(tmp_path):
+    insp = fit.inspect(_write(tmp_path / "d", _labels(64) + ["12x4", "12 4"]))
+    assert insp.rare == {"x": 1, " ": 1}
+    notes = fit.inspection_notes(insp)
+    assert any(n.startswith("warning: characters seen fewer than 5") for n in notes)
+    assert any(n.startswith("warning: spaces in 1 of the labels (e.g. '12 4')") for n in notes)
 
 
 def test_too_small_folder_names_the_minimum(tmp_path):
@@ -494,7 +496,8 @@ def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # MLflow's artifact root (./mlruns) goes under tmp_path
     spec = synthetic.preset("captcha", charset=DIGITS, min_len=4, max_len=4, width=144, height=48)
     synthetic.generate(tmp_path / "data", 60, spec, seed="e2e", workers=1)
-    out, uri = tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # A space in the output path (a folder named "my fits") travels through fit's configs.
+    out, uri = tmp_path / "my fits" / "out", f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = CliRunner().invoke(app, ["fit", str(tmp_path / "data"), "--out", str(out),
                                       "--max-steps", "2", "--tracking-uri", uri, "--name", "e2e",
                                       "--match-stroke"])
@@ -617,6 +620,15 @@ def test_config_rerun_reuses_unchanged_pretraining(tmp_path, monkeypatch):
     assert fit.reusable_pretraining(pre, [out / "pretrain"]) is None
     (out / "pretrain" / fit.PRETRAIN_RECORD).write_text("{not json")
     assert fit.reusable_pretraining(pre, [out / "pretrain"]) is None
+    # A fresh fit (no --config) into it derives anew and keeps the edited files aside.
+    (out / "style.yaml").write_text((out / "style.yaml").read_text() + "# my edit\n")
+    edited_fit = (out / "fit.yaml").read_text()
+    output = fit_(out)
+    kept = next((out / "previous").iterdir())
+    assert f"kept in {kept}" in output
+    assert (kept / "style.yaml").read_text().endswith("# my edit\n")
+    assert (kept / "fit.yaml").read_text() == edited_fit
+    assert "# my edit" not in (out / "style.yaml").read_text()
 
 
 def test_summary_lists_the_most_confused_symbols():

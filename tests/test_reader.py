@@ -177,7 +177,8 @@ def test_predict_folder_with_bad_files(trained, tmp_path):
     folder.mkdir()
     for f in trained["test_files"][:3]:
         shutil.copy(f, folder)
-    (folder / "notes.txt").write_text("not an image")
+    (folder / "SOURCE.md").write_text("where these came from")  # documentation: not read
+    (folder / "notes.bin").write_text("not an image")
     data = trained["test_files"][3].read_bytes()
     (folder / "cut.png").write_bytes(data[: len(data) // 3])
     res = runner.invoke(app, ["predict", trained["best_checkpoint"], str(folder),
@@ -185,7 +186,8 @@ def test_predict_folder_with_bad_files(trained, tmp_path):
     assert res.exit_code == 1, res.output
     lines = res.stdout.strip().splitlines()
     assert len(lines) == 3 and all(len(line.split("\t")) == 3 for line in lines)
-    assert "notes.txt" in res.stderr and "cut.png" in res.stderr
+    assert "notes.bin" in res.stderr and "cut.png" in res.stderr
+    assert "SOURCE.md" not in res.stdout + res.stderr
     assert "Traceback" not in res.output
 
 
@@ -209,6 +211,8 @@ def test_predict_bad_model_exits_2(tmp_path):
     res = runner.invoke(app, ["predict", str(tmp_path / "nope.pt"), "x.png"])
     assert res.exit_code == 2 and "nope.pt not found" in res.output
     assert "Traceback" not in res.output
+    res = runner.invoke(app, ["predict", str(tmp_path / "nope.pt"), "x.png", "--engine", "tf"])
+    assert res.exit_code == 2 and "engine 'tf': use one of torch, onnx" in res.output
 
 
 def test_register_moves_champion_only_when_better(trained, tmp_path):

@@ -264,6 +264,43 @@ def test_unreachable_tracking_server_fails_before_training(tmp_path):
     assert not (tmp_path / "out" / "last.pt").exists()
 
 
+def test_unreachable_server_and_bad_model_names_fail_fast_everywhere(tmp_path, monkeypatch):
+    """Listing runs, downloading a reader and registering check the server first (MLflow
+    itself retries for minutes); a name MLflow would refuse after a whole fit is refused
+    before it starts."""
+    import mlflow
+    from typer.testing import CliRunner
+
+    from captcha_ml import tracking
+    from captcha_ml.cli import app
+
+    before = mlflow.get_tracking_uri()
+    try:
+        tracking.resolve_uri("http://127.0.0.1:9")
+        for call in (lambda: tracking.runs_table("captcha_ml"),
+                     lambda: tracking.download_checkpoint("runs:/0123/checkpoints/best.pt"),
+                     lambda: tracking.register("0123", "mysite")):
+            with pytest.raises(TrackingError, match="127.0.0.1:9 is unreachable"):
+                call()
+    finally:
+        mlflow.set_tracking_uri(before)
+    with pytest.raises(TrackingError, match="'my/site'.*without '/' or ':'"):
+        tracking.register("0123", "my/site")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["fit", str(tmp_path / "data"), "--out",
+                                      str(tmp_path / "out"), "--name", "site:v2"])
+    assert result.exit_code != 0 and "'site:v2'" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+    try:  # an unreachable server: before the data is even read
+        result = CliRunner().invoke(app, ["fit", str(tmp_path / "data"), "--out",
+                                          str(tmp_path / "out"), "--tracking-uri",
+                                          "http://127.0.0.1:9"])
+    finally:
+        mlflow.set_tracking_uri(before)
+    assert result.exit_code != 0 and "127.0.0.1:9 is unreachable" in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     real_loss = engine.ctc_loss
     calls = {"n": 0}

@@ -22,10 +22,11 @@ import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from PIL import Image
 
+from captcha_ml import files
 from captcha_ml.charset import Charset
 from captcha_ml.data.transforms import ImageError, load_image
 
@@ -285,17 +286,19 @@ SPLITS = ("train", "valid", "test")
 
 
 def split(samples: Iterable[tuple[str, str]], out_dir: str | Path, seed: int = 0,
-          test: int = 400, valid: int = 120) -> dict[str, Path]:
+          test: int = 400, valid: int = 120,
+          content: Callable[[str], str] = file_sha256) -> dict[str, Path]:
     """Write train/valid/test manifests; assignment depends only on image content and seed.
 
-    Each distinct content (sha256 of the file) gets the key sha256(f"{seed}:{hash}"); groups
-    are ordered by key and fill test, then valid, then train. Identical files share a group, so
-    duplicates never straddle splits. Manifest paths are absolute and resolved; rows are sorted
-    by path, so a rerun writes byte-identical files.
+    Each distinct content (``content(path)``: by default the sha256 of the file; `fit` hashes
+    the pixels, so a re-saved copy counts as the same image) gets the key
+    sha256(f"{seed}:{hash}"); groups are ordered by key and fill test, then valid, then train.
+    Identical images share a group, so duplicates never straddle splits. Manifest paths are
+    absolute and resolved; rows are sorted by path, so a rerun writes byte-identical files.
     """
     groups: dict[str, list[tuple[str, str]]] = {}
     for path, label in samples:
-        groups.setdefault(file_sha256(path), []).append((str(Path(path).resolve()), label))
+        groups.setdefault(content(path), []).append((str(Path(path).resolve()), label))
     if len(groups) < test + valid + 1:
         raise DataError(f"{len(groups)} distinct images cannot fill test={test} + valid={valid} "
                         f"+ at least 1 train image; need at least {test + valid + 1}, "
@@ -312,16 +315,13 @@ def split(samples: Iterable[tuple[str, str]], out_dir: str | Path, seed: int = 0
 
 
 def write_manifest(path: str | Path, rows: Iterable[tuple[str, str]]) -> Path:
-    """Write a ``path,label`` CSV atomically (temp file + os.replace)."""
+    """Write a ``path,label`` CSV atomically (`files.write_text`)."""
     path = Path(path)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["path", "label"])
     writer.writerows(rows)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(buf.getvalue(), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return files.write_text(path, buf.getvalue())
 
 
 def make_splits(source: str | Path, out_dir: str | Path, seed: int = 0, test: int = 400,

@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .. import checkpoint, config
+from .. import checkpoint, config, files
 from ..config import Config
 from ..data import synthetic
 from ..data.datasets import available_cores
@@ -249,7 +249,7 @@ def _prepare(data: str | Path, out: Path, case_sensitive: bool, skip_bad: bool,
     insp = inspect(data, case_sensitive, skip_bad)
     for line in inspection_notes(insp):
         note(line)
-    (out / "inspection.json").write_text(json.dumps(insp.summary(), indent=1, default=str))
+    files.write_text(out / "inspection.json", json.dumps(insp.summary(), indent=1, default=str))
     splits = make_split(insp, out, seed)
     note(f"split: {split_sizes(len(insp.samples))} (valid, test) images by content hash, seed "
          f"{seed}; rest train -> {out / 'splits'}")
@@ -280,6 +280,27 @@ def _prepare(data: str | Path, out: Path, case_sensitive: bool, skip_bad: bool,
     return insp, splits, spec, layout, found
 
 
+EDITABLE = ("fit.yaml", "style.yaml")  # what a user edits in OUT; a fresh fit rewrites them
+
+
+def set_aside(out: Path) -> Path | None:
+    """Before a fresh fit (no --config) into an OUT that holds an earlier one: move its
+    EDITABLE files to OUT/previous/<time>/, so no edit is lost; returns that folder (None: there
+    was nothing to move)."""
+    found = [out / name for name in EDITABLE if (out / name).is_file()]
+    if not found:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest, n = out / "previous" / stamp, 1
+    while dest.exists():
+        n += 1
+        dest = out / "previous" / f"{stamp}-{n}"
+    dest.mkdir(parents=True)
+    for f in found:
+        f.replace(dest / f.name)
+    return dest
+
+
 def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = True,
         budget_minutes: float = DEFAULT_BUDGET_MINUTES, config_path: str | None = None,
         name: str = "", max_steps: int = 0, tracking_uri: str = "", seed: int = 0,
@@ -294,11 +315,19 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
     if precision not in PRECISIONS:
         raise config.ConfigError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     start = time.perf_counter()
-    out = Path(out or Path("outputs/fit") / Path(data).stem)
+    out = Path(out or Path("outputs/fit") / Path(data).resolve().stem)  # "." names its folder
+    name = tracking.check_model_name(name or f"captcha-{out.name}")  # before any work
+    tracking.check_reachable(tracking_uri)  # --config's own URI is checked once it is read
     out.mkdir(parents=True, exist_ok=True)
     note = _Notes(say)
     if config_path:
         adopt_style(config_path, out)
+    else:
+        kept = set_aside(out)
+        if kept:
+            note(f"{out} held an earlier fit: its fit.yaml and style.yaml (with any edits) are "
+                 f"kept in {kept}; to rerun them, copy them back and pass --config "
+                 f"{out / 'fit.yaml'}")
     insp, splits, spec, layout, found = _prepare(
         data, out, case_sensitive, skip_bad, bool(config_path), seed, note, match_stroke,
         font_match, likeness)
@@ -320,7 +349,6 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
     write_fit_yaml(out / "fit.yaml", section, pre, fine)
     tracking.check_reachable(pre.tracking.tracking_uri)
     mlflow.set_experiment(pre.tracking.experiment)
-    name = name or f"captcha-{out.name}"
     # The budget holds for the whole command: finetuning gets what pretraining left of it,
     # less a reserve for the test, registration and logging.
     deadline = (start + 60 * budget_minutes - FINAL_RESERVE_S
@@ -341,7 +369,7 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
         summary = _summary(result, reg, minutes, out, parent.info.run_id)
         for line in summary:
             note(line)
-        (out / "fit_report.txt").write_text("\n".join(note.lines) + "\n")
+        files.write_text(out / "fit_report.txt", "\n".join(note.lines) + "\n")
         mlflow.log_artifact(str(out / "fit_report.txt"))
     return {"out": str(out), "parent_run_id": parent.info.run_id, "minutes": minutes,
             "test": result["test"]["metrics"], "zero_shot": result["zero_shot"],

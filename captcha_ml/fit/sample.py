@@ -114,6 +114,11 @@ def inspection_notes(insp: Inspection) -> list[str]:
         notes.append(f"warning: characters seen fewer than {RARE_COUNT} times: "
                      + ", ".join(f"{c!r} x{k}" for c, k in insp.rare.items())
                      + " - the reader will be unreliable on them; label more examples with them")
+    spaced = [lab for _, lab in insp.samples if any(c.isspace() for c in lab)]
+    if spaced:
+        notes.append(f"warning: spaces in {len(spaced)} of the labels (e.g. {spaced[0]!r}): the space "
+                     "is a symbol of the charset then; if the file names are not the labels, "
+                     "rename the files or give the labels in a manifest (path,label)")
     if insp.conflicts:
         dropped = sum(len(c["paths"]) for c in insp.conflicts)
         notes.append(f"warning: label noise: {len(insp.conflicts)} identical images carry "
@@ -130,4 +135,6 @@ def split_sizes(n: int) -> tuple[int, int]:
 
 def make_split(insp: Inspection, out: Path, seed: int = 0) -> dict[str, Path]:
     valid, test = split_sizes(len(insp.samples))
-    return real.split(insp.samples, out / "splits", seed=seed, test=test, valid=valid)
+    # By pixels, as inspect finds duplicates: a re-saved copy stays in its original's part.
+    return real.split(insp.samples, out / "splits", seed=seed, test=test, valid=valid,
+                      content=lambda p: _pixel_hash(load_image(p)))
