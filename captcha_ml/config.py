@@ -16,6 +16,8 @@ from typing import Any, Iterable
 
 import yaml
 
+from . import files
+
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used as given."""
@@ -181,7 +183,7 @@ class Config:
         return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        files.write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def check_crop(crop: Iterable[float]) -> tuple[float, ...]:

@@ -156,7 +156,7 @@ def adopt_style(config_path: str, out: Path) -> None:
     pre, _ = read_fit_yaml(config_path)
     src, dst = Path(pre.data.style), out / "style.yaml"
     if synthetic.is_style_file(pre.data.style) and src.is_file() and not dst.exists():
-        dst.write_text(src.read_text())
+        files.write_text(dst, src.read_text())
 
 
 def override_precision(pre: Config, fine: Config, precision: str) -> str:
