@@ -410,7 +410,7 @@ def test_calibration_finds_how_often_glyphs_are_spaced(tmp_path, spaces):
 
 def test_font_match_finds_the_face_that_drew_the_sample(tmp_path):
     """The universal model ranks the face a sample was drawn in first; the style then draws
-    half its glyphs in it where it beats the runner-up by the margin, else keeps the mix."""
+    half its glyphs in it where it leads the other faces by MATCH_LEAD, else keeps the mix."""
     serif = SyntheticSpec(style="captcha", width=240, height=70, charset="0123456789abcdefoxyz",
                           min_len=6, max_len=6, fonts=(synthetic.font_path("DejaVuSerif.ttf"),),
                           font_sizes=(44, 50), background=(0, 50), foreground=(190, 255),
@@ -419,14 +419,16 @@ def test_font_match_finds_the_face_that_drew_the_sample(tmp_path):
     spec, _ = fit.derive_style(insp)
     model = fit.configs.UNIVERSAL_WEIGHTS
     found = fit.rank_fonts(insp, spec, model, samples=60, renders=30)
-    assert found.scores[0][0] == "DejaVuSerif.ttf" and found.margin > 0
+    assert found.scores[0][0] == "DejaVuSerif.ttf" and found.lead > 0
+    scores = [score for _, score in found.scores]
+    assert found.lead == pytest.approx(scores[0] - sum(scores[1:]) / (len(scores) - 1))
     assert {name for name, _ in found.scores} == set(fit.fonts.UNIVERSAL_FONTS)
-    leaned, found, line = fit.match_fonts(insp, spec, model, margin=0.0, samples=60, renders=30)
+    leaned, found, line = fit.match_fonts(insp, spec, model, lead=0.0, samples=60, renders=30)
     assert found.chosen == "DejaVuSerif.ttf" and line.startswith("fonts: DejaVuSerif.ttf draws")
     names = [Path(f).name for f in leaned.fonts]
     assert names[:len(fit.style.FONT_MIX)] == list(fit.style.FONT_MIX)  # the mix stays
     assert names.count("DejaVuSerif.ttf") / len(names) >= fit.MATCH_SHARE
-    kept, found, line = fit.match_fonts(insp, spec, model, margin=1.0, samples=60, renders=30)
+    kept, found, line = fit.match_fonts(insp, spec, model, lead=1.0, samples=60, renders=30)
     assert kept == spec and not found.chosen and line.startswith("fonts: the mix kept")
     assert found.summary()["chosen"] == "none"
     # A face listed twice in a style file draws twice the share: the file keeps repeats.

@@ -299,6 +299,10 @@ def test_unreachable_server_and_bad_model_names_fail_fast_everywhere(tmp_path, m
         mlflow.set_tracking_uri(before)
     assert result.exit_code != 0 and "127.0.0.1:9 is unreachable" in result.output
     assert not (tmp_path / "out").exists()
+    result = CliRunner().invoke(app, ["fit", str(tmp_path / "data"), "--out",
+                                      str(tmp_path / "out")])  # a mistyped folder
+    assert result.exit_code == 2 and "data: no such folder or manifest" in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):

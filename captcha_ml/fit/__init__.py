@@ -18,7 +18,7 @@ from .budget import (DEFAULT_BUDGET_MINUTES, FINETUNE_MAX_HEIGHT, PRECISIONS, Pl
 from .configs import (FINETUNE_AUGMENT_LINES, FINETUNE_AUGMENT_STRENGTH, FINETUNE_SYNTHETIC_SHARE,
                       PRETRAIN_EVALS, PRETRAIN_PATIENCE, build_configs, read_fit_yaml,
                       write_fit_yaml)
-from .fonts import MATCH_MARGIN, MATCH_SHARE, FontMatch, match_fonts, rank_fonts
+from .fonts import MATCH_LEAD, MATCH_SHARE, FontMatch, match_fonts, rank_fonts
 from .likeness import Likeness, tune_style
 from .reuse import PRETRAIN_RECORD, pretrain_fingerprint, reusable_pretraining
 from .runner import confusion_line, run
@@ -28,7 +28,7 @@ from .style import (TextLayout, calibrate, derive_style, sample_stats, style_sam
 
 __all__ = [
     "DEFAULT_BUDGET_MINUTES", "FINETUNE_AUGMENT_LINES", "FINETUNE_AUGMENT_STRENGTH",
-    "FINETUNE_MAX_HEIGHT", "FINETUNE_SYNTHETIC_SHARE", "FontMatch", "MATCH_MARGIN",
+    "FINETUNE_MAX_HEIGHT", "FINETUNE_SYNTHETIC_SHARE", "FontMatch", "MATCH_LEAD",
     "MATCH_SHARE", "PRECISIONS", "PRETRAIN_EVALS", "PRETRAIN_PATIENCE", "PRETRAIN_RECORD",
     "Inspection", "Likeness", "Plan", "Probe", "build_configs", "calibrate", "confusion_line",
     "derive_style", "input_cost", "inspect", "inspection_notes", "make_split", "match_fonts",

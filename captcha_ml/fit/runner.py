@@ -25,6 +25,7 @@ from .. import checkpoint, config, files
 from ..config import Config
 from ..data import synthetic
 from ..data.datasets import available_cores
+from ..data.real import DataError
 from ..data.synthetic import SyntheticSpec
 from . import budget
 from .budget import (DEFAULT_BUDGET_MINUTES, FALLBACK_IMAGES_PER_S, FINAL_RESERVE_S,
@@ -318,6 +319,8 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
     out = Path(out or Path("outputs/fit") / Path(data).resolve().stem)  # "." names its folder
     name = tracking.check_model_name(name or f"captcha-{out.name}")  # before any work
     tracking.check_reachable(tracking_uri)  # --config's own URI is checked once it is read
+    if not Path(data).exists():  # before OUT is made
+        raise DataError(f"{data}: no such folder or manifest; check the path")
     out.mkdir(parents=True, exist_ok=True)
     note = _Notes(say)
     if config_path:
