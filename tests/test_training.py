@@ -299,8 +299,9 @@ def test_unreachable_server_and_bad_model_names_fail_fast_everywhere(tmp_path, m
         mlflow.set_tracking_uri(before)
     assert result.exit_code != 0 and "127.0.0.1:9 is unreachable" in result.output
     assert not (tmp_path / "out").exists()
-    result = CliRunner().invoke(app, ["fit", str(tmp_path / "data"), "--out",
-                                      str(tmp_path / "out")])  # a mistyped folder
+    result = CliRunner().invoke(app, ["fit", str(tmp_path / "data"), "--out",  # a mistyped folder
+                                      str(tmp_path / "out"), "--tracking-uri",
+                                      f"sqlite:///{tmp_path / 'mlflow.db'}"])
     assert result.exit_code == 2 and "data: no such folder or manifest" in result.output
     assert not (tmp_path / "out").exists()
 
