@@ -66,9 +66,9 @@ def variant(args: argparse.Namespace) -> tuple[list, list[str]]:
         n = fine.data.synthetic_pool
         fine.data.share_from = str(oracle_folder(name, n, args.work / "oracle" / f"{name}-{n}",
                                                  f"oracle{args.seed}/{name}"))
-    (out / "finetune.yaml").write_text(yaml.safe_dump(fine.to_dict(), sort_keys=False))
+    fine.save(out / "finetune.yaml")
     fine = config.load(out / "finetune.yaml", args.set)  # what ran, overrides applied
-    (out / "finetune.yaml").write_text(yaml.safe_dump(fine.to_dict(), sort_keys=False))
+    fine.save(out / "finetune.yaml")
     start = time.perf_counter()
     result = engine.train(fine)
     minutes = (time.perf_counter() - start) / 60
