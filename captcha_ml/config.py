@@ -3,7 +3,8 @@
 A config file has up to four sections (``data``, ``model``, ``train``, ``tracking``); every key
 is optional and falls back to the defaults below. Overrides use dotted keys:
 ``train.lr=3e-4 data.height=32``. Unknown keys are an error that lists the valid ones, so a typo
-never silently trains with a default.
+never silently trains with a default. A file may start from another: ``extends: base.yaml``
+(relative to the file) loads that one's keys first, so a variant holds only what it changes.
 """
 
 from __future__ import annotations
@@ -265,20 +266,34 @@ def parse_overrides(items: Iterable[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+def _apply_file(cfg: Config, p: Path, chain: tuple[Path, ...] = ()) -> None:
+    """A config file's keys onto ``cfg``: first those of the file its ``extends`` names (a path
+    relative to the file; it may extend another), then its own sections."""
+    if not p.is_file():
+        named = f" (named by {chain[-1]}'s 'extends')" if chain else ""
+        raise ConfigError(f"config file {p} does not exist{named}; see experiments/ for examples")
+    if p.resolve() in chain:
+        raise ConfigError(f"{p}: 'extends' loops back to it ({' -> '.join(map(str, (*chain, p.resolve())))}); "
+                          "remove one of them")
+    raw = read_yaml(p)
+    base = raw.pop("extends", None)
+    if base is not None:
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"{p}: 'extends' must be one config file's path, got {base!r}")
+        _apply_file(cfg, p.parent / base, (*chain, p.resolve()))
+    for section, values in raw.items():
+        if section not in _SECTION_TYPES or not isinstance(values, dict):
+            raise ConfigError(f"{p}: unknown section {section!r}; valid sections: "
+                              f"{', '.join(_SECTION_TYPES)} (and 'extends: BASE.yaml')")
+        for name, value in values.items():
+            _set(cfg, f"{section}.{name}", value)
+
+
 def load(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
-    """Defaults <- YAML file <- overrides; validated."""
+    """Defaults <- YAML file (after the file it ``extends``, if any) <- overrides; validated."""
     cfg = Config()
     if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist; see experiments/ for examples")
-        raw = read_yaml(p)
-        for section, values in raw.items():
-            if section not in _SECTION_TYPES or not isinstance(values, dict):
-                raise ConfigError(f"{p}: unknown section {section!r}; valid sections: "
-                                  f"{', '.join(_SECTION_TYPES)}")
-            for name, value in values.items():
-                _set(cfg, f"{section}.{name}", value)
+        _apply_file(cfg, Path(path))
     for key, value in parse_overrides(overrides):
         _set(cfg, key, value)
     validate(cfg)

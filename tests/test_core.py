@@ -44,6 +44,31 @@ def test_config_unknown_key_lists_valid_keys(tmp_path):
         config.load(bad)
 
 
+def test_config_extends_a_base_file(tmp_path):
+    """`extends: BASE` loads the base's keys first (a path relative to the file, chained);
+    the file's own keys and then the overrides win. A missing base or a loop is a ConfigError
+    naming the file."""
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "root.yaml").write_text("train:\n  lr: 0.1\n  epochs: 3\n"
+                                                 "data:\n  height: 32\n")
+    (tmp_path / "base" / "mid.yaml").write_text("extends: root.yaml\ntrain:\n  epochs: 5\n")
+    leaf = tmp_path / "leaf.yaml"
+    leaf.write_text("extends: base/mid.yaml  # a comment\ndata:\n  width: 96\n")
+    cfg = config.load(leaf, ["train.lr=0.5"])
+    assert (cfg.train.lr, cfg.train.epochs, cfg.data.height, cfg.data.width) == (0.5, 5, 32, 96)
+    assert config.load(tmp_path / "base" / "mid.yaml").train.lr == 0.1
+    leaf.write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml does not exist .named by .*leaf.yaml"):
+        config.load(leaf)
+    (tmp_path / "base" / "root.yaml").write_text("extends: ../leaf.yaml\n")
+    leaf.write_text("extends: base/mid.yaml\n")
+    with pytest.raises(ConfigError, match="'extends' loops back"):
+        config.load(leaf)
+    leaf.write_text("extends: [a.yaml, b.yaml]\n")
+    with pytest.raises(ConfigError, match="one config file's path"):
+        config.load(leaf)
+
+
 @pytest.mark.parametrize("override, message", [
     ("train.epochs=two", "expected int"),
     ("data.channels=2", "data.channels=2"),
