@@ -34,10 +34,10 @@ def _labels(n: int, length=4, charset=DIGITS) -> list[str]:
     """n distinct labels, lengths cycling through ``length`` (int or tuple)."""
     lengths = length if isinstance(length, tuple) else (length,)
     out = []
-    for i in range(n):
-        k = lengths[i % len(lengths)]
-        out.append("".join(charset[(i * 7 + j * 3 + i // len(charset)) % len(charset)]
-                           for j in range(k)) + "")
+    for i in range(n):  # i's digits in base len(charset), scrambled by a prime: all distinct
+        k, v = lengths[i % len(lengths)], 7919 * i + 1234
+        out.append("".join(charset[v // len(charset) ** j % len(charset)] for j in range(k)))
+    assert len(set(out)) == n, "more labels than the lengths allow"
     return out
 
 
@@ -77,6 +77,13 @@ def test_inspect_warns_on_rare_characters_and_spaces(tmp_path):
 def test_too_small_folder_names_the_minimum(tmp_path):
     with pytest.raises(DataError, match=r"30 usable .*at least 60"):
         fit.inspect(_write(tmp_path / "d", _labels(30)))
+    # Copies of one image (same label) count once: the split keeps them in one part.
+    data = _write(tmp_path / "copies", _labels(50))
+    for i, image in enumerate(sorted(data.glob("*.png"))[:20]):
+        shutil.copy(image, data / f"{image.name.split('_')[0]}_copy{i}.png")
+    with pytest.raises(DataError, match=r"50 usable distinct .*20 more are copies.*at least 60"):
+        fit.inspect(data)
+    assert fit.inspect(_write(tmp_path / "copies", _labels(70)[50:])).distinct == 70
 
 
 def test_case_insensitive_lowercases_labels_and_charset(tmp_path):

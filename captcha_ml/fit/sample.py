@@ -40,6 +40,9 @@ class Inspection:
     skipped: list[tuple[str, str]]
     mixed_case: bool = False
     notes: list[str] = field(default_factory=list)
+    # Distinct images among the samples (copies of one image with one label count once: the
+    # split keeps them together, so they fill one place in a part).
+    distinct: int = 0
 
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
@@ -76,11 +79,14 @@ def inspect(path: str | Path, case_sensitive: bool = True, skip_bad: bool = Fals
                  for g in groups.values() if len({lab for _, lab in g}) > 1]
     noisy = {p for c in conflicts for p in c["paths"]}
     samples = [(p, lab) for p, lab in rows if p not in noisy]
-    if len(samples) < MIN_IMAGES:
-        raise DataError(f"{path}: {len(samples)} usable labeled images ({len(noisy)} dropped as "
-                        f"label noise, {len(data.skipped)} skipped); fit needs at least "
-                        f"{MIN_IMAGES} (valid {SPLIT_MIN} + test {SPLIT_MIN} + train 40): "
-                        "add labeled examples")
+    distinct = len(groups) - len(conflicts)
+    if distinct < MIN_IMAGES:
+        copies = len(samples) - distinct
+        raise DataError(f"{path}: {distinct} usable distinct labeled images ({len(noisy)} dropped "
+                        f"as label noise, {len(data.skipped)} skipped"
+                        + (f", {copies} more are copies of them" if copies else "")
+                        + f"); fit needs at least {MIN_IMAGES} (valid {SPLIT_MIN} + test "
+                        f"{SPLIT_MIN} + train 40): add labeled examples")
     counts = Counter("".join(lab for _, lab in samples))
     lengths = [len(lab) for _, lab in samples]
     width = round(statistics.median(w for (w, _), n in sizes.items() for _ in range(n)))
@@ -90,7 +96,8 @@ def inspect(path: str | Path, case_sensitive: bool = True, skip_bad: bool = Fals
         (width, height), {f"{w}x{h}": n for (w, h), n in sizes.most_common()},
         3 if statistics.median(chroma) > 8 else 1,
         {c: n for c, n in sorted(counts.items()) if n < RARE_COUNT}, conflicts, data.skipped,
-        mixed_case=not case_sensitive and any(lab != lab.lower() for _, lab in data.samples))
+        mixed_case=not case_sensitive and any(lab != lab.lower() for _, lab in data.samples),
+        distinct=distinct)
 
 
 def inspection_notes(insp: Inspection) -> list[str]:
@@ -134,7 +141,7 @@ def split_sizes(n: int) -> tuple[int, int]:
 
 
 def make_split(insp: Inspection, out: Path, seed: int = 0) -> dict[str, Path]:
-    valid, test = split_sizes(len(insp.samples))
+    valid, test = split_sizes(insp.distinct or len(insp.samples))
     # By pixels, as inspect finds duplicates: a re-saved copy stays in its original's part.
     return real.split(insp.samples, out / "splits", seed=seed, test=test, valid=valid,
                       content=lambda p: _pixel_hash(load_image(p)))
