@@ -12,7 +12,7 @@ instead of the 350-image train part and its half of synthetic captchas; no augme
 no image comes round often. Then both readers read `fit_styles.py`'s holdout. The gap is what
 more, or better matched, data could buy in this budget. Where the oracle itself stays below
 0.98, the training compute (model and minutes), not the data, keeps fit from the target on this
-machine. `v2` has no generator and is not offered.
+machine. `v2` has no generator and is not offered; `ink`'s is `fit_styles.build_ink`.
 
 Prints: style, oracle images, finetuning steps run (fit's / the oracle's, of the steps fit
 planned: the time limit can stop either sooner) and minutes, holdout seq acc of fit's reader
@@ -28,8 +28,8 @@ from pathlib import Path
 
 from captcha_ml import checkpoint, engine, report
 from captcha_ml.data import synthetic
-from fit_styles import (benchmark_fit, build_wheezy, enter_work, misread_line, read_holdout,
-                        refit_arguments, styles)
+from fit_styles import (benchmark_fit, build_ink, build_wheezy, enter_work, misread_line,
+                        read_holdout, refit_arguments, styles)
 
 
 def oracle_folder(name: str, n: int, folder: Path, seed: str) -> Path:
@@ -39,6 +39,8 @@ def oracle_folder(name: str, n: int, folder: Path, seed: str) -> Path:
         if folder is None:
             raise SystemExit("wheezy.captcha is not installed (pip install wheezy.captcha)")
         return folder
+    if name == "ink":
+        return build_ink(n, folder, seed)
     return synthetic.generate(folder, n, styles()[name], seed=seed).parent
 
 
@@ -72,7 +74,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     refit_arguments(ap)
     ap.add_argument("--styles", nargs="*", default=["wheezy", "alnum62", "lower4to7"],
-                    choices=["wheezy", *styles()])
+                    choices=["wheezy", "ink", *styles()])
     ap.add_argument("--oracle-images", type=int, default=60_000)
     args = ap.parse_args()
     enter_work(args)

@@ -60,9 +60,6 @@ def variant(args: argparse.Namespace) -> tuple[list, list[str]]:
     if args.style_set:
         fine.data.style = str(changed_style(fitted / "style.yaml", args.style_set, out))
     if args.generator_half:
-        if name == "ink":
-            raise SystemExit("--generator-half: ink's generator is not offered (wheezy or "
-                             f"{', '.join(styles())})")
         n = fine.data.synthetic_pool
         fine.data.share_from = str(oracle_folder(name, n, args.work / "oracle" / f"{name}-{n}",
                                                  f"oracle{args.seed}/{name}"))
