@@ -402,6 +402,37 @@ def test_dark_glyph_colours_are_drawn_at_full_strength(layout):
         assert np.median(text) < ink[0] + 70, (ink, np.median(text))
 
 
+def test_glyph_colours_draw_each_glyph_in_its_own_colour(tmp_path):
+    """glyph_colours: the glyphs of one image take different colours of the list (each its
+    own, jittered), where without it every glyph has the image's one colour; the list goes
+    through a style file; malformed entries are refused."""
+    red, blue = (200, 0, 0), (0, 0, 200)
+    plain = SyntheticSpec(style="captcha", width=240, height=60, charset="ABDEHKNRSX",
+                          min_len=6, max_len=6, font_sizes=(34,), spaces=0.0, curves=0, dots=0,
+                          strikes=(0, 0), blur=(0, 0), grey=False, stretch=False,
+                          palette=((250, 250, 250, 0, 160, 0),), text_width=(0.8, 0.8),
+                          text_left=(0.05, 0.05))
+    coloured = SyntheticSpec(**{**plain.to_dict(), "palette": plain.palette,
+                                "glyph_colours": (red, blue)})
+
+    def ink_hues(spec, i):  # per ink pixel: which channel dominates
+        px = np.asarray(render(spec, 0, i)[0]).astype(int).reshape(-1, 3)
+        ink = px[px.sum(axis=1) < 600]
+        return {int(c) for c in np.argmax(ink, axis=1)}, len(ink)
+
+    both = 0
+    for i in range(8):
+        hues, n = ink_hues(coloured, i)
+        assert n > 300 and 1 not in hues  # red and blue glyphs: never the palette's green
+        both += hues == {0, 2}
+        assert ink_hues(plain, i)[0] == {1}  # the palette's green alone
+    assert both >= 6  # six glyphs from two colours: nearly always both
+    path = save_style(coloured, tmp_path / "style.yaml")
+    assert SyntheticSpec(**load_style(path)).glyph_colours == (red, blue)
+    with pytest.raises(DataError, match="glyph_colours entries are"):
+        SyntheticSpec(glyph_colours=((1, 2),))
+
+
 def test_universal_mixture_is_seeded_and_varied():
     """data.style=universal: each image is drawn by one of the mixture's specs, picked by its
     own seeded draw, so an image is a pure function of (seed, index); the members differ in

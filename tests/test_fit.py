@@ -296,6 +296,24 @@ def test_style_measures_text_line_and_colour_pairs(tmp_path):
     assert any(n.startswith("calibration:") for n in notes)
 
 
+def test_style_draws_glyphs_in_their_own_colours_where_the_sample_does(tmp_path):
+    """A sample whose glyphs each take their own colour gets glyph_colours, taken from its
+    glyphs; a sample drawn in one colour an image keeps the palette's one glyph colour."""
+    base = dict(style="captcha", width=200, height=70, charset=DIGITS, min_len=5, max_len=5,
+                font_sizes=(34,), palette=((240, 240, 230, 40, 40, 40),), text_width=(0.6, 0.7),
+                text_left=(0.1, 0.2), curves=0, dots=0, strikes=(0, 0), grey=False,
+                spaces=0.0)
+    colours = ((150, 0, 0), (0, 110, 0), (0, 0, 160), (120, 0, 120))
+    many, notes = fit.derive_style(_styled(tmp_path, "many", SyntheticSpec(
+        **base, glyph_colours=colours)))
+    assert len(many.glyph_colours) >= 20
+    for c in many.glyph_colours[:20]:  # each near one of the colours drawn
+        assert min(max(abs(a - b) for a, b in zip(c, t)) for t in colours) <= 40, c
+    assert any("each glyph in its own colour" in n for n in notes)
+    one, notes = fit.derive_style(_styled(tmp_path, "one", SyntheticSpec(**base)))
+    assert one.glyph_colours == () and any("one glyph colour an image" in n for n in notes)
+
+
 def test_text_layout_crops_to_where_the_text_lies(tmp_path):
     """Text in the middle third of a wide image: the crop holds every image's ink, drops most
     of the margins, and the symbol's share of the cropped width grows accordingly; text across

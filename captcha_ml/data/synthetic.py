@@ -88,6 +88,10 @@ class SyntheticSpec:
     # Measured from a sample by `captcha-ml fit` (the defaults keep the drawers' own look):
     palette: tuple[tuple[int, ...], ...] = ()  # (bg R, G, B, glyph R, G, B) pairs seen in the
     # sample; when set, each image takes one (jittered) instead of the background/foreground ranges
+    glyph_colours: tuple[tuple[int, ...], ...] = ()  # (R, G, B) glyph colours seen in the
+    # sample: where set, each glyph of the "captcha" drawer's text box (``text_width``) takes
+    # one of them (jittered), as generators that colour every glyph apart draw; (): one colour
+    # an image (the palette's, or the foreground range's)
     text_width: tuple[float, float] = (0.0, 0.0)  # "captcha" drawer: the text line's width as a
     # share of the canvas width; (0, 0): the text fills the canvas, as the library draws it
     text_left: tuple[float, float] = (0.0, 0.0)  # and where the line starts (share of the width)
@@ -116,6 +120,9 @@ class SyntheticSpec:
         if any(len(p) != 6 for p in self.palette):
             raise DataError("synthetic spec: palette entries are (bg R, G, B, glyph R, G, B), "
                             f"six values each (got {list(self.palette)[:2]}...)")
+        if any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in self.glyph_colours):
+            raise DataError("synthetic spec: glyph_colours entries are (R, G, B), three values "
+                            f"in 0..255 each (got {list(self.glyph_colours)[:2]}...)")
         ranges = {"text_width": (self.text_width, 0, 1), "text_left": (self.text_left, 0, 1),
                   "curve_width": (self.curve_width, 1, 64), "squeeze": (self.squeeze, 0.05, 10),
                   "specks": (self.specks, 0, 400), "font_warp": (self.font_warp, 0, 0.5)}
@@ -159,8 +166,9 @@ def preset(name: str, **overrides) -> SyntheticSpec:
 def _tuples(fields: dict) -> dict:
     """YAML lists as the tuples a (hashable, frozen) SyntheticSpec holds; palette rows too."""
     out = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
-    if "palette" in out:
-        out["palette"] = tuple(tuple(int(c) for c in row) for row in out["palette"])
+    for key in ("palette", "glyph_colours"):
+        if key in out:
+            out[key] = tuple(tuple(int(c) for c in row) for row in out[key])
     return out
 
 
@@ -233,6 +241,7 @@ def save_style(spec: SyntheticSpec, path: str | Path, header: str = "") -> Path:
     d["fonts"] = [_font_name(f) for f in spec.fonts]
     d = {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
     d["palette"] = [list(row) for row in spec.palette]
+    d["glyph_colours"] = [list(row) for row in spec.glyph_colours]
     return files.write_text(path, header + yaml.safe_dump(d, sort_keys=False))
 
 
@@ -316,11 +325,12 @@ class SpecCaptcha(ImageCaptcha):
         # faint (glyph colours 0-20 on white: darkest pixel 223 of 255): the text is drawn
         # white on black, as the "real" drawer does, and that coverage paints the colour.
         white, black = (255, 255, 255, 255), (0, 0, 0)
+        tint = None  # each glyph's own colour (glyph_colours), else fg everywhere
         if s.text_width[1] > 0:
-            cover, span = self._text_line(chars, white, black, rng)
+            cover, span, tint = self._text_line(chars, white, black, rng)
         else:
             cover, span = self.create_captcha_image(chars, white, black), (0, s.width)
-        im = Image.composite(Image.new("RGB", cover.size, fg[:3]),
+        im = Image.composite(tint or Image.new("RGB", cover.size, fg[:3]),
                              Image.new("RGB", cover.size, bg), cover.convert("L"))
         im = _restroke(im, bg, fg[:3], _stroke_pixels(s, rng))
         if s.dots:
@@ -335,14 +345,15 @@ class SpecCaptcha(ImageCaptcha):
 
 
     def _text_line(self, chars: str, fg: tuple, bg: tuple, rng: random.Random
-                   ) -> tuple[Image.Image, tuple[int, int]]:
+                   ) -> tuple[Image.Image, tuple[int, int], Image.Image | None]:
         """The text's ink made to span ``text_width`` of the canvas, starting at ``text_left``
         (the library would leave a text narrower than its box left-aligned in it, so the box
         alone does not set how wide the text comes out). A line narrower than its box is
         spread (wider gaps between the glyphs), not stretched: stretching widened wheezy's
         glyphs 1.36x (median) and their strokes with them; a wider line is squeezed, as the
-        library squeezes a text wider than its canvas. Returns the canvas and the text's
-        (left, right) columns."""
+        library squeezes a text wider than its canvas. Returns the canvas, the text's (left,
+        right) columns and, with ``glyph_colours``, a canvas of each glyph's colour where its
+        ink lies (a later glyph over an earlier one where they overlap), else None."""
         s = self.spec
         box = max(8, int(rng.uniform(*s.text_width) * s.width))
         glyphs, steps = self._glyph_row(chars, fg)
@@ -355,14 +366,21 @@ class SpecCaptcha(ImageCaptcha):
             for has_ink, step in zip(inked, steps):
                 spread.append(step + round(added))
                 added += extra if has_ink else 0.0
-            text = self._paste_row(glyphs, spread, bg)
+            text, steps = self._paste_row(glyphs, spread, bg), spread
             ink = _ink_mask(text, bg).getbbox()
-        if ink:
-            text = text.crop((ink[0], 0, ink[2], text.height))
-        canvas = Image.new("RGB", (s.width, s.height), bg)
+        rows = [text]
+        if s.glyph_colours:  # one more draw per glyph, only for styles that have them
+            colours = [_jittered(rng.choice(s.glyph_colours), rng) for _ in glyphs]
+            rows.append(self._paste_row(glyphs, steps, bg, colours))
         left = max(0, min(int(rng.uniform(*s.text_left) * s.width), s.width - box))
-        canvas.paste(text.resize((box, s.height), Image.BILINEAR), (left, 0))
-        return canvas, (left, left + box)
+        canvases = []
+        for row in rows:
+            if ink:
+                row = row.crop((ink[0], 0, ink[2], row.height))
+            canvas = Image.new("RGB", (s.width, s.height), bg)
+            canvas.paste(row.resize((box, s.height), Image.BILINEAR), (left, 0))
+            canvases.append(canvas)
+        return canvases[0], (left, left + box), canvases[1] if s.glyph_colours else None
 
     def _glyph_row(self, chars: str, color) -> tuple[list[Image.Image], list[int]]:
         """The library's glyph images (a space before some, at ``spaces``' rate) and where each
@@ -381,14 +399,23 @@ class SpecCaptcha(ImageCaptcha):
             offset += g.width - rand.randbelow(int(self.word_offset_dx * average) + 1)
         return glyphs, steps
 
-    def _paste_row(self, glyphs: list[Image.Image], starts: list[int], bg: tuple) -> Image.Image:
-        """The glyphs pasted at their starts on a background as wide as they need."""
+    def _paste_row(self, glyphs: list[Image.Image], starts: list[int], bg: tuple,
+                   colours: list[tuple[int, ...]] | None = None) -> Image.Image:
+        """The glyphs pasted at their starts on a background as wide as they need; with
+        ``colours``, each glyph's ink filled with its colour instead."""
         width = max(s + g.width for g, s in zip(glyphs, starts)) + 1
         image = Image.new("RGB", (max(width, self._width), self._height), bg)
-        for g, x in zip(glyphs, starts):
+        for i, (g, x) in enumerate(zip(glyphs, starts)):
             mask = g.convert("L").point(self.lookup_table)  # the library's ink mask
-            image.paste(g, (x, (self._height - g.height) // 2), mask)
+            fill = g if colours is None else Image.new("RGB", g.size, colours[i])
+            image.paste(fill, (x, (self._height - g.height) // 2), mask)
         return image
+
+
+def _jittered(colour: tuple[int, ...], rng: random.Random) -> tuple[int, ...]:
+    """A measured colour, its brightness shifted a little and each channel by +-3."""
+    shift = rng.randint(-12, 12)
+    return tuple(min(255, max(0, c + shift + rng.randint(-3, 3))) for c in colour)
 
 
 def _colours(s: SyntheticSpec, rng: random.Random) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -35,6 +35,13 @@ SHAPES_MARGIN = 0.03
 # and fit's finetuning already cuts the real images' strokes so (data.augment_local), but
 # pretraining had never seen a broken stroke.
 SPECKS = (0, 30)
+# Each glyph is drawn in its own colour (SyntheticSpec.glyph_colours) where the sample's
+# glyphs differ in colour by this much: the mean RGB distance of an image's glyph colours
+# (the median ink colour of each label symbol's share of the text line) from their mean, the
+# median over the measured images. One colour a text measured 2.6-8.0 (lower4to7, alnum62,
+# wheezy: anti-aliasing and the curve), ink's glyphs, each its own dark colour, 33.
+GLYPH_COLOUR_SPREAD = 16.0
+GLYPH_COLOURS_KEPT = 96  # glyph colours the style keeps (from the first measured images)
 
 
 def _box_mean(mask: np.ndarray, k: int) -> np.ndarray:
@@ -46,8 +53,9 @@ def _box_mean(mask: np.ndarray, k: int) -> np.ndarray:
     return s / (k * k)
 
 
-def _image_stats(image: str | Image.Image) -> dict[str, Any]:
-    """Background / glyph colours, polarity, text height and noise measures of one image."""
+def _image_stats(image: str | Image.Image, length: int = 0) -> dict[str, Any]:
+    """Background / glyph colours, polarity, text height and noise measures of one image;
+    with its label's ``length``, also each symbol's colour (``_glyph_colours``)."""
     rgb = np.asarray(load_image(image).convert("RGB"), dtype=np.float32)
     lum = rgb.mean(axis=2)
     bg = float(np.median(lum))
@@ -80,7 +88,9 @@ def _image_stats(image: str | Image.Image) -> dict[str, Any]:
     edge = max(1, w // 7)
     back = ~ink
     left, right = lum[:, :edge][back[:, :edge]], lum[:, -edge:][back[:, -edge:]]
-    return {"dark_text": bool(dark_text), "bg": np.median(rgb[back], axis=0) if back.any() else rgb.mean((0, 1)),
+    glyphs = _glyph_colours(rgb, ink, (x0, x1), length) if length > 1 and len(dense) else []
+    return {"glyph_rgb": glyphs, "colour_spread": _spread(glyphs),
+            "dark_text": bool(dark_text), "bg": np.median(rgb[back], axis=0) if back.any() else rgb.mean((0, 1)),
             "fg": np.median(rgb[ink], axis=0) if ink.any() else rgb.min((0, 1)),
             "text_rows": text_rows, "span": span, "rows_span": rows_span, "found": len(dense) > 0,
             "gaps": gaps, "stroke": stroke,
@@ -90,6 +100,29 @@ def _image_stats(image: str | Image.Image) -> dict[str, Any]:
             "dots": float(isolated.sum()) / 7.0,
             "thin": float((ink & ~opened).sum()) / max(1.0, float(ink.sum())),
             "ramp": float(np.median(right) - np.median(left)) if left.size and right.size else 0.0}
+
+
+def _glyph_colours(rgb: np.ndarray, ink: np.ndarray, line: tuple[int, int], length: int
+                   ) -> list[tuple[int, int, int]]:
+    """The median ink colour of each of ``length`` equal parts of the text line's columns (a
+    symbol's share, roughly: a neighbour's edge or a curve's pixels count little in a median);
+    parts with fewer than 10 ink pixels are left out."""
+    x0, x1 = line
+    out = []
+    for k in range(length):
+        a, b = x0 + (x1 - x0) * k // length, x0 + (x1 - x0) * (k + 1) // length
+        part = ink[:, a:b]
+        if part.sum() >= 10:
+            out.append(tuple(int(round(float(v))) for v in np.median(rgb[:, a:b][part], axis=0)))
+    return out
+
+
+def _spread(colours: list[tuple[int, int, int]]) -> float | None:
+    """The mean RGB distance of colours from their mean (None for fewer than two)."""
+    if len(colours) < 2:
+        return None
+    c = np.asarray(colours, dtype=np.float64)
+    return float(np.linalg.norm(c - c.mean(axis=0), axis=1).mean())
 
 
 def _median_run(ink: np.ndarray) -> float:
@@ -110,8 +143,8 @@ def sample_stats(insp: Inspection, max_images: int = 120, seed: int = 0) -> list
     """`_image_stats` of up to ``max_images`` sample images (a seeded choice), each with its
     label's length."""
     chosen = np.random.default_rng(seed).permutation(len(insp.samples))[:max_images]
-    return [{**_image_stats(insp.samples[i][0]), "length": len(insp.samples[i][1])}
-            for i in chosen]
+    return [{**_image_stats(insp.samples[i][0], len(insp.samples[i][1])),
+             "length": len(insp.samples[i][1])} for i in chosen]
 
 
 def symbol_share(stats: list[dict[str, Any]]) -> float:
@@ -189,6 +222,10 @@ def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0,
     text_width = tuple(round(float(v), 3) for v in np.clip(np.percentile(widths, [10, 90]), 0.1, 1))
     text_left = tuple(round(float(v), 3) for v in np.clip(np.percentile(lefts, [10, 90]), 0, 0.9))
     palette = tuple(tuple(int(round(float(c))) for c in (*s["bg"], *s["fg"])) for s in stats[:32])
+    spreads = [s["colour_spread"] for s in stats if s.get("colour_spread") is not None]
+    spread = statistics.median(spreads) if spreads else 0.0
+    glyph_colours = (tuple(c for s in stats for c in s.get("glyph_rgb", ()))[:GLYPH_COLOURS_KEPT]
+                     if drawer == "captcha" and spread >= GLYPH_COLOUR_SPREAD else ())
     spec = SyntheticSpec(
         style=drawer, width=w, height=h, charset=insp.charset, min_len=insp.min_len,
         max_len=insp.max_len, fonts=tuple(synthetic.font_path(f) for f in FONT_MIX),
@@ -197,6 +234,7 @@ def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0,
         mixed_case=insp.mixed_case or (not insp.case_sensitive and letters),
         # Measured: colour pairs and the text line's extent ("captcha" drawer).
         palette=palette if drawer == "captcha" else (),  # "real" draws a grey ramp and ink
+        glyph_colours=glyph_colours,
         text_width=text_width if drawer == "captcha" else (0.0, 0.0),
         text_left=text_left if drawer == "captcha" else (0.0, 0.0),
         # Not measured, drawn broadly for generality: a thin-to-thick curve on every image,
@@ -212,6 +250,12 @@ def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0,
               f"text line {text_width[0]:.2f}-{text_width[1]:.2f} of the width, starting at "
               f"{text_left[0]:.2f}-{text_left[1]:.2f}" if drawer == "captcha" else
               "style: grey ramp background and ink level from the ranges above"),
+             (f"style: each glyph in its own colour ({len(glyph_colours)} glyph colours taken "
+              f"from the sample; an image's glyph colours differ by {spread:.1f}, >= "
+              f"{GLYPH_COLOUR_SPREAD:g})" if glyph_colours else
+              f"style: one glyph colour an image (an image's glyph colours differ by "
+              f"{spread:.1f}, < {GLYPH_COLOUR_SPREAD:g}"
+              + (")" if drawer == "captcha" else "; the 'real' drawer draws one ink)")),
              f"style: noise dots {dots}, thin-stroke share {thin:.2f} -> strike lines {strikes}; "
              f"for generality every image gets one curve (width {spec.curve_width}), glyph "
              f"warp {spec.warp} and rotation {spec.rotate}, {spec.specks[0]}-{spec.specks[1]} "
