@@ -38,8 +38,9 @@ SPECKS = (0, 30)
 # Each glyph is drawn in its own colour (SyntheticSpec.glyph_colours) where the sample's
 # glyphs differ in colour by this much: the mean RGB distance of an image's glyph colours
 # (the median ink colour of each label symbol's share of the text line) from their mean, the
-# median over the measured images. One colour a text measured 2.6-8.0 (lower4to7, alnum62,
-# wheezy: anti-aliasing and the curve), ink's glyphs, each its own dark colour, 33.
+# median over the measured images. Styles drawn in one colour a text measured 2.9-7.8
+# (lower4to7, alnum62, wheezy: anti-aliasing and the curve), ink, each glyph in its own dark
+# colour, 31-33 (fit's `style:` line prints it).
 GLYPH_COLOUR_SPREAD = 16.0
 GLYPH_COLOURS_KEPT = 96  # glyph colours the style keeps (from the first measured images)
 
