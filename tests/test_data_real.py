@@ -242,7 +242,7 @@ def test_fit_split_keeps_a_resaved_copy_with_its_original(tmp_path, make_images)
     info.add_text("source", "saved again")
     Image.open(folder / "ab000.png").save(folder / "ab000_copy.png", pnginfo=info)
     assert (folder / "ab000_copy.png").read_bytes() != (folder / "ab000.png").read_bytes()
-    insp = SimpleNamespace(samples=read_folder(folder).samples)
+    insp = SimpleNamespace(samples=read_folder(folder).samples, distinct=30)
     for seed in range(4):
         paths = make_split(insp, tmp_path / f"s{seed}", seed=seed)
         where = {Path(p).name: n for n, m in paths.items() for p, _ in read_manifest(m).samples}
