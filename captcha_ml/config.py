@@ -273,8 +273,8 @@ def _apply_file(cfg: Config, p: Path, chain: tuple[Path, ...] = ()) -> None:
         named = f" (named by {chain[-1]}'s 'extends')" if chain else ""
         raise ConfigError(f"config file {p} does not exist{named}; see experiments/ for examples")
     if p.resolve() in chain:
-        raise ConfigError(f"{p}: 'extends' loops back to it ({' -> '.join(map(str, (*chain, p.resolve())))}); "
-                          "remove one of them")
+        loop = " -> ".join(map(str, (*chain, p.resolve())))
+        raise ConfigError(f"{p}: 'extends' loops back to it ({loop}); remove one of them")
     raw = read_yaml(p)
     base = raw.pop("extends", None)
     if base is not None:

@@ -330,7 +330,7 @@ class SpecCaptcha(ImageCaptcha):
             cover, span, tint = self._text_line(chars, white, black, rng)
         else:
             cover, span = self.create_captcha_image(chars, white, black), (0, s.width)
-        im = Image.composite(tint or Image.new("RGB", cover.size, fg[:3]),
+        im = Image.composite(tint if tint is not None else Image.new("RGB", cover.size, fg[:3]),
                              Image.new("RGB", cover.size, bg), cover.convert("L"))
         im = _restroke(im, bg, fg[:3], _stroke_pixels(s, rng))
         if s.dots:
