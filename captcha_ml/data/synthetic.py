@@ -368,19 +368,20 @@ class SpecCaptcha(ImageCaptcha):
                 added += extra if has_ink else 0.0
             text, steps = self._paste_row(glyphs, spread, bg), spread
             ink = _ink_mask(text, bg).getbbox()
-        rows = [text]
+        tint = None
         if s.glyph_colours:  # one more draw per glyph, only for styles that have them
             colours = [_jittered(rng.choice(s.glyph_colours), rng) for _ in glyphs]
-            rows.append(self._paste_row(glyphs, steps, bg, colours))
+            tint = self._paste_row(glyphs, steps, bg, colours)
         left = max(0, min(int(rng.uniform(*s.text_left) * s.width), s.width - box))
-        canvases = []
-        for row in rows:
+
+        def place(row: Image.Image) -> Image.Image:  # the ink's columns into the box
             if ink:
                 row = row.crop((ink[0], 0, ink[2], row.height))
             canvas = Image.new("RGB", (s.width, s.height), bg)
             canvas.paste(row.resize((box, s.height), Image.BILINEAR), (left, 0))
-            canvases.append(canvas)
-        return canvases[0], (left, left + box), canvases[1] if s.glyph_colours else None
+            return canvas
+
+        return place(text), (left, left + box), None if tint is None else place(tint)
 
     def _glyph_row(self, chars: str, color) -> tuple[list[Image.Image], list[int]]:
         """The library's glyph images (a space before some, at ``spaces``' rate) and where each

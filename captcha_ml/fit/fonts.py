@@ -39,8 +39,9 @@ from .sample import Inspection
 # (DejaVu Sans Mono) 0.028 and 0.031, captcha_images_v2 (the captcha library's Droid Sans Mono)
 # 0.030, each ranked first every time; other drawers, whose derived style draws unlike them:
 # wheezy (DejaVu Sans Bold and Serif, warped) 0.011-0.012, ink (STIX bold and DejaVu Sans Mono
-# Bold) 0.010. A lead of 0.02 takes every clear match and leaves the rest to the mix. (The runner-up margin this replaced, 0.008, missed alnum62 at 0.0074 on seed
-# 1, whose reader then read o as 0 24 times in 1000, and lower4to7 at 0.0066.)
+# Bold) 0.010. A lead of 0.02 takes every clear match and leaves the rest to the mix. (The
+# runner-up margin this replaced, 0.008, missed alnum62 at 0.0074 on seed 1, whose reader then
+# read o as 0 24 times in 1000, and lower4to7 at 0.0066.)
 MATCH_LEAD = 0.02
 MATCH_SHARE = 0.5  # of the glyphs drawn in the matched face
 MATCH_SAMPLES, MATCH_RENDERS = 100, 60  # sample images read; images rendered per face

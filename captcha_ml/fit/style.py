@@ -223,9 +223,9 @@ def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0,
     text_width = tuple(round(float(v), 3) for v in np.clip(np.percentile(widths, [10, 90]), 0.1, 1))
     text_left = tuple(round(float(v), 3) for v in np.clip(np.percentile(lefts, [10, 90]), 0, 0.9))
     palette = tuple(tuple(int(round(float(c))) for c in (*s["bg"], *s["fg"])) for s in stats[:32])
-    spreads = [s["colour_spread"] for s in stats if s.get("colour_spread") is not None]
+    spreads = [s["colour_spread"] for s in stats if s["colour_spread"] is not None]
     spread = statistics.median(spreads) if spreads else 0.0
-    glyph_colours = (tuple(c for s in stats for c in s.get("glyph_rgb", ()))[:GLYPH_COLOURS_KEPT]
+    glyph_colours = (tuple(c for s in stats for c in s["glyph_rgb"])[:GLYPH_COLOURS_KEPT]
                      if drawer == "captcha" and spread >= GLYPH_COLOUR_SPREAD else ())
     spec = SyntheticSpec(
         style=drawer, width=w, height=h, charset=insp.charset, min_len=insp.min_len,
