@@ -58,7 +58,7 @@ def main() -> None:
                 rendered(tuned), rendered(replace(spec, stretch=not spec.stretch)),
                 rendered(universal.mixture(spec.charset, spec.min_len, spec.max_len))]
         dist = [stats.distance(real, stats.of(s)) for s in sets]
-        kept = ", ".join(f"{k} {list(v)}" for k, v in found.kept.items()) or "nothing"
+        kept = ", ".join(f"{k} {v}" for k, v in found.summary()["kept"].items()) or "nothing"
         print(f"{name:10s} " + "  ".join(f"{d:17.2f}" for d in dist) + f"  {kept} ({seconds:.0f})",
               flush=True)
 

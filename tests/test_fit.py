@@ -488,6 +488,18 @@ def test_likeness_tunes_the_noise_towards_the_sample(tmp_path):
     assert found.tried == []
     _, found, _ = fit.tune_style(insp, replace(start, stretch=False), model, images=8, tuned=warps)
     assert [k for k, _, _ in found.tried] == ["font_warp"]
+    # Settings with one value (not a range) are tuned alike: the generator draws no noise dots,
+    # so a start with the library's dots drops them; its summary shows the value as it is.
+    _, found, line = fit.tune_style(insp, replace(truth, dots=40), model, images=60,
+                                    tuned={"dots": (0,)})
+    assert found.kept == {"dots": 0} and "dots 0;" in line, found.summary()
+    assert found.summary()["kept"] == {"dots": 0} and found.summary()["tried"][0][:7] == "dots=0:"
+    # overlap spaces glyphs placed by their widths: a pitch places them itself.
+    pitched = replace(start, style="real", pitch=(0.6, 0.7))
+    _, found, _ = fit.tune_style(insp, pitched, model, images=8, tuned={"overlap": (0.1,)})
+    assert found.tried == []
+    _, found, line = fit.tune_style(insp, start, model, images=8, tuned={})  # nothing to tune
+    assert found.tried == [] and "nothing changed" in line
     # Without the universal model there is nothing to compare images with.
     same, found, line = fit.tune_style(insp, start, tmp_path / "missing.pt")
     assert same == start and found is None and "not tuned" in line

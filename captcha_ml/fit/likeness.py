@@ -3,9 +3,11 @@ renders and the sample look to the universal model.
 
 `style.derive_style` measures what pixels tell directly (colours, text line, glyph size and
 shape) and draws the rest broadly, for generality: one curve of width 1-4, 0-30 specks, glyphs
-rotated up to 20 degrees and, at font proportions, not warped. A sample whose generator draws
-a thick curve through the text, or cuts its strokes with many specks, then gets a synthetic
-half that looks less like it than it could, and how alike the two look is what the synthetic
+rotated up to 20 degrees, spaced to overlap by up to a quarter of a glyph and, at font
+proportions, not warped; noise dots are counted from isolated ink pixels and drawn as the
+library's 3-pixel blobs. A sample whose generator draws a thick curve through the text, cuts
+its strokes with many specks, or sprinkles single faint pixels, then gets a synthetic half
+that looks less like it than it could, and how alike the two look is what the synthetic
 images are worth: wheezy's fit read its holdout at 0.915 with the universal mixture as the
 synthetic half against 0.940 with its derived style (session 25).
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,11 +40,15 @@ from .sample import Inspection
 
 # The settings derive_style draws broadly without measuring them, and the values tried for
 # each (the derived value first, then the others, in this order).
-TUNED: dict[str, tuple[tuple, ...]] = {
+TUNED: dict[str, tuple[Any, ...]] = {
     "curve_width": ((1, 4), (1, 2), (3, 5)),
     "specks": ((0, 30), (0, 0), (20, 50)),
     "rotate": ((-20.0, 20.0), (-10.0, 10.0), (-30.0, 30.0)),
     "font_warp": ((0.0, 0.0), (0.05, 0.3)),  # see applies
+    # The library's noise dots are 3-pixel blobs, derived from the sample's isolated ink
+    # pixels; where those are single pixels or line ends (ink's), no dots look nearer.
+    "dots": (0,),
+    "overlap": (0.25, 0.1, 0.4),
 }
 MARGIN = 0.05  # a value is kept where the distance falls by this share
 IMAGES = 200  # sample images read, and images rendered per candidate
@@ -51,8 +58,11 @@ FEATURE_STAGE = 5  # index in CaptchaNet.features of the stage compared (layer2)
 
 def applies(name: str, spec: SyntheticSpec) -> bool:
     """Whether a TUNED setting changes how ``spec`` draws: ``font_warp`` warps glyphs at their
-    font proportions; stretched glyphs get the library's own warp (``warp``) instead."""
-    return not (name == "font_warp" and spec.stretch)
+    font proportions (stretched glyphs get the library's own warp, ``warp``, instead), and
+    ``overlap`` spaces glyphs placed by their widths (a ``pitch`` places them itself)."""
+    if name == "font_warp":
+        return not spec.stretch
+    return not (name == "overlap" and spec.pitch[1] > 0)
 
 
 @dataclass
@@ -61,14 +71,19 @@ class Likeness:
     kept."""
 
     start: float
-    tried: list[tuple[str, tuple, float]] = field(default_factory=list)
-    kept: dict[str, tuple] = field(default_factory=dict)
+    tried: list[tuple[str, Any, float]] = field(default_factory=list)
+    kept: dict[str, Any] = field(default_factory=dict)
     final: float = 0.0
 
     def summary(self) -> dict:
         return {"distance_derived": round(self.start, 3), "distance_tuned": round(self.final, 3),
-                "kept": {k: list(v) for k, v in self.kept.items()},
-                "tried": [f"{k}={list(v)}: {d:.3f}" for k, v, d in self.tried]}
+                "kept": {k: _plain(v) for k, v in self.kept.items()},
+                "tried": [f"{k}={_plain(v)}: {d:.3f}" for k, v, d in self.tried]}
+
+
+def _plain(value: Any) -> Any:
+    """A setting's value as fit.yaml and the printed line show it: ranges as lists."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 class FeatureStats:
@@ -102,7 +117,7 @@ class FeatureStats:
 
 def tune_style(insp: Inspection, spec: SyntheticSpec, model_path: str | Path | None,
                seed: int = 0, images: int = IMAGES, margin: float = MARGIN,
-               tuned: dict[str, tuple[tuple, ...]] | None = None
+               tuned: dict[str, tuple[Any, ...]] | None = None
                ) -> tuple[SyntheticSpec, Likeness | None, str]:
     """The spec with each TUNED setting at its nearest value (see the module docstring), what
     was measured (None without a model), and the line fit prints."""
@@ -121,11 +136,11 @@ def tune_style(insp: Inspection, spec: SyntheticSpec, model_path: str | Path | N
 
     found = Likeness(start=distance(spec))
     best = found.start
-    for name, values in (tuned or TUNED).items():
+    for name, values in (TUNED if tuned is None else tuned).items():
         if not applies(name, spec):
             continue
         for value in values:
-            if value == tuple(getattr(spec, name)):
+            if value == getattr(spec, name):
                 continue
             d = distance(replace(spec, **{name: value}))
             found.tried.append((name, value, d))
@@ -133,7 +148,7 @@ def tune_style(insp: Inspection, spec: SyntheticSpec, model_path: str | Path | N
                 spec, best = replace(spec, **{name: value}), d
                 found.kept[name] = value
     found.final = best
-    changed = ", ".join(f"{k} {list(v)}" for k, v in found.kept.items()) or "nothing changed"
+    changed = ", ".join(f"{k} {_plain(v)}" for k, v in found.kept.items()) or "nothing changed"
     return spec, found, (f"likeness: {changed}; the universal model's feature distance to the "
                          f"sample {found.start:.2f} -> {best:.2f} ({len(found.tried)} "
                          f"settings tried, each kept at >= {margin:.0%} nearer)")
