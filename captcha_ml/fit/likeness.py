@@ -38,8 +38,9 @@ from ..data.synthetic import SyntheticSpec
 from ..data.transforms import Preprocess, load_image
 from .sample import Inspection
 
-# The settings derive_style draws broadly without measuring them, and the values tried for
-# each (the derived value first, then the others, in this order).
+# The settings derive_style draws broadly or measures only roughly, and the values tried for
+# each, in this order (a fixed derived value is listed first; a value the spec already has
+# is skipped). Values are ranges, or single values for single-valued settings (dots).
 TUNED: dict[str, tuple[Any, ...]] = {
     "curve_width": ((1, 4), (1, 2), (3, 5)),
     "specks": ((0, 30), (0, 0), (20, 50)),
