@@ -559,7 +559,7 @@ def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
     assert fit_yaml["fit"]["font_match"] == fit_yaml["fit"]["font_scores"]["chosen"]
     assert "likeness: " in result.output  # the style's noise tuned, every distance kept
     likeness = fit_yaml["fit"]["likeness"]
-    assert 0 < len(likeness["tried"]) <= sum(len(v) - 1 for v in fit.likeness.TUNED.values())
+    assert 0 < len(likeness["tried"]) <= sum(len(v) for v in fit.likeness.TUNED.values())
     assert likeness["distance_tuned"] <= likeness["distance_derived"]
     assert fit_yaml["fit"]["pretrain_init"] == str(fit.configs.UNIVERSAL_WEIGHTS)
     # --max-steps decides the steps: no time limit to fill.
