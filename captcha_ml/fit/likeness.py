@@ -143,10 +143,11 @@ def tune_style(insp: Inspection, spec: SyntheticSpec, model_path: str | Path | N
         for value in values:
             if value == getattr(spec, name):
                 continue
-            d = distance(replace(spec, **{name: value}))
+            candidate = replace(spec, **{name: value})
+            d = distance(candidate)
             found.tried.append((name, value, d))
             if d <= best * (1 - margin):
-                spec, best = replace(spec, **{name: value}), d
+                spec, best = candidate, d
                 found.kept[name] = value
     found.final = best
     changed = ", ".join(f"{k} {_plain(v)}" for k, v in found.kept.items()) or "nothing changed"
