@@ -12,7 +12,7 @@ instead of the 350-image train part and its half of synthetic captchas; no augme
 no image comes round often. Then both readers read `fit_styles.py`'s holdout. The gap is what
 more, or better matched, data could buy in this budget. Where the oracle itself stays below
 0.98, the training compute (model and minutes), not the data, keeps fit from the target on this
-machine. `v2` has no generator and is not offered; `ink`'s is `fit_styles.build_ink`.
+machine. `v2` has no generator and is not offered; the others' are `fit_styles.py`'s.
 
 Prints: style, oracle images, finetuning steps run (fit's / the oracle's, of the steps fit
 planned: the time limit can stop either sooner) and minutes, holdout seq acc of fit's reader
@@ -28,20 +28,18 @@ from pathlib import Path
 
 from captcha_ml import checkpoint, engine, report
 from captcha_ml.data import synthetic
-from fit_styles import (benchmark_fit, build_ink, build_wheezy, enter_work, misread_line,
+from fit_styles import (benchmark_fit, enter_work, generated, make_data, misread_line,
                         read_holdout, refit_arguments, styles)
 
 
 def oracle_folder(name: str, n: int, folder: Path, seed: str) -> Path:
     """n new labeled images from the style's own generator (all cores for captcha_ml's)."""
-    if name == "wheezy":
-        folder = build_wheezy(n, folder, seed)
-        if folder is None:
-            raise SystemExit("wheezy.captcha is not installed (pip install wheezy.captcha)")
-        return folder
-    if name == "ink":
-        return build_ink(n, folder, seed)
-    return synthetic.generate(folder, n, styles()[name], seed=seed).parent
+    if name in styles():
+        return synthetic.generate(folder, n, styles()[name], seed=seed).parent
+    made = make_data(name, n, folder, seed)[1]
+    if made is None:
+        raise SystemExit(f"{name}'s generator is not installed (fit_styles.py says how)")
+    return made
 
 
 def ceiling(name: str, args: argparse.Namespace) -> tuple[list, list[str]]:
@@ -74,7 +72,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     refit_arguments(ap)
     ap.add_argument("--styles", nargs="*", default=["wheezy", "alnum62", "lower4to7"],
-                    choices=["wheezy", "ink", *styles()])
+                    choices=generated())
     ap.add_argument("--oracle-images", type=int, default=60_000)
     args = ap.parse_args()
     enter_work(args)

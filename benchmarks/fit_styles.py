@@ -60,6 +60,11 @@ def styles() -> dict[str, SyntheticSpec]:
     }
 
 
+def generated() -> list[str]:
+    """The styles drawn by a generator here (all but v2, a real set)."""
+    return ["wheezy", "ink", "claptcha", *styles()]
+
+
 # Digits and capitals without the look-alikes 0/O and 1/I, as captcha sites do.
 WHEEZY = dict(charset="23456789ABCDEFGHJKLMNPQRSTUVWXYZ", min_len=5, max_len=5,
               width=200, height=75)
@@ -92,6 +97,51 @@ def build_wheezy(n: int, folder: Path, seed: str) -> Path | None:
         path = folder / f"{label}_{i:07d}.png"
         if not path.exists():
             render(label).save(path)
+    return folder
+
+
+# Lowercase and digits without look-alikes, 5-7 long, in a face that fit's font mix lacks.
+CLAPTCHA = dict(charset="abcdefghijkmnpqrstuvwxyz23456789", min_len=5, max_len=7, width=180,
+                height=60)
+
+
+def build_claptcha(n: int, folder: Path, seed: str) -> Path | None:
+    """n labeled PNGs from claptcha (PyPI), black on white, each glyph morphed by a random
+    quad, one morphed line, white noise 0.3, in Aldrich (a Google font that multicolorcaptcha,
+    also on PyPI, bundles): a generator and a face no session tuned fit on."""
+    try:
+        import multicolorcaptcha
+        from claptcha import Claptcha
+    except ImportError:
+        print("claptcha or multicolorcaptcha not installed (pip install claptcha "
+              "multicolorcaptcha): style skipped")
+        return None
+    import random
+
+    from PIL import ImageFont
+
+    font = next(Path(multicolorcaptcha.__file__).parent.glob("fonts/**/Aldrich-Regular.ttf"))
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    # claptcha 0.3.3 measures text with FreeTypeFont.getsize, which Pillow 10 removed: lend
+    # it the equivalent (the ink box's right and bottom) while it draws.
+    added = not hasattr(ImageFont.FreeTypeFont, "getsize")
+    if added:
+        ImageFont.FreeTypeFont.getsize = lambda self, text: self.getbbox(text)[2:]
+    try:
+        for i in range(n):
+            label = "".join(rng.choice(CLAPTCHA["charset"])
+                            for _ in range(rng.randint(CLAPTCHA["min_len"], CLAPTCHA["max_len"])))
+            path = folder / f"{label}_{i:07d}.png"
+            if path.exists():
+                continue
+            random.seed(f"{seed}/{i}")  # claptcha draws from the global random module
+            _, im = Claptcha(label, str(font), size=(CLAPTCHA["width"], CLAPTCHA["height"]),
+                             margin=(10, 10), noise=0.3).image
+            im.save(path)
+    finally:
+        if added:
+            del ImageFont.FreeTypeFont.getsize
     return folder
 
 
@@ -172,6 +222,8 @@ def make_data(name: str, n: int, folder: Path, seed: str, real: Path | None = No
         return SyntheticSpec(**WHEEZY), build_wheezy(n, folder, seed)
     if name == "ink":
         return SyntheticSpec(**INK), build_ink(n, folder, seed)
+    if name == "claptcha":
+        return SyntheticSpec(**CLAPTCHA), build_claptcha(n, folder, seed)
     return styles()[name], build(styles()[name], n, folder, seed)
 
 
@@ -226,7 +278,7 @@ def misread_line(name: str, report: dict, top: int = 8) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--styles", nargs="*", default=["wheezy", "alnum62", "lower4to7", "v2"],
-                    choices=["wheezy", "ink", "v2", *styles()])
+                    choices=[*generated(), "v2"])
     ap.add_argument("--real-data", type=Path,
                     default=Path(__file__).resolve().parents[1].parent / "shared" / "data"
                     / "captcha_images_v2", help="captcha_images_v2, for the v2 style.")

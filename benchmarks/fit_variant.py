@@ -36,8 +36,8 @@ from captcha_ml import checkpoint, config, engine, report
 from captcha_ml.data import real, synthetic
 from captcha_ml.data.real import DataError
 from fit_ceiling import oracle_folder
-from fit_styles import (benchmark_fit, enter_work, misread_line, read_holdout,
-                        refit_arguments, styles)
+from fit_styles import (benchmark_fit, enter_work, generated, misread_line, read_holdout,
+                        refit_arguments)
 
 
 def variant(args: argparse.Namespace) -> tuple[list, list[str]]:
@@ -102,7 +102,7 @@ def changed_style(path: Path, changes: list[str], out: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     refit_arguments(ap)
-    ap.add_argument("--style", required=True, choices=["wheezy", "ink", *styles()])
+    ap.add_argument("--style", required=True, choices=generated())
     ap.add_argument("--name", required=True, help="The variant's folder: WORK/variant/STYLE-NAME.")
     ap.add_argument("--set", action="append", default=[],
                     help="A finetune config override, e.g. train.lr=2e-3 (repeatable).")
