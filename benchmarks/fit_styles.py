@@ -9,7 +9,9 @@ Each generated style renders N labeled images (ground truth from the seed), then
 pixels). Styles: `wheezy` comes from another generator on PyPI (wheezy.captcha: pip install
 wheezy.captcha; not a project dependency, skipped when missing); `ink` is drawn with PIL alone
 as PHP GD captchas are (solid dark glyphs in their own colours, STIX serif and DejaVu Sans Mono
-Bold, lines and dots, lowercase and digits of length 4-6, 160x60); `alnum62`, `lower4to7` (and
+Bold, lines and dots, lowercase and digits of length 4-6, 160x60); `claptcha` from a third
+generator on PyPI in a face fit's mix lacks (pip install claptcha multicolorcaptcha; skipped
+when missing: `build_claptcha`); `alnum62`, `lower4to7` (and
 `digits4`) from captcha_ml's generator with fonts, colours, noise, sizes, charsets and lengths
 unlike captcha_images_v2; `v2` is captcha_images_v2 (--real-data): fit reads N of its 1040
 images (a seeded choice), the holdout is the others (540 for N = 500).
