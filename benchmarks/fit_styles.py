@@ -64,7 +64,7 @@ def styles() -> dict[str, SyntheticSpec]:
 
 def generated() -> list[str]:
     """The styles drawn by a generator here (all but v2, a real set)."""
-    return ["wheezy", "ink", "claptcha", *styles()]
+    return [*BUILDERS, *styles()]
 
 
 # Digits and capitals without the look-alikes 0/O and 1/I, as captcha sites do.
@@ -77,29 +77,38 @@ def build(spec: SyntheticSpec, n: int, folder: Path, seed: str) -> Path:
     return synthetic.generate(folder, n, spec, seed=seed, workers=1).parent
 
 
+def _global_random_set(n: int, folder: Path, seed: str, style: dict, draw, length) -> Path:
+    """n labeled PNGs <label>_<index>.png drawn by ``draw(label)`` (a PIL image) for a
+    generator that draws from the global random module, seeded per image so that an image is
+    a pure function of (seed, index); labels from ``random.Random(seed)``, ``length(rng)``
+    symbols long."""
+    import random
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    for i in range(n):
+        label = "".join(rng.choice(style["charset"]) for _ in range(length(rng)))
+        path = folder / f"{label}_{i:07d}.png"
+        if not path.exists():
+            random.seed(f"{seed}/{i}")
+            draw(label).save(path)
+    return folder
+
+
 def build_wheezy(n: int, folder: Path, seed: str) -> Path | None:
-    """n labeled PNGs from wheezy.captcha's documented example (its random module, seeded)."""
+    """n labeled PNGs from wheezy.captcha's documented example."""
     try:
         from wheezy.captcha import image as wz
     except ImportError:
         print("wheezy.captcha not installed (pip install wheezy.captcha): style skipped")
         return None
-    import random
-
-    folder.mkdir(parents=True, exist_ok=True)
     render = wz.captcha(width=WHEEZY["width"], height=WHEEZY["height"], drawings=[
         wz.background(),
         wz.text(fonts=[_font("DejaVuSans-Bold.ttf"), _font("DejaVuSerif.ttf")],
                 font_sizes=(32, 36, 40), drawings=[wz.warp(), wz.rotate(), wz.offset()]),
         wz.curve(), wz.noise(), wz.smooth()])
-    rng = random.Random(seed)
-    for i in range(n):
-        label = "".join(rng.choice(WHEEZY["charset"]) for _ in range(WHEEZY["min_len"]))
-        random.seed(f"{seed}/{i}")  # wheezy draws from the global random module
-        path = folder / f"{label}_{i:07d}.png"
-        if not path.exists():
-            render(label).save(path)
-    return folder
+    # Fixed length: no draw from the label generator for it.
+    return _global_random_set(n, folder, seed, WHEEZY, render, lambda rng: WHEEZY["min_len"])
 
 
 # Lowercase and digits without look-alikes, 5-7 long, in a face that fit's font mix lacks.
@@ -118,33 +127,25 @@ def build_claptcha(n: int, folder: Path, seed: str) -> Path | None:
         print("claptcha or multicolorcaptcha not installed (pip install claptcha "
               "multicolorcaptcha): style skipped")
         return None
-    import random
-
     from PIL import ImageFont
 
     font = next(Path(multicolorcaptcha.__file__).parent.glob("fonts/**/Aldrich-Regular.ttf"))
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
+    size = (CLAPTCHA["width"], CLAPTCHA["height"])
+
+    def draw(label: str):
+        return Claptcha(label, str(font), size=size, margin=(10, 10), noise=0.3).image[1]
+
     # claptcha 0.3.3 measures text with FreeTypeFont.getsize, which Pillow 10 removed: lend
     # it the equivalent (the ink box's right and bottom) while it draws.
     added = not hasattr(ImageFont.FreeTypeFont, "getsize")
     if added:
         ImageFont.FreeTypeFont.getsize = lambda self, text: self.getbbox(text)[2:]
     try:
-        for i in range(n):
-            label = "".join(rng.choice(CLAPTCHA["charset"])
-                            for _ in range(rng.randint(CLAPTCHA["min_len"], CLAPTCHA["max_len"])))
-            path = folder / f"{label}_{i:07d}.png"
-            if path.exists():
-                continue
-            random.seed(f"{seed}/{i}")  # claptcha draws from the global random module
-            _, im = Claptcha(label, str(font), size=(CLAPTCHA["width"], CLAPTCHA["height"]),
-                             margin=(10, 10), noise=0.3).image
-            im.save(path)
+        return _global_random_set(n, folder, seed, CLAPTCHA, draw, lambda rng: rng.randint(
+            CLAPTCHA["min_len"], CLAPTCHA["max_len"]))
     finally:
         if added:
             del ImageFont.FreeTypeFont.getsize
-    return folder
 
 
 # Solid dark glyphs, drawn with PIL alone the way PHP GD captchas are (imagettftext): a style
@@ -212,6 +213,11 @@ def build_real(source: Path, n: int, folder: Path, seed: str, skip: int = 0) -> 
     return folder
 
 
+# The styles drawn by other generators: (charset, lengths and size; the builder).
+BUILDERS = {"wheezy": (WHEEZY, build_wheezy), "ink": (INK, build_ink),
+            "claptcha": (CLAPTCHA, build_claptcha)}
+
+
 def make_data(name: str, n: int, folder: Path, seed: str, real: Path | None = None,
               skip: int = 0) -> tuple[SyntheticSpec, Path | None]:
     """The style's spec (for the table) and a folder of n labeled images of it."""
@@ -220,12 +226,9 @@ def make_data(name: str, n: int, folder: Path, seed: str, real: Path | None = No
         return (SyntheticSpec(charset=d.charset, min_len=d.min_len, max_len=d.max_len,
                               width=d.width, height=d.height),
                 build_real(real, n, folder, "v2", skip))
-    if name == "wheezy":  # only its charset, lengths and size are used, for the table
-        return SyntheticSpec(**WHEEZY), build_wheezy(n, folder, seed)
-    if name == "ink":
-        return SyntheticSpec(**INK), build_ink(n, folder, seed)
-    if name == "claptcha":
-        return SyntheticSpec(**CLAPTCHA), build_claptcha(n, folder, seed)
+    if name in BUILDERS:  # only its charset, lengths and size are used, for the table
+        style, builder = BUILDERS[name]
+        return SyntheticSpec(**style), builder(n, folder, seed)
     return styles()[name], build(styles()[name], n, folder, seed)
 
 
