@@ -51,7 +51,7 @@ def ceiling(name: str, args: argparse.Namespace) -> tuple[list, list[str]]:
                            args.work / "oracle" / f"{name}-{args.oracle_images}",
                            f"oracle{args.seed}/{name}")
     d = fine.data
-    d.train, d.synthetic_share, d.synthetic_pool = str(oracle), 0.0, 0
+    d.train, d.synthetic_share, d.synthetic_pool, d.glyphs = str(oracle), 0.0, 0, ""
     d.augment, d.augment_local, d.augment_lines = False, False, 0.0
     fine.train.output_dir = str(args.work / "ceiling" / f"{name}-{args.oracle_images}")
     fine.train.init_from = str(fitted / "pretrain" / "best.pt")

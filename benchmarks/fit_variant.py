@@ -57,9 +57,11 @@ def variant(args: argparse.Namespace) -> tuple[list, list[str]]:
         rows = [r for part in ("train", "valid")
                 for r in real.read_manifest(fitted / "splits" / f"{part}.csv").samples]
         fine.data.train = str(real.write_manifest(out / "train_valid.csv", rows))
-    if args.style_set:
+    if args.style_set:  # rendered from the changed style, not composed of glyphs
         fine.data.style = str(changed_style(fitted / "style.yaml", args.style_set, out))
+        fine.data.glyphs = ""
     if args.generator_half:
+        fine.data.glyphs = ""
         n = fine.data.synthetic_pool
         fine.data.share_from = str(oracle_folder(name, n, args.work / "oracle" / f"{name}-{n}",
                                                  f"oracle{args.seed}/{name}"))

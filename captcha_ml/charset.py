@@ -151,3 +151,49 @@ def best_path_in_lengths(log_probs: np.ndarray, low: int, high: int
         n, k = int(back_n[t, n, k]), int(back_k[t, n, k])
         path.append(k)
     return path[::-1], best
+
+
+def ctc_align(log_probs: np.ndarray, targets: Sequence[int]) -> list[tuple[int, int]] | None:
+    """Forced alignment: the most probable CTC path of ``(time, classes)`` log-probabilities
+    that reads exactly ``targets``, as each symbol's (first, last) time step on it; None when
+    the steps cannot hold the text (a repeated symbol needs a blank between its copies).
+    Viterbi over the text with blanks around and between its symbols (2n+1 states). A model
+    that misreads an image still places its symbols well: fit's pretrained model, reading
+    claptcha's captchas at 0.03, put 90% of the symbols within 4 of 176 input columns of where
+    the finetuned one (reading all 350 right) put them."""
+    steps, n = log_probs.shape[0], len(targets)
+    if not n:
+        return None
+    lp = log_probs.astype(np.float64)
+    states = [BLANK]
+    for token in targets:
+        states += [int(token), BLANK]
+    emit = lp[:, states]  # (time, 2n+1)
+    s = np.arange(len(states))
+    # A symbol state may be entered from two states back (skipping the blank between two
+    # symbols) unless it repeats the symbol there.
+    skip = np.zeros(len(states), dtype=bool)
+    skip[3::2] = np.asarray(targets[1:]) != np.asarray(targets[:-1])
+    score = np.full(len(states), -np.inf)
+    score[:2] = emit[0, :2]
+    back = np.zeros((steps, len(states)), dtype=np.int64)
+    for t in range(1, steps):
+        one = np.concatenate([[-np.inf], score[:-1]])
+        two = np.where(skip, np.concatenate([[-np.inf, -np.inf], score[:-2]]), -np.inf)
+        best = np.stack([score, one, two])
+        move = best.argmax(axis=0)
+        back[t] = s - move
+        score = best[move, s] + emit[t]
+    last = len(states) - 1
+    end = last if score[last] >= score[last - 1] else last - 1
+    if not np.isfinite(score[end]):
+        return None
+    path = [end]
+    for t in range(steps - 1, 0, -1):
+        path.append(int(back[t, path[-1]]))
+    path.reverse()
+    spans: list[tuple[int, int]] = []
+    for k in range(n):
+        frames = [t for t, state in enumerate(path) if state == 2 * k + 1]
+        spans.append((frames[0], frames[-1]))
+    return spans

@@ -322,6 +322,9 @@ def fit(
     likeness: bool = typer.Option(True, help="Tune the synthetic style's curve width, specks, "
                                   "rotation and glyph warp to look most like the sample to the "
                                   "universal model (--no-likeness: fit's broad defaults)."),
+    glyphs: bool = typer.Option(True, help="Compose finetuning's synthetic half of the train "
+                                "images' own glyphs, cut where the pretrained model places "
+                                "each symbol (--no-glyphs: render it from the style)."),
 ) -> None:
     """Train a reader for a new captcha style from labeled examples: inspect, split, match the
     style, pretrain on synthetic, finetune, test, register (one MLflow parent run "fit")."""
@@ -330,4 +333,4 @@ def fit(
     fitting.run(data, out, not case_insensitive, budget_minutes,
                 str(config_path) if config_path else None, name, max_steps, tracking_uri, seed,
                 skip_bad, reuse_pretrain, precision, say=typer.echo, match_stroke=match_stroke,
-                universal=universal, font_match=font_match, likeness=likeness)
+                universal=universal, font_match=font_match, likeness=likeness, glyphs=glyphs)

@@ -84,6 +84,13 @@ class DataConfig:
     # rendering data.style: images the captcha's own generator made, say. Each epoch takes the
     # next images of it in a fixed order, cycling, never augmented; "": render data.style.
     share_from: str = ""
+    # A glyph bank folder (data.glyphs.GlyphBank; `captcha-ml fit` writes OUT/glyphs: the real
+    # train part's glyphs, cut where the pretrained model's CTC alignment places each symbol)
+    # that the synthetic_share part is composed of instead of rendering data.style: captchas
+    # in the sample's own glyph shapes, each glyph warped (its corners moved by up to
+    # glyph_warp of its width). "": render data.style.
+    glyphs: str = ""
+    glyph_warp: float = 0.25
     # Synthetic training images (data.train=synthetic, or the synthetic_share part): 0 renders
     # each one on the fly in the DataLoader workers (new images every epoch); N > 0 renders N
     # once, in parallel, before training, and cycles through them. On a CPU, where rendering
@@ -332,6 +339,16 @@ def validate(cfg: Config) -> None:
         problems.append(f"data.share_from={d.share_from!r} is the synthetic_share part's "
                         "source, and data.synthetic_share is 0: set a share, e.g. 0.5, or "
                         "leave share_from empty")
+    if d.glyphs and not d.synthetic_share:
+        problems.append(f"data.glyphs={d.glyphs!r} is the synthetic_share part's source, and "
+                        "data.synthetic_share is 0: set a share, e.g. 0.5, or leave glyphs "
+                        "empty")
+    if d.glyphs and d.share_from:
+        problems.append(f"data.glyphs={d.glyphs!r} and data.share_from={d.share_from!r} are "
+                        "both sources of the synthetic_share part: leave one empty")
+    if not 0 <= d.glyph_warp <= 0.5:
+        problems.append(f"data.glyph_warp={d.glyph_warp}: use a share of a glyph's width in "
+                        "[0, 0.5], e.g. 0.25")
     if m.depth not in ("layer2", "layer3", "layer4"):
         problems.append(f"model.depth={m.depth!r}: use layer2, layer3 or layer4")
     if m.head not in ("linear", "lstm"):

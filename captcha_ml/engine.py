@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from . import checkpoint, metrics, tracking
 from .charset import Charset
 from .config import Config
-from .data import datasets, real, synthetic
+from .data import datasets, glyphs, real, synthetic
 from .data.transforms import Preprocess, average_views
 from .model import build_model, channels_last
 
@@ -82,6 +82,14 @@ def build_data(cfg: Config) -> Data:
                                           stream=stream, desc=f"{cfg.train.stage}: render pool")
         return datasets.SyntheticImages(spec, size, pre, seed=cfg.train.seed, stream=stream)
 
+    def composed(size: int) -> Dataset:  # the synthetic_share part, of data.glyphs' glyphs
+        bank, seed = glyphs.GlyphBank.load(d.glyphs), cfg.train.seed
+        if d.synthetic_pool:
+            source = datasets.GlyphImages(bank, d.synthetic_pool, pre, seed, "mix",
+                                          d.glyph_warp, pixels=True)
+            return datasets.Pool(source, size, pre, desc=f"{cfg.train.stage}: compose pool")
+        return datasets.GlyphImages(bank, size, pre, seed, "mix", d.glyph_warp)
+
     def labeled(source: str, augment: bool) -> datasets.LabeledImages:
         found = real.read_labeled(source, charset=charset, min_len=d.min_len,
                                   max_len=d.max_len, skip_bad=d.skip_bad)
@@ -99,7 +107,7 @@ def build_data(cfg: Config) -> Data:
     if d.synthetic_share:
         extra = round(len(train) * d.synthetic_share / (1 - d.synthetic_share))
         part = (datasets.Cycled(labeled(d.share_from, False), extra) if d.share_from
-                else rendered(extra, "mix"))
+                else composed(extra) if d.glyphs else rendered(extra, "mix"))
         train = datasets.MixedImages([train, part])
     return Data(charset, pre, train, make(d.valid, d.synthetic_valid_size, False),
                 {"train": d.train, "valid": d.valid})

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from captcha_ml import config, metrics
-from captcha_ml.charset import Charset, LabelError, best_path_in_lengths
+from captcha_ml.charset import Charset, LabelError, best_path_in_lengths, ctc_align
 from captcha_ml.config import ConfigError
 from captcha_ml.data.transforms import (TTA_VIEWS, ImageError, Preprocess, average_views,
                                         load_image, view)
@@ -169,6 +169,23 @@ def test_decoding_keeps_texts_in_the_trained_lengths():
     assert Charset.from_dict(cs.to_dict()) == cs and Charset.from_dict({"symbols": "ab"}).lengths == ()
     with pytest.raises(ValueError, match="min <= max"):
         Charset("ab", lengths=(4, 3))
+
+
+def test_ctc_align_places_each_symbol_of_a_given_label():
+    """Forced alignment finds each symbol's steps where the model puts it, for the label it is
+    given even where the model reads another; None where the steps cannot hold the label."""
+    lp = np.full((10, 3), np.log(0.05))
+    lp[:, 0] = np.log(0.9)  # blank everywhere but at the peaks
+    for t, k in [(2, 1), (3, 1), (6, 2), (8, 1)]:
+        lp[t] = np.log(0.05)
+        lp[t, k] = np.log(0.9)
+    assert ctc_align(lp, [1, 2, 1]) == [(2, 3), (6, 6), (8, 8)]
+    assert Charset("ab").ctc_decode(lp[None])[0] == ["aba"]
+    forced = ctc_align(lp, [2, 1])  # a label the model does not read: still placed, in order
+    assert len(forced) == 2 and forced[0][1] < forced[1][0]
+    # A repeated symbol needs a blank between its copies: 2 steps cannot hold "aa", 3 can.
+    assert ctc_align(lp[:2], [1, 1]) is None and ctc_align(lp[:3], [1, 1]) == [(0, 0), (2, 2)]
+    assert ctc_align(lp[:2], [1, 2]) == [(0, 0), (1, 1)] and ctc_align(lp, []) is None
 
 
 def test_metrics():

@@ -14,7 +14,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from captcha_ml.data.datasets import LabeledImages, SyntheticImages, SyntheticPool
+from captcha_ml.data.datasets import (GlyphImages, LabeledImages, Pool, SyntheticImages,
+                                      SyntheticPool)
+from captcha_ml.data.glyphs import GlyphBank, cut, symbol_bounds
 from captcha_ml.data.real import DataError, read_manifest
 from captcha_ml.config import DataConfig
 from captcha_ml.data.synthetic import (SyntheticSpec, generate, load_style, preset, render,
@@ -476,3 +478,87 @@ def test_font_warp_warps_the_glyph_ink_in_its_own_box():
         assert (box[2] - box[0]) * (box[3] - box[1]) >= 0.4 * 20 * 30
     blank = Image.new("RGBA", (30, 80))
     assert _font_warp(blank, (0.2, 0.3), rand).tobytes() == blank.tobytes()
+
+
+def _glyph_images(n: int = 6) -> list[tuple[Image.Image, str, list[tuple[float, float]]]]:
+    """Captchas of "a" (black) and "b" (grey) blocks at known columns on white, 100x30."""
+    shade, pieces = {"a": 0, "b": 128}, []
+    for i in range(n):
+        label = ("aba", "bab", "abb", "baa", "aab", "bba")[i % 6]
+        img = Image.new("L", (100, 30), 255)
+        draw, bounds = ImageDraw.Draw(img), []
+        for k, symbol in enumerate(label):
+            draw.rectangle((12 + 25 * k, 5, 30 + 25 * k, 25), fill=shade[symbol])
+            bounds.append((10 + 25 * k, 35 + 25 * k))
+        pieces.append((img, label, bounds))
+    return pieces
+
+
+def test_symbol_bounds_meet_halfway_between_aligned_symbols():
+    # 10 steps over 100 columns: symbols at steps 2-3, 6 and 8.
+    assert symbol_bounds([(2, 3), (6, 6), (8, 8)], 10, 100) == [(10, 50), (50, 75), (75, 95)]
+    assert symbol_bounds([(4, 5)], 10, 100) == [(30, 70)]  # one symbol: a step either side
+    assert symbol_bounds([(0, 0), (9, 9)], 10, 100)[0][0] == 0  # never outside the input
+
+
+def test_glyph_bank_cuts_composes_and_round_trips(tmp_path):
+    """Glyphs are cut at the given columns under their symbols; composed captchas have the
+    bank's size, labels of its symbols and lengths, the glyphs' shades where the label says,
+    the same image for the same seed; a saved bank loads back the same."""
+    bank = cut(_glyph_images())
+    assert bank.size == (100, 30) and bank.lengths == [3] * 6 and bank.count == 18
+    assert {s: len(g) for s, g in bank.glyphs.items()} == {"a": 9, "b": 9}
+    assert all(g.size == (25, 30) for gs in bank.glyphs.values() for g in gs)
+    for seed in range(5):
+        img, label = bank.compose(random.Random(seed), warp=0.0)
+        assert img.size == (100, 30) and len(label) == 3 and set(label) <= {"a", "b"}
+        cols = np.asarray(img)[15]
+        darkest = [int(cols[int(100 * (k + 0.5) / 3) - 6:int(100 * (k + 0.5) / 3) + 6].min())
+                   for k in range(3)]  # near each third's middle: its glyph's shade
+        assert [d < 64 for d in darkest] == [c == "a" for c in label], (label, darkest)
+    a, b = bank.compose(random.Random("x")), bank.compose(random.Random("x"))
+    assert a[1] == b[1] and a[0].tobytes() == b[0].tobytes()
+    # A row inside the width (fit's crop): composed there, median colour outside.
+    inside = cut(_glyph_images(), row=(10, 85))
+    img, _ = inside.compose(random.Random(1))
+    outside = np.concatenate([np.asarray(img)[:, :10].ravel(), np.asarray(img)[:, 85:].ravel()])
+    assert len(set(outside)) == 1 and np.asarray(img)[:, 10:85].min() < 64
+    inside.save(tmp_path / "bank")
+    back = GlyphBank.load(tmp_path / "bank")
+    assert (back.size, back.lengths, back.row) == (inside.size, inside.lengths, inside.row)
+    assert [g.tobytes() for g in back.glyphs["a"]] == [g.tobytes() for g in inside.glyphs["a"]]
+    assert back.compose(random.Random(2))[0].tobytes() == inside.compose(random.Random(2))[0].tobytes()
+    bank.save(tmp_path / "bank")  # over the old one: replaced whole
+    assert GlyphBank.load(tmp_path / "bank").row == (0, 100)
+
+
+def test_glyph_bank_errors_name_the_problem(tmp_path):
+    with pytest.raises(DataError, match="no glyph bank there.*captcha-ml fit"):
+        GlyphBank.load(tmp_path / "nothing")
+    cut(_glyph_images()).save(tmp_path / "bank")
+    (tmp_path / "bank" / "00003.png").unlink()
+    with pytest.raises(DataError, match="00003.png"):
+        GlyphBank.load(tmp_path / "bank")
+    (tmp_path / "bank" / "bank.json").write_text("{not json")
+    with pytest.raises(DataError, match="bank.json is unreadable"):
+        GlyphBank.load(tmp_path / "bank")
+    with pytest.raises(DataError, match="at least one glyph; none was cut"):
+        cut([(Image.new("L", (100, 30)), "ab", [(0, 1), (1, 2)])])  # cuts too narrow to keep
+    with pytest.raises(ValueError, match="2 bounds for the 3 symbols"):
+        cut([(Image.new("L", (100, 30)), "abc", [(0, 30), (30, 60)])])
+    with pytest.raises(DataError, match="row"):
+        GlyphBank({"a": [Image.new("L", (5, 30))]}, (100, 30), [3], (50, 120))
+
+
+def test_glyph_images_are_a_function_of_seed_epoch_and_index_and_pool_alike():
+    bank, pre = cut(_glyph_images()), Preprocess(height=20, width=60)
+    ds = GlyphImages(bank, 4, pre, seed=1, stream="mix")
+    first = [ds[i][1] for i in range(4)]
+    assert first == [ds[i][1] for i in range(4)] and ds[0][0].shape == (1, 20, 60)
+    ds.set_epoch(1)
+    assert [ds[i][1] for i in range(4)] != first  # new captchas every epoch
+    pool = Pool(GlyphImages(bank, 5, pre, seed=1, stream="mix", pixels=True), 3, pre, workers=0)
+    ds.set_epoch(0)
+    assert pool.labels[:4] == first and torch.equal(pool[0][0], ds[0][0])
+    with pytest.raises(IndexError):
+        ds[4]

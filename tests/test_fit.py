@@ -19,6 +19,7 @@ from captcha_ml import fit
 from captcha_ml.cli import app
 from captcha_ml.config import DataConfig
 from captcha_ml.data import synthetic
+from captcha_ml.data.glyphs import GlyphBank
 from captcha_ml.data.real import DataError
 from captcha_ml.data.synthetic import SyntheticSpec
 from captcha_ml.model import CaptchaNet, output_length
@@ -576,6 +577,11 @@ def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
     assert fit_yaml["finetune"]["data"]["augment_local"] is True
     assert fit_yaml["finetune"]["data"]["augment_lines"] == fit.FINETUNE_AUGMENT_LINES > 0
     assert fit_yaml["finetune"]["data"]["tta"] is True and not fit_yaml["pretrain"]["data"]["tta"]
+    # ... composed of the train part's glyphs, cut after pretraining where it aligns them.
+    assert fit_yaml["finetune"]["data"]["glyphs"] == str(out / "glyphs")
+    bank = GlyphBank.load(out / "glyphs")
+    assert bank.size == (144, 48) and set(bank.glyphs) <= set(DIGITS) and bank.lengths[0] == 4
+    assert "glyphs: " in result.output and (out / "glyphs" / "samples.png").is_file()
     assert Reader.load(out / "finetune" / "best.pt").preprocess.tta  # the registered reader too
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("captcha_ml")
@@ -585,7 +591,7 @@ def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
                 == parent.info.run_id}
     assert children == {"pretrain", "zero_shot", "finetune", "test"}
     assert {"zero_shot/valid_seq_acc", "test/seq_acc", "fit/likeness_derived",
-            "fit/likeness_tuned"} <= set(parent.data.metrics)
+            "fit/likeness_tuned", "fit/glyphs"} <= set(parent.data.metrics)
     assert parent.data.params["fit.charset"] == DIGITS
     assert int(client.get_model_version_by_alias("e2e", "champion").version) == 1
     # An edited fit.yaml is read back; a broken one names the file and the fix.
@@ -600,6 +606,7 @@ def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
     pre, fine = fit.read_fit_yaml(out / "edited.yaml")
     fit.configs.repoint(pre, fine, other, {"train": other / "t.csv", "valid": other / "v.csv"})
     assert pre.data.style == fine.data.style == str(other / "style.yaml")
+    assert fine.data.glyphs == str(other / "glyphs")  # fit cuts it again there
     (out / "broken.yaml").write_text(yaml.safe_dump({"pretrain": fit_yaml["pretrain"]}))
     with pytest.raises(DataError, match="finetune"):
         fit.read_fit_yaml(out / "broken.yaml")

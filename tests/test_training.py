@@ -212,6 +212,40 @@ def test_share_from_reads_the_synthetic_share_from_a_labeled_folder(tmp_path, re
         engine.build_data(tiny_config(tmp_path, *base, f"data.share_from={tmp_path / 'missing'}"))
 
 
+def test_glyphs_compose_the_synthetic_share_of_the_train_parts_glyphs(tmp_path, real_dir):
+    """data.glyphs: the mixed-in part is composed of a glyph bank's glyphs (pooled with
+    data.synthetic_pool, else on the fly); a bad setting says what to fix."""
+    from PIL import Image
+
+    from captcha_ml.data.datasets import GlyphImages, Pool
+    from captcha_ml.data.glyphs import cut
+    from captcha_ml.data.real import DataError, read_manifest
+
+    m = write_manifests(real_dir, tmp_path / "splits")
+    rows = read_manifest(m["train"]).samples[:6]
+    pieces = [(Image.open(path), label, [(30 + 25 * k, 55 + 25 * k) for k in range(len(label))])
+              for path, label in rows]  # five 25-column cuts from column 30: v2's text
+    cut(pieces).save(tmp_path / "bank")
+    base = [f"data.train={m['train']}", f"data.valid={m['valid']}",
+            "data.charset=2345678bcdefgmnpwxy", "data.min_len=5", "data.max_len=5",
+            "data.synthetic_share=0.25", f"data.glyphs={tmp_path / 'bank'}"]
+    train = engine.build_data(tiny_config(tmp_path, *base)).train
+    assert isinstance(train.parts[1], GlyphImages) and len(train) == 24 + 8
+    image, label = train[24]
+    assert image.shape == train[0][0].shape and len(label) == 5
+    assert set(label) <= {c for _, lab in rows for c in lab}
+    pooled = engine.build_data(tiny_config(tmp_path, *base, "data.synthetic_pool=10")).train
+    assert isinstance(pooled.parts[1], Pool) and len(pooled.parts[1].labels) == 10
+    with pytest.raises(ConfigError, match="glyphs.*synthetic_share is 0"):
+        tiny_config(tmp_path, *base[:-2], base[-1])
+    with pytest.raises(ConfigError, match="both sources"):
+        tiny_config(tmp_path, *base, f"data.share_from={m['train']}")
+    with pytest.raises(ConfigError, match="glyph_warp"):
+        tiny_config(tmp_path, *base, "data.glyph_warp=0.9")
+    with pytest.raises(DataError, match="no glyph bank there"):
+        engine.build_data(tiny_config(tmp_path, *base[:-1], f"data.glyphs={tmp_path / 'none'}"))
+
+
 def test_synthetic_pool_serves_training_and_the_mix_but_not_validation(tmp_path, real_dir):
     """data.synthetic_pool renders the training images once (pretraining's set and the mixed-in
     part of finetuning); validation stays the fixed on-the-fly set."""

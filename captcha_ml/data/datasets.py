@@ -1,4 +1,5 @@
-"""Torch datasets: labeled image files, on-the-fly synthetic captchas and a pre-rendered pool.
+"""Torch datasets: labeled image files, on-the-fly synthetic captchas (rendered, or composed
+of a glyph bank's glyphs) and a pre-rendered pool.
 
 Both are map-style on purpose: Accelerate's sharded sampler gives each rank disjoint indices,
 and ``skip_first_batches`` resumes at exactly the next batch, because item ``i`` of epoch ``e``
@@ -14,6 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from captcha_ml.data.glyphs import WARP, GlyphBank
 from captcha_ml.data.synthetic import SyntheticSpec, render
 from captcha_ml.data.transforms import Preprocess, augment, load_image
 
@@ -95,31 +97,61 @@ class SyntheticImages(_PerEpoch):
         return self.preprocess(img), label
 
 
-class SyntheticPool(_PerEpoch):
-    """``size`` synthetic captchas per epoch drawn from ``pool`` images rendered once, before
-    training, in parallel processes, and kept in memory as uint8 pixels.
+class Pool(_PerEpoch):
+    """``size`` images per epoch drawn from a source's images rendered once, before training,
+    in parallel processes, and kept in memory as uint8 pixels (``render_pool``).
 
     On a CPU, rendering in a DataLoader worker takes cores from the training step (lower4to7's
     pretraining in `fit` on 2 cores: 257 images/s that way, 427 from a pool, rendering
     included). Item ``i`` of epoch ``e`` is pool image ``(e * size + i) % pool``, and pool
-    image ``j`` is ``SyntheticImages``' item ``j`` of epoch 0: a pure function of (seed,
-    stream, e, i), so resuming and sharding work as for the other sets. Each image is seen
-    about ``size * epochs / pool`` times.
+    image ``j`` is the source's item ``j`` of its epoch 0: a pure function of (seed, stream,
+    e, i), so resuming and sharding work as for the other sets. Each image is seen about
+    ``size * epochs / pool`` times.
     """
 
-    def __init__(self, spec: SyntheticSpec, size: int, preprocess: Preprocess, pool: int,
-                 seed: int = 0, stream: str = "train", workers: int | None = None,
-                 desc: str = "render") -> None:
-        if pool < 1:
-            raise ValueError(f"a synthetic pool needs at least one image (got {pool})")
+    def __init__(self, source: Dataset, size: int, preprocess: Preprocess,
+                 workers: int | None = None, desc: str = "render") -> None:
+        if len(source) < 1:
+            raise ValueError(f"a synthetic pool needs at least one image (got {len(source)})")
         self.size = size
         self.preprocess = preprocess
-        self.pixels, self.labels = render_pool(spec, pool, preprocess, seed, stream, workers, desc)
+        self.pixels, self.labels = render_pool(source, preprocess, workers, desc)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
         self._check(index)
         j = (self.epoch * self.size + index) % len(self.labels)
         return self.preprocess.normalize(self.pixels[j]), self.labels[j]
+
+
+class SyntheticPool(Pool):
+    """A pool of ``pool`` captchas of ``spec``: ``SyntheticImages``' epoch 0."""
+
+    def __init__(self, spec: SyntheticSpec, size: int, preprocess: Preprocess, pool: int,
+                 seed: int = 0, stream: str = "train", workers: int | None = None,
+                 desc: str = "render") -> None:
+        super().__init__(_Pixels(spec, pool, preprocess, seed, stream), size, preprocess,
+                         workers, desc)
+
+
+class GlyphImages(_PerEpoch):
+    """A virtual set of ``size`` captchas composed of a glyph bank's glyphs
+    (``GlyphBank.compose``, data.glyphs); item ``i`` of epoch ``e`` a pure function of (seed,
+    stream, e, i), as ``SyntheticImages``' are. ``pixels``: items as uint8 pixels (what a
+    ``Pool`` keeps)."""
+
+    def __init__(self, bank: GlyphBank, size: int, preprocess: Preprocess, seed: int = 0,
+                 stream: str = "train", warp: float = WARP, pixels: bool = False) -> None:
+        self.bank, self.size, self.preprocess = bank, size, preprocess
+        self.seed, self.stream, self.warp, self.pixels = seed, stream, warp, pixels
+
+    def compose(self, index: int) -> tuple[Image.Image, str]:
+        self._check(index)
+        rng = random.Random(f"{self.seed}/{self.stream}/epoch{self.epoch}/{index}")
+        return self.bank.compose(rng, self.warp)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        img, label = self.compose(index)
+        return (self.preprocess.pixels(img) if self.pixels else self.preprocess(img)), label
 
 
 class Cycled(_PerEpoch):
@@ -156,16 +188,16 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-def render_pool(spec: SyntheticSpec, n: int, preprocess: Preprocess, seed: int = 0,
-                stream: str = "train", workers: int | None = None, desc: str = "render"
-                ) -> tuple[torch.Tensor, list[str]]:
-    """``n`` images (uint8, n x C x H x W) and labels: SyntheticImages' epoch 0, rendered by
-    ``workers`` processes (default: one per available core) with a progress bar."""
+def render_pool(source: Dataset, preprocess: Preprocess, workers: int | None = None,
+                desc: str = "render") -> tuple[torch.Tensor, list[str]]:
+    """All of ``source``'s items, (uint8 pixels, label) at its epoch 0, as one tensor (n x C
+    x H x W) and the labels: rendered by ``workers`` processes (default: one per available
+    core) with a progress bar."""
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
     workers = available_cores() if workers is None else workers
-    source = _Pixels(spec, n, preprocess, seed, stream)  # epoch 0
+    n = len(source)
     pixels = torch.empty((n, preprocess.channels, preprocess.height, preprocess.width),
                          dtype=torch.uint8)
     labels: list[str] = []

@@ -58,7 +58,7 @@ class Preprocess:
         if not self.tta:
             return self(img)[None]
         img = img.convert("L" if self.channels == 1 else "RGB")
-        fill = _median_fill(img)  # once, not per view
+        fill = median_fill(img)  # once, not per view
         return torch.stack([self(view(img, *v, fill=fill)) for v in TTA_VIEWS])
 
     def pixels(self, img: Image.Image) -> torch.Tensor:
@@ -104,10 +104,10 @@ def view(img: Image.Image, zoom: float, dx: float, dy: float,
     a = 1 / zoom  # inverse map: output pixel -> input pixel
     return img.transform((w, h), Image.AFFINE, (a, 0, w / 2 * (1 - a) - dx * w,
                                                 0, a, h / 2 * (1 - a) - dy * h),
-                         Image.BILINEAR, fillcolor=_median_fill(img) if fill is None else fill)
+                         Image.BILINEAR, fillcolor=median_fill(img) if fill is None else fill)
 
 
-def _median_fill(img: Image.Image) -> int | tuple[int, ...]:
+def median_fill(img: Image.Image) -> int | tuple[int, ...]:
     """The image's median colour as a fill colour (a number for one band)."""
     median = tuple(int(v) for v in ImageStat.Stat(img).median)
     return median if len(median) > 1 else median[0]

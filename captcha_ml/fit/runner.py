@@ -1,8 +1,9 @@
 """`captcha-ml fit`, the whole command: a reader for a new captcha style from labeled examples.
 
 inspect -> model input -> split -> style, font matching, noise tuning -> configs -> pretrain
-on style-matched synthetic captchas -> zero-shot check -> finetune on the real train part ->
-test -> register, under one MLflow parent run "fit" (pretrain, zero_shot, finetune, test are
+on style-matched synthetic captchas -> zero-shot check -> glyph bank (the train part's glyphs,
+cut at the pretrained model's alignment) -> finetune on the real train part and captchas
+composed of its glyphs -> test -> register, under one MLflow parent run "fit" (pretrain, zero_shot, finetune, test are
 its child runs).
 Every choice is printed and logged to the parent run. Files under OUT:
 
@@ -10,6 +11,8 @@ Every choice is printed and logged to the parent run. Files under OUT:
   style.yaml                     the derived SyntheticSpec (editable; data.style points here)
   fit.yaml                       sections fit / pretrain / finetune: the resolved configs;
                                  edit and pass back with --config to rerun with your changes
+  glyphs/                        the glyph bank finetuning composes captchas of (samples.png:
+                                 some of them)
   inspection.json, style_samples.png, pretrain/, finetune/ (checkpoints), fit_report.txt
 """
 
@@ -34,6 +37,7 @@ from .budget import (DEFAULT_BUDGET_MINUTES, FALLBACK_IMAGES_PER_S, FINAL_RESERV
 from .configs import (FINETUNE_AUGMENT_STRENGTH, FINETUNE_SYNTHETIC_SHARE, UNIVERSAL_WEIGHTS,
                       adopt_style, build_configs, override_precision, read_fit_yaml, repoint,
                       universal_start, write_fit_yaml)
+from .bank import SAMPLES_FILE, cut_bank
 from .fonts import match_fonts
 from .likeness import tune_style
 from .reuse import PRETRAIN_RECORD, reusable_pretraining, write_pretrain_record
@@ -56,10 +60,12 @@ class _Notes:
 def _configs(insp: Inspection, out: Path, spec: SyntheticSpec, splits: dict[str, Path],
              budget_minutes: float, config_path: str | None, max_steps: int, seed: int,
              precision: str, note: _Notes, layout: TextLayout | None = None,
-             universal: bool = True) -> tuple[Config, Config, dict[str, Any]]:
+             universal: bool = True, glyphs: bool = True
+             ) -> tuple[Config, Config, dict[str, Any]]:
     """``layout``: where the sample's text lies (style.text_layout): the crop, and the width
     share of one symbol in it, decide the model input; ``universal``: pretraining starts from
-    the universal model (where it is installed)."""
+    the universal model (where it is installed); ``glyphs``: finetuning's synthetic half is
+    composed of the train part's glyphs (build_configs)."""
     layout = layout or TextLayout()
     size, share = layout.cropped(insp.size)
     height, width, why = model_input(size, insp.max_len, symbol_share=share)
@@ -91,7 +97,8 @@ def _configs(insp: Inspection, out: Path, spec: SyntheticSpec, splits: dict[str,
         note(f"precision: {'bfloat16 autocast' if probe.precision == 'bf16' else 'float32'}"
              f" (train.mixed_precision={probe.precision}): {probe.why}")
         init = universal_start() if universal else ""
-        pre, fine = build_configs(insp, out, inputs, plan, splits, seed, layout.crop, init)
+        pre, fine = build_configs(insp, out, inputs, plan, splits, seed, layout.crop, init,
+                                  glyphs)
         known = checkpoint.load_payload(init)["charset"]["symbols"] if init else ""
         shared = sum(c in known for c in insp.charset)
         note(f"pretraining starts from the universal model {init} ({shared} of the "
@@ -103,7 +110,9 @@ def _configs(insp: Inspection, out: Path, spec: SyntheticSpec, splits: dict[str,
              f"{plan.pretrain_minutes:g} min: train.max_minutes), finetune "
              f"{plan.finetune_steps} steps x {plan.finetune_batch} images (real, augmented at "
              f"strength {FINETUNE_AUGMENT_STRENGTH:g}; "
-             f"{FINETUNE_SYNTHETIC_SHARE:.0%} synthetic)")
+             f"{FINETUNE_SYNTHETIC_SHARE:.0%} synthetic: "
+             + ("composed of the train part's glyphs, cut after pretraining)" if glyphs else
+                "rendered from the style; --no-glyphs)"))
         note(f"synthetic pools: {plan.pretrain_pool} images for pretraining, "
              f"{plan.finetune_pool} for finetuning, rendered before each stage by "
              f"{available_cores()} processes ({1000 * probe.render_s:.1f} ms an image each), "
@@ -192,6 +201,11 @@ def _train(pre: Config, fine: Config, splits: dict[str, Path], note: _Notes,
     mlflow.log_metrics({f"zero_shot/valid_{k}": v for k, v in zero.items() if k != "count"})
     note(f"zero-shot (pretrained only) on the real valid part: seq_acc {zero['seq_acc']:.4f}, "
          f"char_acc {zero['char_acc']:.4f}")
+    if fine.data.glyphs:  # the bank finetuning's synthetic half is composed of
+        bank, line = cut_bank(pre_result["best_checkpoint"], splits["train"], fine.data.glyphs)
+        note(line)
+        mlflow.log_metrics({"fit/glyphs": bank.count, "fit/glyph_symbols": len(bank.glyphs)})
+        mlflow.log_artifact(str(Path(fine.data.glyphs) / SAMPLES_FILE), "glyphs")
     if deadline is not None:
         ips = pre_result["steps"] * pre.train.batch_size / max(pre_seconds, 1e-6)
         fine_ips = budget.config_images_per_s(fine)
@@ -307,7 +321,7 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
         name: str = "", max_steps: int = 0, tracking_uri: str = "", seed: int = 0,
         skip_bad: bool = False, reuse_pretrain: bool = True, precision: str = "auto",
         say=print, match_stroke: bool = False, universal: bool = True,
-        font_match: bool = True, likeness: bool = True) -> dict[str, Any]:
+        font_match: bool = True, likeness: bool = True, glyphs: bool = True) -> dict[str, Any]:
     """The whole fit (see the module docstring); returns metrics, run ids, files and times."""
     import mlflow
 
@@ -335,7 +349,9 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
         data, out, case_sensitive, skip_bad, bool(config_path), seed, note, match_stroke,
         font_match, likeness)
     pre, fine, info = _configs(insp, out, spec, splits, budget_minutes, config_path, max_steps,
-                               seed, precision, note, layout, universal)
+                               seed, precision, note, layout, universal, glyphs)
+    if not glyphs:  # a --config rerun too
+        fine.data.glyphs = ""
     fonts_found = found.get("fonts")
     if fonts_found:  # fit.yaml keeps every face's score; the parent run the face chosen
         info["font_match"], info["font_scores"] = fonts_found["chosen"], fonts_found
