@@ -90,7 +90,7 @@ class DataConfig:
     # in the sample's own glyph shapes, each glyph warped (its corners moved by up to
     # glyph_warp of its width). "": render data.style.
     glyphs: str = ""
-    glyph_warp: float = 0.25
+    glyph_warp: float = 0.25  # data.glyphs.WARP
     # Synthetic training images (data.train=synthetic, or the synthetic_share part): 0 renders
     # each one on the fly in the DataLoader workers (new images every epoch); N > 0 renders N
     # once, in parallel, before training, and cycles through them. On a CPU, where rendering

@@ -26,9 +26,10 @@ from captcha_ml import files
 from captcha_ml.data.real import DataError, read_manifest, write_manifest
 from captcha_ml.data.transforms import ImageError, median_fill, load_image
 
-# How far a glyph's corners move (a share of its width; of its height 0.6 times that).
-# claptcha, finetuning's synthetic half composed of its 350 real images' glyphs (1000-image
-# holdout, benchmarks/fit_variant.py): unwarped 0.897, warped at 0.25 0.917, fit 0.894.
+# How far a glyph's corners move (a share of its width; of its height 0.6 times that). From
+# one claptcha fit's pretrained model and steps, the synthetic half composed of its 350 real
+# images' glyphs read the 1000-image holdout at 0.897 unwarped and 0.917 warped at 0.25,
+# against 0.894 rendered from the style (session 33 in benchmarks/results/fit_history.md).
 WARP = 0.25
 BANK_FILE = "bank.json"
 GLYPHS_FILE = "glyphs.csv"
@@ -76,7 +77,8 @@ class GlyphBank:
         if len(self.row) != 2 or not 0 <= self.row[0] < self.row[1] <= self.size[0]:
             raise DataError(f"a glyph bank's row {list(self.row)} is not (left, right) columns "
                             f"inside its width {self.size[0]}")
-        self.mode = "RGB" if any(g.mode == "RGB" for gs in self.glyphs.values() for g in gs) else "L"
+        colour = any(g.mode == "RGB" for gs in self.glyphs.values() for g in gs)
+        self.mode = "RGB" if colour else "L"
 
     @property
     def count(self) -> int:

@@ -21,8 +21,8 @@ from .sample import Inspection
 FINETUNE_SYNTHETIC_SHARE = 0.5
 # That synthetic half is composed of the real train part's own glyphs (data.glyphs: cut into
 # OUT/GLYPHS_DIR after pretraining, each warped when composed), not rendered from the style:
-# claptcha (a face and a warp fit cannot draw) read 1000 new images at 0.917 so, against
-# 0.894 (glyphs unwarped: 0.897; the same pretrained model and finetuning steps).
+# claptcha (a face and a warp fit cannot draw) read 1000 new images at 0.909 so, against
+# 0.894 rendered (seed 0's fits; README "Where fit stands" has the other styles).
 GLYPHS_DIR = "glyphs"
 # Finetuning's model is its final weights (train.select=last; the schedule anneals to ~0): the
 # best of 10 validations on 75 images was a mid-training peak once (alnum62: 0.891 on 1000 new

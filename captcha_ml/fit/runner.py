@@ -3,8 +3,8 @@
 inspect -> model input -> split -> style, font matching, noise tuning -> configs -> pretrain
 on style-matched synthetic captchas -> zero-shot check -> glyph bank (the train part's glyphs,
 cut at the pretrained model's alignment) -> finetune on the real train part and captchas
-composed of its glyphs -> test -> register, under one MLflow parent run "fit" (pretrain, zero_shot, finetune, test are
-its child runs).
+composed of its glyphs -> test -> register, under one MLflow parent run "fit" (pretrain,
+zero_shot, finetune, test are its child runs).
 Every choice is printed and logged to the parent run. Files under OUT:
 
   splits/{train,valid,test}.csv  the deterministic split (content hash + seed)
@@ -31,13 +31,13 @@ from ..data.datasets import available_cores
 from ..data.real import DataError
 from ..data.synthetic import SyntheticSpec
 from . import budget
+from .bank import SAMPLES_FILE, cut_bank
 from .budget import (DEFAULT_BUDGET_MINUTES, FALLBACK_IMAGES_PER_S, FINAL_RESERVE_S,
                      FINETUNE_MAX_HEIGHT, POOL_REUSE, PRECISIONS, Probe, input_cost,
                      model_input, plan_budget, replan_finetune)
 from .configs import (FINETUNE_AUGMENT_STRENGTH, FINETUNE_SYNTHETIC_SHARE, UNIVERSAL_WEIGHTS,
                       adopt_style, build_configs, override_precision, read_fit_yaml, repoint,
                       universal_start, write_fit_yaml)
-from .bank import SAMPLES_FILE, cut_bank
 from .fonts import match_fonts
 from .likeness import tune_style
 from .reuse import PRETRAIN_RECORD, reusable_pretraining, write_pretrain_record
