@@ -91,6 +91,9 @@ class DataConfig:
     # glyph_warp of its width). "": render data.style.
     glyphs: str = ""
     glyph_warp: float = 0.25  # data.glyphs.WARP
+    # With data.glyphs: the share of the synthetic_share part composed of glyphs; the rest is
+    # rendered from data.style (`captcha-ml fit` sets it from the zero-shot reading).
+    glyph_share: float = 1.0
     # Synthetic training images (data.train=synthetic, or the synthetic_share part): 0 renders
     # each one on the fly in the DataLoader workers (new images every epoch); N > 0 renders N
     # once, in parallel, before training, and cycles through them. On a CPU, where rendering
@@ -346,6 +349,8 @@ def validate(cfg: Config) -> None:
     if d.glyphs and d.share_from:
         problems.append(f"data.glyphs={d.glyphs!r} and data.share_from={d.share_from!r} are "
                         "both sources of the synthetic_share part: leave one empty")
+    if not 0 <= d.glyph_share <= 1:
+        problems.append(f"data.glyph_share={d.glyph_share}: a share, use a value in [0, 1]")
     if not 0 <= d.glyph_warp <= 0.5:
         problems.append(f"data.glyph_warp={d.glyph_warp}: use a share of a glyph's width in "
                         "[0, 0.5], e.g. 0.25")

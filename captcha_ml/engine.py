@@ -75,20 +75,32 @@ def build_data(cfg: Config) -> Data:
     charset = Charset(d.charset, d.case_sensitive, (d.min_len, d.max_len))
     pre = Preprocess(d.height, d.width, d.channels, crop=tuple(d.crop), tta=d.tta)
 
-    def rendered(size: int, stream: str) -> Dataset:
+    def rendered(size: int, stream: str, pool: int | None = None) -> Dataset:
         spec = synthetic.spec_from_config(d)
-        if d.synthetic_pool and stream != "valid":  # validation stays one fixed set
-            return datasets.SyntheticPool(spec, size, pre, d.synthetic_pool, seed=cfg.train.seed,
+        pool = d.synthetic_pool if pool is None else pool
+        if pool and stream != "valid":  # validation stays one fixed set
+            return datasets.SyntheticPool(spec, size, pre, pool, seed=cfg.train.seed,
                                           stream=stream, desc=f"{cfg.train.stage}: render pool")
         return datasets.SyntheticImages(spec, size, pre, seed=cfg.train.seed, stream=stream)
 
-    def composed(size: int) -> Dataset:  # the synthetic_share part, of data.glyphs' glyphs
+    def composed(size: int, pool: int) -> Dataset:  # of data.glyphs' glyphs
         bank, seed = glyphs.GlyphBank.load(d.glyphs), cfg.train.seed
-        if d.synthetic_pool:
-            source = datasets.GlyphImages(bank, d.synthetic_pool, pre, seed, "mix",
-                                          d.glyph_warp, pixels=True)
+        if pool:
+            source = datasets.GlyphImages(bank, pool, pre, seed, "mix", d.glyph_warp,
+                                          pixels=True)
             return datasets.Pool(source, size, pre, desc=f"{cfg.train.stage}: compose pool")
         return datasets.GlyphImages(bank, size, pre, seed, "mix", d.glyph_warp)
+
+    def share_part(size: int) -> Dataset:
+        """The synthetic_share part: read from data.share_from, or data.glyph_share of it
+        composed of data.glyphs' glyphs and the rest rendered from data.style."""
+        if d.share_from:
+            return datasets.Cycled(labeled(d.share_from, False), size)
+        n = round(size * d.glyph_share) if d.glyphs else 0
+        pool = round(d.synthetic_pool * n / max(size, 1))
+        parts = ([rendered(size - n, "mix", d.synthetic_pool - pool)] if n < size else []) + (
+            [composed(n, max(pool, 1) if d.synthetic_pool else 0)] if n else [])
+        return parts[0] if len(parts) == 1 else datasets.MixedImages(parts)
 
     def labeled(source: str, augment: bool) -> datasets.LabeledImages:
         found = real.read_labeled(source, charset=charset, min_len=d.min_len,
@@ -106,9 +118,7 @@ def build_data(cfg: Config) -> Data:
     train = make(d.train, d.synthetic_train_size, True)
     if d.synthetic_share:
         extra = round(len(train) * d.synthetic_share / (1 - d.synthetic_share))
-        part = (datasets.Cycled(labeled(d.share_from, False), extra) if d.share_from
-                else composed(extra) if d.glyphs else rendered(extra, "mix"))
-        train = datasets.MixedImages([train, part])
+        train = datasets.MixedImages([train, share_part(extra)])
     return Data(charset, pre, train, make(d.valid, d.synthetic_valid_size, False),
                 {"train": d.train, "valid": d.valid})
 

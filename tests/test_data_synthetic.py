@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import random
 import secrets
@@ -509,13 +510,16 @@ def test_glyph_bank_cuts_composes_and_round_trips(tmp_path):
     assert bank.size == (100, 30) and bank.lengths == [3] * 6 and bank.count == 18
     assert {s: len(g) for s, g in bank.glyphs.items()} == {"a": 9, "b": 9}
     assert all(g.size == (25, 30) for gs in bank.glyphs.values() for g in gs)
-    for seed in range(5):
+    def shades(img: Image.Image) -> str:  # the middle row's runs of black (a) and grey (b)
+        row = np.asarray(img)[15]
+        kind = np.where(row < 64, "a", np.where(row < 200, "b", " "))
+        runs = [(k, len(list(n))) for k, n in itertools.groupby(kind)]
+        return "".join(k for k, n in runs if k != " " and n >= 4)  # not a block's soft edge
+
+    for seed in range(8):
         img, label = bank.compose(random.Random(seed), warp=0.0)
         assert img.size == (100, 30) and len(label) == 3 and set(label) <= {"a", "b"}
-        cols = np.asarray(img)[15]
-        darkest = [int(cols[int(100 * (k + 0.5) / 3) - 6:int(100 * (k + 0.5) / 3) + 6].min())
-                   for k in range(3)]  # near each third's middle: its glyph's shade
-        assert [d < 64 for d in darkest] == [c == "a" for c in label], (label, darkest)
+        assert shades(img) == label  # each symbol's glyph, in the label's order
     a, b = bank.compose(random.Random("x")), bank.compose(random.Random("x"))
     assert a[1] == b[1] and a[0].tobytes() == b[0].tobytes()
     # A row inside the width (fit's crop): composed there, median colour outside.

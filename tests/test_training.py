@@ -217,7 +217,7 @@ def test_glyphs_compose_the_synthetic_share_of_the_train_parts_glyphs(tmp_path, 
     data.synthetic_pool, else on the fly); a bad setting says what to fix."""
     from PIL import Image
 
-    from captcha_ml.data.datasets import GlyphImages, Pool
+    from captcha_ml.data.datasets import GlyphImages, Pool, SyntheticImages, SyntheticPool
     from captcha_ml.data.glyphs import cut
     from captcha_ml.data.real import DataError, read_manifest
 
@@ -236,10 +236,21 @@ def test_glyphs_compose_the_synthetic_share_of_the_train_parts_glyphs(tmp_path, 
     assert set(label) <= {c for _, lab in rows for c in lab}
     pooled = engine.build_data(tiny_config(tmp_path, *base, "data.synthetic_pool=10")).train
     assert isinstance(pooled.parts[1], Pool) and len(pooled.parts[1].labels) == 10
+    # data.glyph_share: a quarter of the part composed, the rest rendered, each pool its share.
+    mixed = engine.build_data(tiny_config(tmp_path, *base, "data.synthetic_pool=10",
+                                          "data.glyph_share=0.25")).train.parts[1]
+    rendered, composed = mixed.parts
+    assert isinstance(rendered, SyntheticPool) and isinstance(composed, Pool)
+    assert (len(rendered), len(composed)) == (6, 2)
+    assert (len(rendered.labels), len(composed.labels)) == (8, 2)
+    none = engine.build_data(tiny_config(tmp_path, *base, "data.glyph_share=0")).train
+    assert isinstance(none.parts[1], SyntheticImages)
     with pytest.raises(ConfigError, match="glyphs.*synthetic_share is 0"):
         tiny_config(tmp_path, *base[:-2], base[-1])
     with pytest.raises(ConfigError, match="both sources"):
         tiny_config(tmp_path, *base, f"data.share_from={m['train']}")
+    with pytest.raises(ConfigError, match="glyph_share"):
+        tiny_config(tmp_path, *base, "data.glyph_share=1.5")
     with pytest.raises(ConfigError, match="glyph_warp"):
         tiny_config(tmp_path, *base, "data.glyph_warp=0.9")
     with pytest.raises(DataError, match="no glyph bank there"):

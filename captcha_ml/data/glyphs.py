@@ -6,8 +6,8 @@ is read far worse (claptcha's captchas: 0.894, README "Where fit stands"). A few
 images hold each symbol a few dozen times, in the site's own shapes. ``cut`` takes each symbol
 from where a model's forced CTC alignment places it (``symbol_bounds``), so no style needs to
 be known, and the model need not read the images right. ``GlyphBank.compose`` puts random
-symbols' glyphs side by side, each warped by a random quadrilateral and jittered, and scales
-the row to the sample's size: new captchas, with their labels.
+symbols' glyphs side by side, each warped by a random quadrilateral and jittered, somewhere in
+the columns the sample's text lies in: new captchas, with their labels.
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ class GlyphBank:
 
     def compose(self, rng: random.Random, warp: float = WARP) -> tuple[Image.Image, str]:
         """A new captcha of the bank's size: random symbols (a length drawn from the bank's),
-        each a random glyph of it warped by ``warp``, side by side; and its label."""
+        each a random glyph of it warped by ``warp``, side by side in the bank's row; and its
+        label."""
         symbols = list(self.glyphs)
         label = "".join(rng.choice(symbols) for _ in range(rng.choice(self.lengths)))
         width, height = self.size
@@ -97,12 +98,13 @@ class GlyphBank:
         for part in parts:
             row.paste(part, (x, 0))
             x += part.width
+        # At the glyphs' own scale, somewhere in the text's columns (squeezed where wider):
+        # stretched to fill them, wheezy's glyphs came out a third wider than its own.
         left, right = self.row
-        row = row.resize((right - left, height), Image.BILINEAR)
-        if (left, right) == (0, width):
-            return row, label
-        img = Image.new(self.mode, (width, height), median_fill(row))
-        img.paste(row, (left, 0))
+        if row.width > right - left:
+            row = row.resize((right - left, height), Image.BILINEAR)
+        img = Image.new(self.mode, (width, height), _background(row))
+        img.paste(row, (left + rng.randint(0, right - left - row.width), 0))
         return img, label
 
     def save(self, folder: str | Path) -> Path:
@@ -184,11 +186,11 @@ def cut(pieces: Iterable[tuple[Image.Image, str, list[tuple[float, float]]]],
 def _jitter(glyph: Image.Image, rng: random.Random, warp: float, height: int) -> Image.Image:
     """``glyph`` at ``height`` rows, its corners moved by up to ``warp`` of its width (0.6 of
     that of its height), turned a little, and 0.9-1.1 times as wide; uncovered pixels take
-    the glyph's median colour (its background, mostly)."""
+    the colour of the glyph's top and bottom edges (its background)."""
     if glyph.height != height:
         glyph = glyph.resize((max(1, round(glyph.width * height / glyph.height)), height),
                              Image.BILINEAR)
-    fill = median_fill(glyph)
+    fill = _background(glyph)
     w, h = glyph.size
     if warp:
         jx, jy = warp * w, 0.6 * warp * h
@@ -202,3 +204,13 @@ def _jitter(glyph: Image.Image, rng: random.Random, warp: float, height: int) ->
     scale = rng.uniform(0.9, 1.1)
     return glyph.resize((max(MIN_WIDTH, round(w * scale)), h), Image.BILINEAR)
 
+
+
+def _background(img: Image.Image) -> int | tuple[int, ...]:
+    """The median colour of an image's top and bottom rows: a strip of a captcha's text
+    line is mostly glyph in the middle, mostly background at its edges."""
+    w, h = img.size
+    edges = Image.new(img.mode, (w, 2))
+    edges.paste(img.crop((0, 0, w, 1)), (0, 0))
+    edges.paste(img.crop((0, h - 1, w, h)), (0, 1))
+    return median_fill(edges)

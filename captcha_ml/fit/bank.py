@@ -51,10 +51,11 @@ def cut_bank(model: str | Path, train: str | Path, out: str | Path) -> tuple[Gly
     few = [s for s in charset.symbols if len(bank.glyphs.get(s, ())) < 3]
     line = (f"glyphs: {bank.count} glyphs of {len(bank.glyphs)} symbols cut from "
             f"{len(pieces)} of the {len(samples)} train images where the pretrained model's "
-            f"CTC alignment places each symbol -> {out}; finetuning's synthetic half is "
-            "composed of them, each warped (data.glyphs; --no-glyphs renders the style)"
-            + (f"; {unaligned} images could not be aligned" if unaligned else "")
-            + (f"; fewer than 3 glyphs of {''.join(few)}" if few else ""))
+            f"CTC alignment places each symbol -> {out}"
+            + (f" ({unaligned} images could not be aligned)" if unaligned else "")
+            + (f" (fewer than 3 glyphs of {''.join(few)})" if few else "")
+            + "; finetuning's synthetic half is composed of them, each warped (data.glyphs; "
+            "--no-glyphs renders the style)")
     return bank, line
 
 

@@ -19,11 +19,15 @@ from .sample import Inspection
 # Half of the finetuning images are style-matched synthetic ones: a few hundred real images
 # seen for hundreds of epochs would otherwise wash out what pretraining taught.
 FINETUNE_SYNTHETIC_SHARE = 0.5
-# That synthetic half is composed of the real train part's own glyphs (data.glyphs: cut into
-# OUT/GLYPHS_DIR after pretraining, each warped when composed), not rendered from the style:
-# claptcha (a face and a warp fit cannot draw) read 1000 new images at 0.909 so, against
-# 0.894 rendered (seed 0's fits; README "Where fit stands" has the other styles).
+# Where the style reads the sample badly (the pretrained model reads the real valid part at
+# less than GLYPHS_BELOW), that synthetic half is composed of the real train part's own glyphs
+# instead (data.glyphs: cut into OUT/GLYPHS_DIR after pretraining, each warped when composed):
+# fit cannot draw that style. claptcha (zero-shot 0.03; a face and a warp fit cannot draw)
+# read 1000 new images at 0.909 so, against 0.894 rendered; wheezy (zero-shot 0.65-0.69; its
+# glyphs overlap, so a cut holds pieces of its neighbours) at 0.926 and 0.923, against 0.957
+# rendered (seed 0's fits; benchmarks/results/fit_history.md, session 33).
 GLYPHS_DIR = "glyphs"
+GLYPHS_BELOW = 0.5
 # Finetuning's model is its final weights (train.select=last; the schedule anneals to ~0): the
 # best of 10 validations on 75 images was a mid-training peak once (alnum62: 0.891 on 1000 new
 # images against 0.931 for the last weights) and never better than the last in 5 runs.

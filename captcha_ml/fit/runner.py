@@ -35,6 +35,7 @@ from .bank import SAMPLES_FILE, cut_bank
 from .budget import (DEFAULT_BUDGET_MINUTES, FALLBACK_IMAGES_PER_S, FINAL_RESERVE_S,
                      FINETUNE_MAX_HEIGHT, POOL_REUSE, PRECISIONS, Probe, input_cost,
                      model_input, plan_budget, replan_finetune)
+from . import configs
 from .configs import (FINETUNE_AUGMENT_STRENGTH, FINETUNE_SYNTHETIC_SHARE, UNIVERSAL_WEIGHTS,
                       adopt_style, build_configs, override_precision, read_fit_yaml, repoint,
                       universal_start, write_fit_yaml)
@@ -110,9 +111,10 @@ def _configs(insp: Inspection, out: Path, spec: SyntheticSpec, splits: dict[str,
              f"{plan.pretrain_minutes:g} min: train.max_minutes), finetune "
              f"{plan.finetune_steps} steps x {plan.finetune_batch} images (real, augmented at "
              f"strength {FINETUNE_AUGMENT_STRENGTH:g}; "
-             f"{FINETUNE_SYNTHETIC_SHARE:.0%} synthetic: "
-             + ("composed of the train part's glyphs, cut after pretraining)" if glyphs else
-                "rendered from the style; --no-glyphs)"))
+             f"{FINETUNE_SYNTHETIC_SHARE:.0%} synthetic: rendered from the style"
+             + (", or composed of the train part's glyphs where the pretrained model reads the "
+                f"real valid part below {configs.GLYPHS_BELOW:g})" if glyphs else
+                "; --no-glyphs)"))
         note(f"synthetic pools: {plan.pretrain_pool} images for pretraining, "
              f"{plan.finetune_pool} for finetuning, rendered before each stage by "
              f"{available_cores()} processes ({1000 * probe.render_s:.1f} ms an image each), "
@@ -201,11 +203,8 @@ def _train(pre: Config, fine: Config, splits: dict[str, Path], note: _Notes,
     mlflow.log_metrics({f"zero_shot/valid_{k}": v for k, v in zero.items() if k != "count"})
     note(f"zero-shot (pretrained only) on the real valid part: seq_acc {zero['seq_acc']:.4f}, "
          f"char_acc {zero['char_acc']:.4f}")
-    if fine.data.glyphs:  # the bank finetuning's synthetic half is composed of
-        bank, line = cut_bank(pre_result["best_checkpoint"], splits["train"], fine.data.glyphs)
-        note(line)
-        mlflow.log_metrics({"fit/glyphs": bank.count, "fit/glyph_symbols": len(bank.glyphs)})
-        mlflow.log_artifact(str(Path(fine.data.glyphs) / SAMPLES_FILE), "glyphs")
+    if fine.data.glyphs:
+        _glyphs(pre_result["best_checkpoint"], zero["seq_acc"], fine, splits, note)
     if deadline is not None:
         ips = pre_result["steps"] * pre.train.batch_size / max(pre_seconds, 1e-6)
         fine_ips = budget.config_images_per_s(fine)
@@ -241,6 +240,28 @@ def _train(pre: Config, fine: Config, splits: dict[str, Path], note: _Notes,
     mlflow.log_metrics({f"test/{k}": v for k, v in test["metrics"].items()})
     return {"pretrain": pre_result, "zero_shot": zero, "finetune": fine_result, "test": test,
             "times": times}
+
+
+def _glyphs(pretrained: str, zero_shot: float, fine: Config, splits: dict[str, Path],
+            note: _Notes) -> None:
+    """Where the pretrained model reads the real valid part below GLYPHS_BELOW, cut the glyph
+    bank finetuning's synthetic half is composed of (fine.data.glyphs); else render that half
+    from the style (fine.data.glyphs = "")."""
+    import mlflow
+
+    if zero_shot >= configs.GLYPHS_BELOW:
+        fine.data.glyphs = ""
+        note(f"glyphs: none cut; the style's pretrained model reads the real valid part at "
+             f"{zero_shot:.2f} (>= {configs.GLYPHS_BELOW:g}), so finetuning's synthetic half "
+             "is rendered from the style (data.glyphs='')")
+        mlflow.log_param("fit.glyphs", "rendered")
+        return
+    bank, line = cut_bank(pretrained, splits["train"], fine.data.glyphs)
+    note(f"{line}: the style's pretrained model reads the real valid part at {zero_shot:.2f} "
+         f"(< {configs.GLYPHS_BELOW:g})")
+    mlflow.log_param("fit.glyphs", "composed")
+    mlflow.log_metrics({"fit/glyphs": bank.count, "fit/glyph_symbols": len(bank.glyphs)})
+    mlflow.log_artifact(str(Path(fine.data.glyphs) / SAMPLES_FILE), "glyphs")
 
 
 def _register(fine_run_id: str, name: str, note: _Notes) -> dict[str, Any]:
