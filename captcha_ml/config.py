@@ -92,7 +92,7 @@ class DataConfig:
     glyphs: str = ""
     glyph_warp: float = 0.25  # data.glyphs.WARP
     # With data.glyphs: the share of the synthetic_share part composed of glyphs; the rest is
-    # rendered from data.style (`captcha-ml fit` sets it from the zero-shot reading).
+    # rendered from data.style (`captcha-ml fit` composes all of it where it composes any).
     glyph_share: float = 1.0
     # Synthetic training images (data.train=synthetic, or the synthetic_share part): 0 renders
     # each one on the fly in the DataLoader workers (new images every epoch); N > 0 renders N

@@ -827,3 +827,33 @@ def test_pretraining_is_not_reused_after_its_starting_model_changed(tmp_path):
     assert fit.pretrain_fingerprint(pre) == before
     pre.data.valid = str(tmp_path / "c.csv")
     assert fit.pretrain_fingerprint(pre) != before
+
+
+def test_glyph_bank_is_cut_only_below_the_gate_and_falls_back_to_the_style(tmp_path, monkeypatch):
+    """fit composes finetuning's synthetic half of the train part's glyphs only where the
+    pretrained model reads the real valid part below GLYPHS_BELOW; where nothing can be cut,
+    it renders the style instead of stopping after pretraining."""
+    import mlflow
+    from types import SimpleNamespace
+
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    said: list[str] = []
+    cut: list[str] = []
+
+    def cut_bank(model, train, out):
+        cut.append(out)
+        raise DataError("no images to cut glyphs from")
+
+    monkeypatch.setattr(fit.runner, "cut_bank", cut_bank)
+    fine = SimpleNamespace(data=SimpleNamespace(glyphs=str(tmp_path / "glyphs")))
+    with mlflow.start_run() as run:
+        fit.runner._glyphs("pre.pt", fit.configs.GLYPHS_BELOW, fine, {"train": "t.csv"},
+                           said.append)
+        assert fine.data.glyphs == "" and not cut and "none cut" in said[-1]
+        fine.data.glyphs = str(tmp_path / "glyphs")
+        fit.runner._glyphs("pre.pt", 0.03, fine, {"train": "t.csv"}, said.append)
+    assert cut == [str(tmp_path / "glyphs")] and fine.data.glyphs == ""
+    assert "no images to cut glyphs from" in said[-1] and "rendered from the style" in said[-1]
+    params = mlflow.get_run(run.info.run_id).data.params
+    assert params["fit.glyphs"] == "rendered"

@@ -62,7 +62,7 @@ class GlyphBank:
     glyphs: dict[str, list[Image.Image]]
     size: tuple[int, int]  # (width, height)
     lengths: list[int]
-    # The columns (left, right) a composed row fills; the rest is the glyphs' median colour.
+    # The columns (left, right) a composed row lies in; the rest is its background colour.
     # (): the whole width. `captcha-ml fit` crops its input to where the text lies
     # (data.crop), so a row reaching the edges would lose its first and last glyphs there.
     row: tuple[int, ...] = ()
@@ -98,8 +98,8 @@ class GlyphBank:
         for part in parts:
             row.paste(part, (x, 0))
             x += part.width
-        # At the glyphs' own scale, somewhere in the text's columns (squeezed where wider):
-        # stretched to fill them, wheezy's glyphs came out a third wider than its own.
+        # At the glyphs' own scale, somewhere in the text's columns (squeezed where wider;
+        # stretched to fill them, a short label's glyphs come out wider than the sample's).
         left, right = self.row
         if row.width > right - left:
             row = row.resize((right - left, height), Image.BILINEAR)

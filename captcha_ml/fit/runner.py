@@ -256,7 +256,14 @@ def _glyphs(pretrained: str, zero_shot: float, fine: Config, splits: dict[str, P
              "is rendered from the style (data.glyphs='')")
         mlflow.log_param("fit.glyphs", "rendered")
         return
-    bank, line = cut_bank(pretrained, splits["train"], fine.data.glyphs)
+    try:
+        bank, line = cut_bank(pretrained, splits["train"], fine.data.glyphs)
+    except DataError as e:  # nothing to cut: the style is still there to render
+        fine.data.glyphs = ""
+        note(f"glyphs: none cut ({e}), so finetuning's synthetic half is rendered from the "
+             "style (data.glyphs='')")
+        mlflow.log_param("fit.glyphs", "rendered")
+        return
     note(f"{line}: the style's pretrained model reads the real valid part at {zero_shot:.2f} "
          f"(< {configs.GLYPHS_BELOW:g})")
     mlflow.log_param("fit.glyphs", "composed")
