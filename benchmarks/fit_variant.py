@@ -13,15 +13,16 @@ for the steps fit's finetuning ran (the default: a change in what a step does, c
 step for step) or, with `--same-time`, for fit's finetuning time limit (a change in what a
 step costs: the steps shrink to the time, from a plan of 3x fit's steps or `--set
 train.max_steps=N`; the schedule still anneals by then). `v2` has no holdout generator here.
-`--train-valid` trains on the train and valid parts together (425 of 500 images instead of
-350; the test part stays out). `--style-set key=value` changes the fit's style file
-(`W/fit/<style>/style.yaml`, keys as `SyntheticSpec`'s) for finetuning's synthetic images;
-the pretrained model stays the one fit's style trained. `--generator-half` draws finetuning's
-synthetic half from the style's own generator instead (as many images as fit's finetuning pool,
-rendered once into `W/oracle/` and read through `data.share_from`): what a perfect likeness
-would be worth to the reader, with the same 350 real images, augmentation and steps. Prints
-the steps and minutes, the holdout seq acc of fit's reader and of the variant's, then both
-misread lines as `fit_styles.py` prints them.
+`--train-valid` trains on the train and valid parts together (425 of 500 images instead of 350;
+the test part stays out). `--style-set key=value` changes the fit's style file
+(`W/fit/<style>/style.yaml`, keys as `SyntheticSpec`'s) for finetuning's synthetic images; the
+pretrained model stays the one fit's style trained (where fit composed that half of its glyph
+bank, `data.glyphs`, the variant renders it from the changed style instead). `--generator-half`
+draws finetuning's synthetic half from the style's own generator instead (as many images as
+fit's finetuning pool, rendered once into `W/oracle/` and read through `data.share_from`): what
+a perfect likeness would be worth to the reader, with the same 350 real images, augmentation and
+steps. Prints the steps and minutes, the holdout seq acc of fit's reader and of the variant's,
+then both misread lines as `fit_styles.py` prints them.
 """
 
 from __future__ import annotations

@@ -838,6 +838,7 @@ def test_glyph_bank_is_cut_only_below_the_gate_and_falls_back_to_the_style(tmp_p
 
     monkeypatch.chdir(tmp_path)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("glyphs")  # not an earlier test's experiment id, absent here
     said: list[str] = []
     cut: list[str] = []
 
