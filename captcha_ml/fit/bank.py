@@ -15,6 +15,7 @@ from ..data.glyphs import GlyphBank, cut, symbol_bounds
 from ..data.real import read_manifest
 from ..data.transforms import load_image
 from ..reader import Reader
+from .style import side_by_side
 
 BATCH = 64
 SAMPLES_FILE = "samples.png"  # in the bank's folder: real train images beside composed ones
@@ -61,11 +62,5 @@ def cut_bank(model: str | Path, train: str | Path, out: str | Path) -> tuple[Gly
 
 def sample_grid(bank: GlyphBank, real: list[Image.Image], n: int = 8) -> Image.Image:
     """Real images (left column) next to captchas composed of the bank (right column)."""
-    w, h = bank.size
-    grid = Image.new("RGB", (2 * w + 4, n * (h + 2)), "white")
-    for i in range(n):
-        if i < len(real):
-            grid.paste(real[i].convert("RGB").resize((w, h)), (0, i * (h + 2)))
-        img, _ = bank.compose(random.Random(f"samples/{i}"))
-        grid.paste(img.convert("RGB"), (w + 4, i * (h + 2)))
-    return grid
+    made = [bank.compose(random.Random(f"samples/{i}"))[0] for i in range(n)]
+    return side_by_side(real[:n], made, bank.size)

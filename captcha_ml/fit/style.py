@@ -424,10 +424,18 @@ def _calibrate_spaces(spec: SyntheticSpec, real_stats: list[dict[str, Any]], ima
 
 def style_samples(insp: Inspection, spec: SyntheticSpec, n: int = 8) -> Image.Image:
     """Real (left column) next to synthetic (right column) images, to judge the style match."""
-    w, h = insp.size
-    grid = Image.new("RGB", (2 * w + 4, n * (h + 2)), "white")
-    for i in range(min(n, len(insp.samples))):
-        grid.paste(load_image(insp.samples[i][0]).convert("RGB").resize((w, h)), (0, i * (h + 2)))
-        img, _ = synthetic.render(spec, "style-samples", i)
-        grid.paste(img.convert("RGB").resize((w, h)), (w + 4, i * (h + 2)))
+    n = min(n, len(insp.samples))
+    return side_by_side([load_image(path) for path, _ in insp.samples[:n]],
+                        [synthetic.render(spec, "style-samples", i)[0] for i in range(n)],
+                        insp.size)
+
+
+def side_by_side(left: list[Image.Image], right: list[Image.Image], size: tuple[int, int]
+                 ) -> Image.Image:
+    """Two columns of images, each resized to ``size``: real ones beside made ones."""
+    w, h = size
+    grid = Image.new("RGB", (2 * w + 4, max(len(left), len(right)) * (h + 2)), "white")
+    for x, column in ((0, left), (w + 4, right)):
+        for i, img in enumerate(column):
+            grid.paste(img.convert("RGB").resize((w, h)), (x, i * (h + 2)))
     return grid
