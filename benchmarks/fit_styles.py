@@ -26,11 +26,12 @@ many of the wrong length, the most frequent symbol confusions). Work goes to --w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import string
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from captcha_ml import fit, report
 from captcha_ml.config import DataConfig
@@ -77,20 +78,27 @@ def build(spec: SyntheticSpec, n: int, folder: Path, seed: str) -> Path:
     return synthetic.generate(folder, n, spec, seed=seed, workers=1).parent
 
 
-def _global_random_set(n: int, folder: Path, seed: str, style: dict, draw, length) -> Path:
-    """n labeled PNGs <label>_<index>.png drawn by ``draw(label)`` (a PIL image) for a
-    generator that draws from the global random module, seeded per image so that an image is
-    a pure function of (seed, index); labels from ``random.Random(seed)``, ``length(rng)``
-    symbols long."""
+def global_random_draws(n: int, seed: str, style: dict, length) -> Iterator[tuple[int, str]]:
+    """(index, label) of n images for a generator that draws from the global random module:
+    labels from ``random.Random(seed)``, ``length(rng)`` symbols long, and the global random
+    module seeded per image just before each is yielded, so that an image is a pure function
+    of (seed, index) (claptcha_cuts.py draws them again, recording what the glyphs lost)."""
     import random
 
-    folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     for i in range(n):
         label = "".join(rng.choice(style["charset"]) for _ in range(length(rng)))
+        random.seed(f"{seed}/{i}")
+        yield i, label
+
+
+def _global_random_set(n: int, folder: Path, seed: str, style: dict, draw, length) -> Path:
+    """n labeled PNGs <label>_<index>.png drawn by ``draw(label)`` (a PIL image), as
+    ``global_random_draws`` says."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, label in global_random_draws(n, seed, style, length):
         path = folder / f"{label}_{i:07d}.png"
         if not path.exists():
-            random.seed(f"{seed}/{i}")
             draw(label).save(path)
     return folder
 
@@ -116,10 +124,13 @@ CLAPTCHA = dict(charset="abcdefghijkmnpqrstuvwxyz23456789", min_len=5, max_len=7
                 height=60)
 
 
-def build_claptcha(n: int, folder: Path, seed: str) -> Path | None:
-    """n labeled PNGs from claptcha (PyPI), black on white, each glyph morphed by a random
-    quad, one morphed line, white noise 0.3, in Aldrich (a Google font that multicolorcaptcha,
-    also on PyPI, bundles): a generator and a face no session tuned fit on."""
+def claptcha_length(rng) -> int:
+    return rng.randint(CLAPTCHA["min_len"], CLAPTCHA["max_len"])
+
+
+def claptcha_class() -> tuple[type, Path] | None:
+    """claptcha's Claptcha class and the Aldrich font file multicolorcaptcha bundles, or None
+    where either package is missing (said on stdout)."""
     try:
         import multicolorcaptcha
         from claptcha import Claptcha
@@ -127,25 +138,43 @@ def build_claptcha(n: int, folder: Path, seed: str) -> Path | None:
         print("claptcha or multicolorcaptcha not installed (pip install claptcha "
               "multicolorcaptcha): style skipped")
         return None
+    return Claptcha, next(Path(multicolorcaptcha.__file__).parent.glob(
+        "fonts/**/Aldrich-Regular.ttf"))
+
+
+@contextlib.contextmanager
+def pillow_getsize() -> Iterator[None]:
+    """claptcha 0.3.3 measures text with FreeTypeFont.getsize, which Pillow 10 removed: lend
+    it the equivalent (the ink box's right and bottom) while it draws."""
     from PIL import ImageFont
 
-    font = next(Path(multicolorcaptcha.__file__).parent.glob("fonts/**/Aldrich-Regular.ttf"))
-    size = (CLAPTCHA["width"], CLAPTCHA["height"])
-
-    def draw(label: str):
-        return Claptcha(label, str(font), size=size, margin=(10, 10), noise=0.3).image[1]
-
-    # claptcha 0.3.3 measures text with FreeTypeFont.getsize, which Pillow 10 removed: lend
-    # it the equivalent (the ink box's right and bottom) while it draws.
     added = not hasattr(ImageFont.FreeTypeFont, "getsize")
     if added:
         ImageFont.FreeTypeFont.getsize = lambda self, text: self.getbbox(text)[2:]
     try:
-        return _global_random_set(n, folder, seed, CLAPTCHA, draw, lambda rng: rng.randint(
-            CLAPTCHA["min_len"], CLAPTCHA["max_len"]))
+        yield
     finally:
         if added:
             del ImageFont.FreeTypeFont.getsize
+
+
+def claptcha_drawer(cls: type, font: Path):
+    """draw(label) -> the image ``cls`` (Claptcha or a subclass) draws of it, as the style's
+    images are drawn: 180x60, margins 10, white noise 0.3."""
+    size = (CLAPTCHA["width"], CLAPTCHA["height"])
+    return lambda label: cls(label, str(font), size=size, margin=(10, 10), noise=0.3).image[1]
+
+
+def build_claptcha(n: int, folder: Path, seed: str) -> Path | None:
+    """n labeled PNGs from claptcha (PyPI), black on white, each glyph morphed by a random
+    quad, one morphed line, white noise 0.3, in Aldrich (a Google font that multicolorcaptcha,
+    also on PyPI, bundles): a generator and a face no session tuned fit on."""
+    found = claptcha_class()
+    if found is None:
+        return None
+    with pillow_getsize():
+        return _global_random_set(n, folder, seed, CLAPTCHA, claptcha_drawer(*found),
+                                  claptcha_length)
 
 
 # Solid dark glyphs, drawn with PIL alone the way PHP GD captchas are (imagettftext): a style
