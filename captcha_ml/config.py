@@ -90,7 +90,7 @@ class DataConfig:
     # in the sample's own glyph shapes, each glyph warped (its corners moved by up to
     # glyph_warp of its width). "": render data.style.
     glyphs: str = ""
-    glyph_warp: float = 0.25  # data.glyphs.WARP
+    glyph_warp: float = 0.4  # data.glyphs.WARP
     # With data.glyphs: the share of the synthetic_share part composed of glyphs; the rest is
     # rendered from data.style (`captcha-ml fit` composes all of it where it composes any).
     glyph_share: float = 1.0
