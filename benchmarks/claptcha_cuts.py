@@ -34,7 +34,7 @@ from fit_styles import CLAPTCHA
 
 
 def letter_parts(font) -> dict[str, str]:
-    """Lowercase letters of the charset with ink above the x-height ("ascender": b d h k t,
+    """Lowercase letters of the charset with ink above the x-height ("ascender": b d f h k t,
     i's dot) or below the baseline ("descender": g j p q y), as the face draws them."""
     top, base = font.getbbox("x")[1], font.getbbox("x")[3]
     parts = {}
