@@ -71,21 +71,27 @@ def recording_class(Claptcha: type) -> type:
     glyph without one)."""
 
     class Recording(Claptcha):
+        parts: dict[str, str] | None = None  # the same face and size for every image:
+        marks: dict[str, tuple[Image.Image, int]] = {}  # measured once
+
         def _writeText(self, image, text, pos):
             self.kept, self._pending = [], iter(text)
-            self._parts = letter_parts(self.font)
+            if Recording.parts is None:
+                Recording.parts = letter_parts(self.font)
             super()._writeText(image, text, pos)
 
         def _rndLetterTransform(self, image):
             c = next(self._pending)
             state = random.getstate()
             out = super()._rndLetterTransform(image)
-            if c not in self._parts:
+            if c not in self.parts:
                 self.kept.append(None)
                 return out
             after = random.getstate()
             random.setstate(state)  # the same morph, on the marked copy
-            marked, pixels = marked_glyph(self.font, c, self._parts[c])
+            if c not in self.marks:
+                self.marks[c] = marked_glyph(self.font, c, self.parts[c])
+            marked, pixels = self.marks[c]
             moved = np.array(super()._rndLetterTransform(marked))
             random.setstate(after)
             left = ((moved[..., 0] > 127) & (moved[..., 3] > 127)).sum()
@@ -101,12 +107,11 @@ def draw_recorded(n: int, seed: str) -> list[tuple[int, str, list, Image.Image]]
     if found is None:
         raise SystemExit("claptcha_cuts.py needs claptcha and multicolorcaptcha")
     cls = recording_class(found[0])
-    size = (CLAPTCHA["width"], CLAPTCHA["height"])
     drawn = []
     with fit_styles.pillow_getsize():
         for i, label in fit_styles.global_random_draws(n, seed, CLAPTCHA,
                                                        fit_styles.claptcha_length):
-            c = cls(label, str(found[1]), size=size, margin=(10, 10), noise=0.3)
+            c = fit_styles.claptcha_captcha(cls, found[1], label)
             image = c.image[1]
             drawn.append((i, label, c.kept, image))
     return drawn

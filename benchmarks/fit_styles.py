@@ -158,11 +158,11 @@ def pillow_getsize() -> Iterator[None]:
             del ImageFont.FreeTypeFont.getsize
 
 
-def claptcha_drawer(cls: type, font: Path):
-    """draw(label) -> the image ``cls`` (Claptcha or a subclass) draws of it, as the style's
-    images are drawn: 180x60, margins 10, white noise 0.3."""
+def claptcha_captcha(cls: type, font: Path, label: str):
+    """``cls`` (Claptcha or a subclass) set up to draw ``label`` as the style's images are
+    drawn: 180x60, margins 10, white noise 0.3 (its ``image`` draws it)."""
     size = (CLAPTCHA["width"], CLAPTCHA["height"])
-    return lambda label: cls(label, str(font), size=size, margin=(10, 10), noise=0.3).image[1]
+    return cls(label, str(font), size=size, margin=(10, 10), noise=0.3)
 
 
 def build_claptcha(n: int, folder: Path, seed: str) -> Path | None:
@@ -173,8 +173,8 @@ def build_claptcha(n: int, folder: Path, seed: str) -> Path | None:
     if found is None:
         return None
     with pillow_getsize():
-        return _global_random_set(n, folder, seed, CLAPTCHA, claptcha_drawer(*found),
-                                  claptcha_length)
+        draw = lambda label: claptcha_captcha(*found, label).image[1]  # noqa: E731
+        return _global_random_set(n, folder, seed, CLAPTCHA, draw, claptcha_length)
 
 
 # Solid dark glyphs, drawn with PIL alone the way PHP GD captchas are (imagettftext): a style

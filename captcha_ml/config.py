@@ -353,7 +353,7 @@ def validate(cfg: Config) -> None:
         problems.append(f"data.glyph_share={d.glyph_share}: a share, use a value in [0, 1]")
     if not 0 <= d.glyph_warp <= 0.5:
         problems.append(f"data.glyph_warp={d.glyph_warp}: use a share of a glyph's width in "
-                        "[0, 0.5], e.g. 0.25")
+                        "[0, 0.5], e.g. 0.4")
     if m.depth not in ("layer2", "layer3", "layer4"):
         problems.append(f"model.depth={m.depth!r}: use layer2, layer3 or layer4")
     if m.head not in ("linear", "lstm"):

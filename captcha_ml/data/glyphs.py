@@ -207,7 +207,6 @@ def _jitter(glyph: Image.Image, rng: random.Random, warp: float, height: int) ->
     return glyph.resize((max(MIN_WIDTH, round(w * scale)), h), Image.BILINEAR)
 
 
-
 def _background(img: Image.Image) -> int | tuple[int, ...]:
     """The median colour of an image's top and bottom rows: a strip of a captcha's text
     line is mostly glyph in the middle, mostly background at its edges."""

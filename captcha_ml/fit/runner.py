@@ -249,21 +249,19 @@ def _glyphs(pretrained: str, zero_shot: float, fine: Config, splits: dict[str, P
     from the style (fine.data.glyphs = "")."""
     import mlflow
 
-    if zero_shot >= configs.GLYPHS_BELOW:
+    def render(why: str) -> None:
         fine.data.glyphs = ""
-        note(f"glyphs: none cut; the style's pretrained model reads the real valid part at "
-             f"{zero_shot:.2f} (>= {configs.GLYPHS_BELOW:g}), so finetuning's synthetic half "
-             "is rendered from the style (data.glyphs='')")
+        note(f"glyphs: none cut{why}, so finetuning's synthetic half is rendered from the "
+             "style (data.glyphs='')")
         mlflow.log_param("fit.glyphs", "rendered")
-        return
+
+    if zero_shot >= configs.GLYPHS_BELOW:
+        return render(f"; the style's pretrained model reads the real valid part at "
+                      f"{zero_shot:.2f} (>= {configs.GLYPHS_BELOW:g})")
     try:
         bank, line = cut_bank(pretrained, splits["train"], fine.data.glyphs)
     except DataError as e:  # nothing to cut: the style is still there to render
-        fine.data.glyphs = ""
-        note(f"glyphs: none cut ({e}), so finetuning's synthetic half is rendered from the "
-             "style (data.glyphs='')")
-        mlflow.log_param("fit.glyphs", "rendered")
-        return
+        return render(f" ({e})")
     note(f"{line}: the style's pretrained model reads the real valid part at {zero_shot:.2f} "
          f"(< {configs.GLYPHS_BELOW:g})")
     mlflow.log_param("fit.glyphs", "composed")
