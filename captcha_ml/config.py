@@ -314,7 +314,8 @@ def validate(cfg: Config) -> None:
     d, m, t = cfg.data, cfg.model, cfg.train
     problems = []
     if not 1 <= d.min_len <= d.max_len:
-        problems.append(f"data.min_len={d.min_len} and data.max_len={d.max_len}: need 1 <= min <= max")
+        problems.append(f"data.min_len={d.min_len} and data.max_len={d.max_len}: "
+                        "need 1 <= min <= max")
     if d.channels not in (1, 3):
         problems.append(f"data.channels={d.channels}: use 1 (grey) or 3 (RGB)")
     if d.height < 16 or d.width < 16:
@@ -353,7 +354,7 @@ def validate(cfg: Config) -> None:
         problems.append(f"data.glyph_share={d.glyph_share}: a share, use a value in [0, 1]")
     if not 0 <= d.glyph_warp <= 0.5:
         problems.append(f"data.glyph_warp={d.glyph_warp}: use a share of a glyph's width in "
-                        "[0, 0.5], e.g. 0.4")
+                        "[0, 0.5] (beyond 0.5 its corners can cross and mirror it), e.g. 0.4")
     if m.depth not in ("layer2", "layer3", "layer4"):
         problems.append(f"model.depth={m.depth!r}: use layer2, layer3 or layer4")
     if m.head not in ("linear", "lstm"):
