@@ -30,8 +30,10 @@ from captcha_ml.data.transforms import ImageError, median_fill, load_image
 # one claptcha fit's pretrained model and steps, the synthetic half composed of its 350 real
 # images' glyphs read the 1000-image holdout at 0.897 unwarped and 0.917 warped at 0.25,
 # against 0.894 rendered from the style (session 33); at 0.4 instead of 0.25, 0.929 against
-# 0.913 (seed 0) and 0.931 against 0.923 (seed 1) (session 34; benchmarks/results/
-# fit_history.md).
+# 0.913 (seed 0) and 0.931 against 0.923 (seed 1) (session 34), and whole fits with it
+# 0.926 and 0.933; at 0.5, 0.935 and 0.924 (session 35; benchmarks/results/fit_history.md).
+# Beyond 0.5 a glyph's left and right corners can cross (a mirrored glyph): data.glyph_warp's
+# limit.
 WARP = 0.4
 BANK_FILE = "bank.json"
 GLYPHS_FILE = "glyphs.csv"
