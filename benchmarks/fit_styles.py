@@ -172,8 +172,10 @@ def build_claptcha(n: int, folder: Path, seed: str) -> Path | None:
     found = claptcha_class()
     if found is None:
         return None
+    def draw(label: str):
+        return claptcha_captcha(*found, label).image[1]
+
     with pillow_getsize():
-        draw = lambda label: claptcha_captcha(*found, label).image[1]  # noqa: E731
         return _global_random_set(n, folder, seed, CLAPTCHA, draw, claptcha_length)
 
 

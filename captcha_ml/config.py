@@ -90,7 +90,7 @@ class DataConfig:
     # in the sample's own glyph shapes, each glyph warped (its corners moved by up to
     # glyph_warp of its width). "": render data.style.
     glyphs: str = ""
-    glyph_warp: float = 0.4  # data.glyphs.WARP
+    glyph_warp: float = 0.4  # at most MAX_GLYPH_WARP; the evidence: data.glyphs.WARP
     # With data.glyphs: the share of the synthetic_share part composed of glyphs; the rest is
     # rendered from data.style (`captcha-ml fit` composes all of it where it composes any).
     glyph_share: float = 1.0
@@ -102,6 +102,12 @@ class DataConfig:
     synthetic_pool: int = 0
     skip_bad: bool = False
     num_workers: int = 2
+
+
+# data.glyph_warp's limit: a glyph's left corners move right by up to glyph_warp of its
+# width and its right corners left by as much, so beyond half its width they can cross and
+# mirror it.
+MAX_GLYPH_WARP = 0.5
 
 
 @dataclass
@@ -352,9 +358,10 @@ def validate(cfg: Config) -> None:
                         "both sources of the synthetic_share part: leave one empty")
     if not 0 <= d.glyph_share <= 1:
         problems.append(f"data.glyph_share={d.glyph_share}: a share, use a value in [0, 1]")
-    if not 0 <= d.glyph_warp <= 0.5:
+    if not 0 <= d.glyph_warp <= MAX_GLYPH_WARP:
         problems.append(f"data.glyph_warp={d.glyph_warp}: use a share of a glyph's width in "
-                        "[0, 0.5] (beyond 0.5 its corners can cross and mirror it), e.g. 0.4")
+                        f"[0, {MAX_GLYPH_WARP:g}] (beyond {MAX_GLYPH_WARP:g} its corners can "
+                        f"cross and mirror it), e.g. {DataConfig.glyph_warp:g}")
     if m.depth not in ("layer2", "layer3", "layer4"):
         problems.append(f"model.depth={m.depth!r}: use layer2, layer3 or layer4")
     if m.head not in ("linear", "lstm"):

@@ -23,6 +23,7 @@ from typing import Iterable
 from PIL import Image
 
 from captcha_ml import files
+from captcha_ml.config import DataConfig
 from captcha_ml.data.real import DataError, read_manifest, write_manifest
 from captcha_ml.data.transforms import ImageError, median_fill, load_image
 
@@ -32,9 +33,8 @@ from captcha_ml.data.transforms import ImageError, median_fill, load_image
 # against 0.894 rendered from the style (session 33); at 0.4 instead of 0.25, 0.929 against
 # 0.913 (seed 0) and 0.931 against 0.923 (seed 1) (session 34), and whole fits with it
 # 0.926 and 0.933; at 0.5, 0.935 and 0.924 (session 35; benchmarks/results/fit_history.md).
-# Beyond 0.5 a glyph's left and right corners can cross (a mirrored glyph): data.glyph_warp's
-# limit.
-WARP = 0.4
+# The value is data.glyph_warp's default (its limit: config.MAX_GLYPH_WARP).
+WARP = DataConfig.glyph_warp
 BANK_FILE = "bank.json"
 GLYPHS_FILE = "glyphs.csv"
 MIN_WIDTH = 3  # narrower cuts (a symbol squeezed by its neighbours' spans) are not kept
