@@ -611,6 +611,7 @@ def _finish(loop: Loop) -> dict[str, Any]:
     best = loop.out / "best.pt"
     result = {"best_checkpoint": str(best), "best_step": p.best_step, "steps": p.step,
               "val": next((h for h in p.history if h["step"] == p.best_step), {}),
+              "history": list(p.history),
               "run_id": loop.tracker.run_id if loop.tracker else None}
     acc.wait_for_everyone()
     if loop.tracker:

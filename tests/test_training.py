@@ -130,6 +130,8 @@ def test_select_decides_which_validated_weights_are_the_model(tmp_path, monkeypa
     result = engine.train(tiny_config(tmp_path, "train.max_steps=3", "train.eval_every=1",
                                       f"train.select={select}", "tracking.log_model=false"))
     assert result["best_step"] == kept and result["val"]["step"] == kept
+    assert [(h["step"], h["seq_acc"]) for h in result["history"]] == [(1, 0.9), (2, 0.5),
+                                                                       (3, 0.1)]
     assert checkpoint.load_payload(result["best_checkpoint"])["step"] == kept
     assert checkpoint.load_payload(tmp_path / "out" / "last.pt")["step"] == 3
     with pytest.raises(ConfigError, match="train.select='first'"):

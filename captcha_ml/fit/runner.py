@@ -28,9 +28,10 @@ from .. import checkpoint, config, files
 from ..config import Config
 from ..data import synthetic
 from ..data.datasets import available_cores
-from ..data.real import DataError
+from ..data.real import DataError, read_manifest
 from ..data.synthetic import SyntheticSpec
 from . import budget
+from .advice import advice, confusion_line
 from .bank import SAMPLES_FILE, cut_bank
 from .budget import (DEFAULT_BUDGET_MINUTES, FALLBACK_IMAGES_PER_S, FINAL_RESERVE_S,
                      FINETUNE_MAX_HEIGHT, POOL_REUSE, PRECISIONS, Probe, input_cost,
@@ -411,7 +412,8 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
         reg = _register(result["finetune"]["run_id"], name, note)
         minutes = (time.perf_counter() - start) / 60
         mlflow.log_metric("fit/minutes", minutes)
-        summary = _summary(result, reg, minutes, out, parent.info.run_id)
+        summary = _summary(result, reg, minutes, out, parent.info.run_id,
+                           len(read_manifest(splits["train"]).samples))
         for line in summary:
             note(line)
         files.write_text(out / "fit_report.txt", "\n".join(note.lines) + "\n")
@@ -424,25 +426,16 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
                         "test": result["test"].get("run_id")}, "inspection": insp.summary()}
 
 
-def confusion_line(test: dict[str, Any], top: int = 6) -> str:
-    """The test's most frequent misread symbols, where to look or label more examples."""
-    pairs = [f"{c['true']}->{c['pred']} x{c['count']}" for c in test.get("confusions", [])[:top]]
-    if not pairs:
-        return "test misreads: none of equal length (no symbol confusions to list)"
-    return ("test misreads, true->read: " + ", ".join(pairs)
-            + " (label more examples with these symbols; every misread is in the test run's "
-            "test_report.json)")
-
-
 def _summary(result: dict[str, Any], reg: dict[str, Any], minutes: float, out: Path,
-             parent_id: str) -> list[str]:
-    t, z = result["test"]["metrics"], result["zero_shot"]
+             parent_id: str, train_images: int) -> list[str]:
+    t, z, fine = result["test"]["metrics"], result["zero_shot"], result["finetune"]
     return ["--- fit summary ---",
             f"test: seq_acc {t['seq_acc']:.4f}  char_acc {t['char_acc']:.4f}  cer {t['cer']:.4f} "
             f"({int(t['count'])} images); zero-shot valid seq_acc {z['seq_acc']:.4f}",
             confusion_line(result["test"]),
+            *advice(t["seq_acc"], fine.get("history", []), train_images, fine["best_step"]),
             f"time: {minutes:.1f} min (pretrain {result['times']['pretrain'] / 60:.1f}, "
             f"finetune {result['times']['finetune'] / 60:.1f})",
-            f"model: {result['finetune']['best_checkpoint']}; registered "
+            f"model: {fine['best_checkpoint']}; registered "
             f"models:/{reg['name']}/{reg['version']}",
             f"MLflow parent run {parent_id}; files in {out}"]
