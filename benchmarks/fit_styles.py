@@ -11,7 +11,9 @@ wheezy.captcha; not a project dependency, skipped when missing); `ink` is drawn 
 as PHP GD captchas are (solid dark glyphs in their own colours, STIX serif and DejaVu Sans Mono
 Bold, lines and dots, lowercase and digits of length 4-6, 160x60); `claptcha` from a third
 generator on PyPI in a face fit's mix lacks (pip install claptcha multicolorcaptcha; skipped
-when missing: `build_claptcha`); `alnum62`, `lower4to7` (and
+when missing: `build_claptcha`); `multicolor` from a fourth (pip install multicolorcaptcha:
+four digits in 44 faces, each in its own coloured cell, rotated and crossed by lines of its
+colour, 256x64); `alnum62`, `lower4to7` (and
 `digits4`) from captcha_ml's generator with fonts, colours, noise, sizes, charsets and lengths
 unlike captcha_images_v2; `v2` is captcha_images_v2 (--real-data): fit reads N of its 1040
 images (a seeded choice), the holdout is the others (540 for N = 500).
@@ -179,6 +181,38 @@ def build_claptcha(n: int, folder: Path, seed: str) -> Path | None:
         return _global_random_set(n, folder, seed, CLAPTCHA, draw, claptcha_length)
 
 
+# Digits, four to an image, as multicolorcaptcha (PyPI; the generator of Telegram's join-captcha
+# bot) draws them at its smallest size without margins: 256x64.
+MULTICOLOR = dict(charset="0123456789", min_len=4, max_len=4, width=256, height=64)
+
+
+def build_multicolor(n: int, folder: Path, seed: str) -> Path | None:
+    """n labeled PNGs from multicolorcaptcha at its default difficulty: each digit in its own
+    square cell, in one of 44 faces (scripts, outlines, pixel and digital faces among them),
+    rotated up to 55 degrees, crossed by two lines of its own colour; horizontal lines and
+    circles over all; one background, or (half the images) one per cell. The generator draws
+    the digits itself from the global random module, seeded per image, so an image and its
+    label are a pure function of (seed, index)."""
+    try:
+        from multicolorcaptcha import CaptchaGenerator
+    except ImportError:
+        print("multicolorcaptcha not installed (pip install multicolorcaptcha): style skipped")
+        return None
+    import random
+
+    generator = CaptchaGenerator(0)
+    generator.l_fonts.sort()  # listed in the file system's order: the same faces everywhere
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        if next(folder.glob(f"*_{i:07d}.png"), None) is not None:
+            continue
+        random.seed(f"{seed}/{i}")
+        drawn = generator.gen_captcha_image(difficult_level=2, chars_mode="nums",
+                                            multicolor=random.random() < 0.5, margin=False)
+        drawn.image.convert("RGB").save(folder / f"{drawn.characters}_{i:07d}.png")
+    return folder
+
+
 # Solid dark glyphs, drawn with PIL alone the way PHP GD captchas are (imagettftext): a style
 # whose ink is as dark as its colour, which neither captcha library draws (both mask a glyph
 # by its brightness, so dark ink comes out pale). Lowercase and digits without look-alikes.
@@ -246,7 +280,7 @@ def build_real(source: Path, n: int, folder: Path, seed: str, skip: int = 0) -> 
 
 # The styles drawn by other generators: (charset, lengths and size; the builder).
 BUILDERS = {"wheezy": (WHEEZY, build_wheezy), "ink": (INK, build_ink),
-            "claptcha": (CLAPTCHA, build_claptcha)}
+            "claptcha": (CLAPTCHA, build_claptcha), "multicolor": (MULTICOLOR, build_multicolor)}
 
 
 def make_data(name: str, n: int, folder: Path, seed: str, real: Path | None = None,
