@@ -724,6 +724,26 @@ def test_advice_names_overfitting_from_the_validation_loss():
     assert fit.overfit(_history(late)) is None
 
 
+def test_summary_carries_the_advice(tmp_path):
+    """The printed summary (fit_report.txt) has the advice line after the misreads."""
+    from captcha_ml.fit import runner
+
+    def summary(seq_acc, points):
+        test = {"metrics": {"seq_acc": seq_acc, "char_acc": 0.5, "cer": 0.5, "count": 75},
+                "confusions": [{"true": "1", "pred": "7", "count": 15}]}
+        result = {"test": test, "zero_shot": {"seq_acc": 0.0},
+                  "finetune": {"history": _history(points), "best_step": 3768,
+                               "best_checkpoint": "best.pt"},
+                  "times": {"pretrain": 120.0, "finetune": 876.0}}
+        return runner._summary(result, {"name": "captcha-x", "version": 1}, 17.4, tmp_path,
+                               "run", train_images=350)
+
+    lines = summary(0.04, OVERFIT)
+    assert lines[3].startswith("advice: finetuning overfit its 350 training images")
+    assert lines[2].startswith("test misreads") and lines[4].startswith("time: 17.4 min")
+    assert not any(line.startswith("advice") for line in summary(0.95, HEALTHY))
+
+
 def test_budget_finetune_gets_the_time_pretraining_left(tmp_path, monkeypatch):
     """With a budget (no --max-steps), finetuning is re-planned from the time actually left at
     the rate pretraining ran; fit.yaml and the parent run record the steps that ran."""
