@@ -29,7 +29,8 @@ from .style import (TextLayout, calibrate, derive_style, sample_stats, style_sam
                     symbol_share, text_layout)
 
 __all__ = [
-    "DEFAULT_BUDGET_MINUTES", "OVERFIT_RISE", "advice", "overfit", "FINETUNE_AUGMENT_LINES", "FINETUNE_AUGMENT_STRENGTH",
+    "DEFAULT_BUDGET_MINUTES", "FINETUNE_AUGMENT_LINES", "FINETUNE_AUGMENT_STRENGTH",
+    "OVERFIT_RISE", "advice", "overfit",
     "FINETUNE_MAX_HEIGHT", "FINETUNE_SYNTHETIC_SHARE", "FontMatch", "MATCH_LEAD",
     "MATCH_SHARE", "PRECISIONS", "PRETRAIN_EVALS", "PRETRAIN_PATIENCE", "PRETRAIN_RECORD",
     "Inspection", "Likeness", "Plan", "Probe", "build_configs", "calibrate", "confusion_line",
