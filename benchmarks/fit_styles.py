@@ -181,8 +181,9 @@ def build_claptcha(n: int, folder: Path, seed: str) -> Path | None:
         return _global_random_set(n, folder, seed, CLAPTCHA, draw, claptcha_length)
 
 
-# Digits, four to an image, as multicolorcaptcha (PyPI; the generator of Telegram's join-captcha
-# bot) draws them at its smallest size without margins: 256x64.
+# Digits, four to an image, as multicolorcaptcha (PyPI; the generator of TLG_JoinCaptchaBot, a
+# Telegram bot that tests new group members) draws them at its smallest size without margins:
+# 256x64.
 MULTICOLOR = dict(charset="0123456789", min_len=4, max_len=4, width=256, height=64)
 
 
