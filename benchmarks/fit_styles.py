@@ -204,8 +204,10 @@ def build_multicolor(n: int, folder: Path, seed: str) -> Path | None:
     generator = CaptchaGenerator(0)
     generator.l_fonts.sort()  # listed in the file system's order: the same faces everywhere
     folder.mkdir(parents=True, exist_ok=True)
+    # The label is drawn with the image, so a written image is found by its index alone.
+    written = {p.stem.rpartition("_")[2] for p in folder.glob("*.png")}
     for i in range(n):
-        if next(folder.glob(f"*_{i:07d}.png"), None) is not None:
+        if f"{i:07d}" in written:
             continue
         random.seed(f"{seed}/{i}")
         drawn = generator.gen_captcha_image(difficult_level=2, chars_mode="nums",

@@ -37,12 +37,11 @@ def confusion_line(test: dict[str, Any], top: int = 6) -> str:
 def overfit(history: Sequence[dict[str, float]]) -> tuple[dict, dict, int] | None:
     """(the first half's lowest-loss validation, the second half's, the last step) where the
     second half's lowest loss is OVERFIT_RISE times the first half's or more; else None."""
-    checks = [h for h in history if "loss" in h and "step" in h]
-    if len(checks) < MIN_VALIDATIONS:
+    if len(history) < MIN_VALIDATIONS:
         return None
-    last = checks[-1]["step"]
-    early = [h for h in checks if h["step"] <= last / 2]
-    late = [h for h in checks if h["step"] > last / 2]
+    last = history[-1]["step"]
+    early = [h for h in history if h["step"] <= last / 2]
+    late = [h for h in history if h["step"] > last / 2]
     if not early or not late:
         return None
     low_early = min(early, key=lambda h: h["loss"])

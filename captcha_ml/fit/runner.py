@@ -433,7 +433,7 @@ def _summary(result: dict[str, Any], reg: dict[str, Any], minutes: float, out: P
             f"test: seq_acc {t['seq_acc']:.4f}  char_acc {t['char_acc']:.4f}  cer {t['cer']:.4f} "
             f"({int(t['count'])} images); zero-shot valid seq_acc {z['seq_acc']:.4f}",
             confusion_line(result["test"]),
-            *advice(t["seq_acc"], fine.get("history", []), train_images, fine["best_step"]),
+            *advice(t["seq_acc"], fine["history"], train_images, fine["best_step"]),
             f"time: {minutes:.1f} min (pretrain {result['times']['pretrain'] / 60:.1f}, "
             f"finetune {result['times']['finetune'] / 60:.1f})",
             f"model: {fine['best_checkpoint']}; registered "
