@@ -22,7 +22,8 @@ model before finetuning), test seq acc (fit's own 15% test part: 75 images), cha
 seq acc and its image count (--holdout new images of the style from another seed, read after
 the timed fit: the less noisy number), minutes; then each holdout's misreads (how many, how
 many of the wrong length, the most frequent symbol confusions). Work goes to --work (default
-/tmp/fit_styles).
+/tmp/fit_styles). --own-fonts passes fit the font files each generator draws in (`--fonts`),
+as a user who knows their site's faces would.
 """
 
 from __future__ import annotations
@@ -286,6 +287,23 @@ BUILDERS = {"wheezy": (WHEEZY, build_wheezy), "ink": (INK, build_ink),
             "claptcha": (CLAPTCHA, build_claptcha), "multicolor": (MULTICOLOR, build_multicolor)}
 
 
+def own_fonts(name: str) -> tuple[str, ...]:
+    """The font files the style's generator draws in (what fit --fonts gets with --own-fonts:
+    a user who knows their site's faces); () where they are not known (v2, a real set)."""
+    if name == "wheezy":
+        return (_font("DejaVuSans-Bold.ttf"), _font("DejaVuSerif.ttf"))
+    if name == "ink":
+        return (_font("STIXGeneralBol.ttf"), _font("DejaVuSansMono-Bold.ttf"))
+    if name == "claptcha":
+        found = claptcha_class()
+        return (str(found[1]),) if found else ()
+    if name == "multicolor":
+        from multicolorcaptcha import CaptchaGenerator
+
+        return tuple(sorted(CaptchaGenerator(0).l_fonts))
+    return styles()[name].font_files if name in styles() else ()
+
+
 def make_data(name: str, n: int, folder: Path, seed: str, real: Path | None = None,
               skip: int = 0) -> tuple[SyntheticSpec, Path | None]:
     """The style's spec (for the table) and a folder of n labeled images of it."""
@@ -367,6 +385,8 @@ def main() -> None:
                     help="fit --no-font-match: the synthetic glyphs in the font mix only.")
     ap.add_argument("--no-likeness", dest="likeness", action="store_false",
                     help="fit --no-likeness: the style's noise and rotation not tuned.")
+    ap.add_argument("--own-fonts", action="store_true",
+                    help="fit --fonts with the font files the style's generator draws in.")
     ap.add_argument("--holdout", type=int, default=1000,
                     help="Also read this many new images of each style (0: skip).")
     args = ap.parse_args()
@@ -378,11 +398,14 @@ def main() -> None:
                                  f"bench{args.seed}/{name}", args.real_data)
         if folder is None:
             continue
+        fonts = own_fonts(name) if args.own_fonts else ()
+        if args.own_fonts and not fonts:
+            print(f"{name}: its generator's faces are not known; fit matches its own")
         start = time.perf_counter()
         r = fit.run(folder, args.work / "fit" / name, budget_minutes=args.budget_minutes,
                     match_stroke=args.match_stroke, universal=args.universal,
                     font_match=args.font_match, likeness=args.likeness,
-                    name=f"bench-{name}", tracking_uri=uri, seed=args.seed)
+                    name=f"bench-{name}", tracking_uri=uri, seed=args.seed, fonts=fonts)
         minutes = (time.perf_counter() - start) / 60
         t = r["test"]
         lens = f"{spec.min_len}" if spec.min_len == spec.max_len else f"{spec.min_len}-{spec.max_len}"

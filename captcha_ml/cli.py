@@ -319,6 +319,10 @@ def fit(
     font_match: bool = typer.Option(True, help="Where one bundled face clearly draws the "
                                     "sample's glyphs, half the synthetic glyphs are drawn in "
                                     "it (--no-font-match: the font mix only)."),
+    fonts: list[Path] = typer.Option([], "--fonts", help="A font file (.ttf, .otf, .ttc) or a "
+                                     "folder of them that your captchas are drawn in "
+                                     "(repeatable): they draw half the synthetic glyphs or "
+                                     "more, fit's mix the rest, instead of --font-match."),
     likeness: bool = typer.Option(True, help="Tune the synthetic style's curve width, specks, "
                                   "rotation and glyph warp to look most like the sample to the "
                                   "universal model (--no-likeness: fit's broad defaults)."),
@@ -333,4 +337,5 @@ def fit(
     fitting.run(data, out, not case_insensitive, budget_minutes,
                 str(config_path) if config_path else None, name, max_steps, tracking_uri, seed,
                 skip_bad, reuse_pretrain, precision, say=typer.echo, match_stroke=match_stroke,
-                universal=universal, font_match=font_match, likeness=likeness, glyphs=glyphs)
+                universal=universal, font_match=font_match, likeness=likeness, glyphs=glyphs,
+                fonts=tuple(fonts))

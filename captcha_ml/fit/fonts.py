@@ -17,6 +17,11 @@ glyphs and the mix the rest; otherwise the mix stays as it is (a face nobody bun
 the derived style draws too unlike the sample to compare). The lead over the field, not over
 the runner-up: a sample's face often has a near twin among the candidates (DejaVu Sans Mono
 and Droid Sans Mono; DejaVu Serif and STIX), which shrinks the runner-up margin by chance.
+
+A user who knows the faces their site draws in names them instead (`captcha-ml fit --fonts`):
+`usable_fonts` checks that each file loads and holds a glyph for every symbol the style
+draws, and `use_given_fonts` lets them draw MATCH_SHARE or more of the glyphs, as a matched face
+would, in place of the comparison.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import synthetic
+from ..data.real import DataError
 from ..data.synthetic import SyntheticSpec
 from ..data.transforms import load_image
 from ..data.universal import UNIVERSAL_FONTS
@@ -118,6 +124,73 @@ def rank_fonts(insp: Inspection, spec: SyntheticSpec, model_path: str | Path, se
         scores.append((face, float(np.mean(sims)) if sims else 0.0))
     scores.sort(key=lambda fs: -fs[1])
     return FontMatch(scores)
+
+
+FONT_SUFFIXES = (".ttf", ".otf", ".ttc")
+
+
+def given_fonts(paths: list[str | Path] | tuple[str | Path, ...]) -> tuple[Path, ...]:
+    """The font files PATHS name (a file, or a folder searched for FONT_SUFFIXES at any depth,
+    sorted), each once. Raises DataError, naming the path and the fix, for a path that does
+    not exist or a folder without fonts: fit checks this before any work."""
+    found: list[Path] = []
+    for given in paths:
+        path = Path(given).expanduser()
+        if path.is_dir():
+            inside = sorted(f for f in path.rglob("*") if f.suffix.lower() in FONT_SUFFIXES
+                            and f.is_file())
+            if not inside:
+                raise DataError(f"--fonts {given}: the folder holds no font files "
+                                f"({', '.join(FONT_SUFFIXES)}); give font files or their folder")
+            found += inside
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise DataError(f"--fonts {given}: no such file or folder; give a font file "
+                            f"({', '.join(FONT_SUFFIXES)}) or a folder of them")
+    return tuple(dict.fromkeys(p.resolve() for p in found))
+
+
+def usable_fonts(files: tuple[Path, ...], symbols: str) -> tuple[tuple[str, ...], list[str]]:
+    """The FILES that load and hold a glyph for every one of SYMBOLS (as paths), and a line
+    for each file skipped, saying why. Raises DataError where none is usable."""
+    from fontTools.ttLib import TTFont
+    from PIL import ImageFont
+
+    usable, skipped = [], []
+    for path in files:
+        try:
+            ImageFont.truetype(str(path), 20)
+            with TTFont(str(path), fontNumber=0, lazy=True) as face:
+                cmap = face.getBestCmap() or {}
+        except Exception as e:  # noqa: BLE001 - any unreadable file is skipped, and said so
+            skipped.append(f"{path}: not a font PIL and fontTools can read "
+                           f"({type(e).__name__}: {e})")
+            continue
+        missing = "".join(c for c in dict.fromkeys(symbols) if ord(c) not in cmap)
+        if missing:
+            skipped.append(f"{path}: no glyph for {missing!r}")
+            continue
+        usable.append(str(path))
+    if not usable:
+        raise DataError(f"--fonts: none of the {len(files)} font files given draws every symbol "
+                        f"the synthetic captchas need ({symbols!r}): {'; '.join(skipped)}; give "
+                        "faces that do, or leave --fonts out to use fit's own")
+    return tuple(usable), [f"fonts: skipping {line}" for line in skipped]
+
+
+def use_given_fonts(spec: SyntheticSpec, faces: tuple[str, ...]) -> tuple[SyntheticSpec, str]:
+    """The spec with FACES drawing MATCH_SHARE or more of its glyphs (each face equally), the
+    derived mix the rest, and the line fit prints."""
+    mix = spec.font_files
+    weight = max(1, round(len(mix) * MATCH_SHARE / (1 - MATCH_SHARE) / len(faces)))
+    fonts = mix + tuple(face for face in faces for _ in range(weight))
+    share = sum(f in faces for f in fonts) / len(fonts)
+    named = ", ".join(Path(f).name for f in faces[:6]) + (
+        f" and {len(faces) - 6} more" if len(faces) > 6 else "")
+    return replace(spec, fonts=fonts), (
+        f"fonts: yours ({named}) draw {share:.0%} of the glyphs, the mix the rest (--fonts; "
+        "no faces compared)")
 
 
 def match_fonts(insp: Inspection, spec: SyntheticSpec, model_path: str | Path | None,

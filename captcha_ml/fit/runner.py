@@ -40,7 +40,7 @@ from . import configs
 from .configs import (FINETUNE_AUGMENT_STRENGTH, FINETUNE_SYNTHETIC_SHARE, UNIVERSAL_WEIGHTS,
                       adopt_style, build_configs, override_precision, read_fit_yaml, repoint,
                       universal_start, write_fit_yaml)
-from .fonts import match_fonts
+from .fonts import given_fonts, match_fonts, usable_fonts, use_given_fonts
 from .likeness import tune_style
 from .reuse import PRETRAIN_RECORD, reusable_pretraining, write_pretrain_record
 from .sample import Inspection, inspect, inspection_notes, make_split, split_sizes
@@ -283,11 +283,12 @@ def _register(fine_run_id: str, name: str, note: _Notes) -> dict[str, Any]:
 
 def _prepare(data: str | Path, out: Path, case_sensitive: bool, skip_bad: bool,
              keep_style: bool, seed: int, note: _Notes, match_stroke: bool = False,
-             font_match: bool = True, likeness: bool = True
+             font_match: bool = True, likeness: bool = True, fonts: tuple[Path, ...] = ()
              ) -> tuple[Inspection, dict[str, Path], SyntheticSpec, TextLayout, dict[str, Any]]:
     """Steps 1, 3, 4: inspect, split, derive (or keep, with --config) the style, match its
-    fonts and tune its noise; also where the text lies (for the model input), and the font
-    match's and the tuning's summaries (under "fonts" and "likeness")."""
+    fonts (or draw in the FONTS given) and tune its noise; also where the text lies (for the
+    model input), and the font match's and the tuning's summaries (under "fonts" and
+    "likeness")."""
     insp = inspect(data, case_sensitive, skip_bad)
     for line in inspection_notes(insp):
         note(line)
@@ -304,10 +305,18 @@ def _prepare(data: str | Path, out: Path, case_sensitive: bool, skip_bad: bool,
     if keep_style and style_file.exists():
         note(f"style: keeping {style_file} (it may hold your edits)")
     else:
-        if font_match:
-            spec, fonts, line = match_fonts(insp, spec, universal_start(), seed)
+        if fonts:
+            symbols = spec.charset + (spec.charset.swapcase() if spec.mixed_case else "")
+            faces, skipped = usable_fonts(fonts, symbols)
+            for line in skipped:
+                note(line)
+            spec, line = use_given_fonts(spec, faces)
             note(line)
-            found["fonts"] = fonts.summary() if fonts else {}
+            found["fonts_given"] = {"files": list(faces)}  # fit.yaml; params name the faces
+        elif font_match:
+            spec, ranked, line = match_fonts(insp, spec, universal_start(), seed)
+            note(line)
+            found["fonts"] = ranked.summary() if ranked else {}
         if likeness:
             spec, alike, line = tune_style(insp, spec, universal_start(), seed)
             note(line)
@@ -348,8 +357,10 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
         name: str = "", max_steps: int = 0, tracking_uri: str = "", seed: int = 0,
         skip_bad: bool = False, reuse_pretrain: bool = True, precision: str = "auto",
         say=print, match_stroke: bool = False, universal: bool = True,
-        font_match: bool = True, likeness: bool = True, glyphs: bool = True) -> dict[str, Any]:
-    """The whole fit (see the module docstring); returns metrics, run ids, files and times."""
+        font_match: bool = True, likeness: bool = True, glyphs: bool = True,
+        fonts: tuple[str | Path, ...] = ()) -> dict[str, Any]:
+    """The whole fit (see the module docstring); returns metrics, run ids, files and times.
+    FONTS: font files or folders of them that draw the synthetic glyphs (see fonts.py)."""
     import mlflow
 
     from .. import tracking
@@ -362,6 +373,10 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
     tracking.check_reachable(tracking_uri)  # --config's own URI is checked once it is read
     if not Path(data).exists():  # before OUT is made
         raise DataError(f"{data}: no such folder or manifest; check the path")
+    if fonts and config_path:
+        raise config.ConfigError("--fonts applies to a fresh fit; with --config the style is "
+                                 "OUT/style.yaml's: list the font files under its `fonts`")
+    font_files = given_fonts(fonts) if fonts else ()
     out.mkdir(parents=True, exist_ok=True)
     note = _Notes(say)
     if config_path:
@@ -374,7 +389,7 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
                  f"{out / 'fit.yaml'}")
     insp, splits, spec, layout, found = _prepare(
         data, out, case_sensitive, skip_bad, bool(config_path), seed, note, match_stroke,
-        font_match, likeness)
+        font_match, likeness, font_files)
     pre, fine, info = _configs(insp, out, spec, splits, budget_minutes, config_path, max_steps,
                                seed, precision, note, layout, universal, glyphs)
     if not glyphs:  # a --config rerun too
@@ -382,6 +397,8 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
     fonts_found = found.get("fonts")
     if fonts_found:  # fit.yaml keeps every face's score; the parent run the face chosen
         info["font_match"], info["font_scores"] = fonts_found["chosen"], fonts_found
+    if found.get("fonts_given"):
+        info["fonts_given"] = found["fonts_given"]
     if found.get("likeness"):  # fit.yaml keeps every distance measured
         info["likeness"] = found["likeness"]
     for cfg in (pre, fine):
