@@ -465,6 +465,92 @@ def test_font_match_finds_the_face_that_drew_the_sample(tmp_path):
     assert same == spec and found is None and "not matched" in line
 
 
+def _digits_only_font(src: str, dest: Path) -> Path:
+    """A copy of the face SRC that holds glyphs for the digits alone (as a site's font may)."""
+    from fontTools import subset
+
+    options = subset.Options()
+    face = subset.load_font(src, options)
+    sub = subset.Subsetter(options)
+    sub.populate(text=DIGITS)
+    sub.subset(face)
+    subset.save_font(face, str(dest), options)
+    return dest
+
+
+def test_given_fonts_are_checked_and_draw_half_the_glyphs(tmp_path):
+    """--fonts: font files and folders (searched at any depth) are expanded and checked; a file
+    that does not load or lacks a symbol is skipped with its reason; what is left draws half
+    the synthetic glyphs or more, each face equally, fit's mix the rest."""
+    faces = tmp_path / "site fonts"
+    (faces / "bold").mkdir(parents=True)
+    sans = shutil.copyfile(synthetic.font_path("DejaVuSans.ttf"), faces / "bold" / "Site.TTF")
+    digits = _digits_only_font(synthetic.font_path("DejaVuSerif.ttf"), faces / "digits.ttf")
+    (faces / "broken.otf").write_bytes(b"not a font")
+    (faces / "readme.txt").write_text("fonts of the site")
+    files = fit.fonts.given_fonts([faces, sans])  # the file named again is listed once
+    assert files == (faces / "bold" / "Site.TTF", faces / "broken.otf", digits)
+    usable, skipped = fit.fonts.usable_fonts(files, DIGITS)
+    assert usable == (str(sans), str(digits))
+    assert len(skipped) == 1 and "broken.otf: not a font" in skipped[0]
+    usable, skipped = fit.fonts.usable_fonts(files, DIGITS + "aB")
+    assert usable == (str(sans),) and "digits.ttf: no glyph for 'aB'" in skipped[1]
+    with pytest.raises(DataError, match="none of the 2 font files.*no glyph for 'x'"):
+        fit.fonts.usable_fonts((faces / "broken.otf", digits), "x1")
+    with pytest.raises(DataError, match="no such file or folder"):
+        fit.fonts.given_fonts([tmp_path / "missing.ttf"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no font files"):
+        fit.fonts.given_fonts([tmp_path / "empty"])
+    spec = SyntheticSpec(style="captcha", width=160, height=60, charset=DIGITS, min_len=4,
+                         max_len=4, fonts=tuple(synthetic.font_path(f) for f in fit.style.FONT_MIX))
+    for given in ((str(digits),), (str(sans), str(digits)),
+                  tuple(f"/fonts/face{i}.ttf" for i in range(4))):
+        drawn, line = fit.fonts.use_given_fonts(spec, given)
+        assert drawn.fonts[:len(spec.fonts)] == spec.fonts  # the mix stays, after it the faces
+        share = sum(f in given for f in drawn.fonts) / len(drawn.fonts)
+        assert share >= fit.MATCH_SHARE and f"draw {share:.0%} of the glyphs" in line
+        assert {drawn.fonts.count(f) for f in given} == {drawn.fonts.count(given[0])}
+    many = tuple(f"/fonts/face{i}.ttf" for i in range(44))  # more faces than the mix: once each
+    drawn, line = fit.fonts.use_given_fonts(spec, many)
+    assert drawn.fonts == spec.fonts + many and "face5.ttf and 38 more" in line
+    # The synthetic glyphs are drawn in a given face.
+    image, label = synthetic.render(replace(spec, fonts=(str(digits),)), 0, 0)
+    assert image.size == (160, 60) and len(label) == 4
+
+
+@pytest.mark.slow
+def test_fit_with_given_fonts(tmp_path, monkeypatch):
+    """fit --fonts: no faces compared; the style file lists the given face after the mix,
+    fit.yaml the files given; --fonts with --config and a missing font stop before any work."""
+    monkeypatch.chdir(tmp_path)
+    spec = synthetic.preset("captcha", charset=DIGITS, min_len=4, max_len=4, width=96, height=32)
+    synthetic.generate(tmp_path / "data", 60, spec, seed="fonts", workers=1)
+    face = _digits_only_font(synthetic.font_path("DejaVuSerif.ttf"), tmp_path / "site.ttf")
+
+    def no_ranking(*args, **kwargs):
+        raise AssertionError("faces compared although the user named them")
+
+    monkeypatch.setattr(fit.runner, "match_fonts", no_ranking)
+    lines: list[str] = []
+    fit.run(tmp_path / "data", tmp_path / "out", max_steps=1, tracking_uri="sqlite:///m.db",
+            say=lines.append, universal=False, likeness=False, fonts=(str(face),))
+    assert f"fonts: yours (site.ttf) draw 50% of the glyphs, the mix the rest" in "\n".join(lines)
+    style = yaml.safe_load((tmp_path / "out" / "style.yaml").read_text())
+    assert style["fonts"] == list(fit.style.FONT_MIX) + [str(face)] * len(fit.style.FONT_MIX)
+    fit_yaml = yaml.safe_load((tmp_path / "out" / "fit.yaml").read_text())
+    assert fit_yaml["fit"]["fonts_given"] == {"files": [str(face)]}
+    runner = CliRunner()
+    result = runner.invoke(app, ["fit", str(tmp_path / "data"), "--out", str(tmp_path / "o2"),
+                                 "--fonts", str(face), "--config",
+                                 str(tmp_path / "out" / "fit.yaml")])
+    assert result.exit_code != 0 and "--fonts applies to a fresh fit" in result.output
+    result = runner.invoke(app, ["fit", str(tmp_path / "data"), "--out", str(tmp_path / "o3"),
+                                 "--fonts", str(tmp_path / "nope.ttf")])
+    assert result.exit_code != 0 and "nope.ttf: no such file or folder" in result.output
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+
+
 def test_likeness_tunes_the_noise_towards_the_sample(tmp_path):
     """Renders of the sample's own generator are nearer the sample, to the universal model,
     than renders with other noise; tuning picks the generator's curve width and specks from

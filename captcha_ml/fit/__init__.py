@@ -4,7 +4,8 @@ One module per step, in the order the command runs them (`runner.run` chains the
 
   sample   read and check the labeled images (charset, lengths, sizes, label noise); split
   style    derive a synthetic style from the sample's pixels and calibrate it
-  fonts    lean the style on the bundled face that draws the sample's glyphs, if one clearly does
+  fonts    lean the style on the bundled face that draws the sample's glyphs, if one clearly does,
+           or on the faces the user names (--fonts)
   likeness tune the style's unmeasured noise and rotation to look most like the sample
   budget   model input sizes; probe the machine's speed and precision; split the wall time
   configs  the pretrain and finetune configs, and OUT/fit.yaml (written, edited, read back)
