@@ -522,7 +522,8 @@ def test_given_fonts_are_checked_and_draw_half_the_glyphs(tmp_path):
 @pytest.mark.slow
 def test_fit_with_given_fonts(tmp_path, monkeypatch):
     """fit --fonts: no faces compared; the style file lists the given face after the mix,
-    fit.yaml the files given; --fonts with --config and a missing font stop before any work."""
+    fit.yaml the files given, the parent run a copy; --fonts with --config and a missing font
+    stop before any work."""
     monkeypatch.chdir(tmp_path)
     spec = synthetic.preset("captcha", charset=DIGITS, min_len=4, max_len=4, width=96, height=32)
     synthetic.generate(tmp_path / "data", 60, spec, seed="fonts", workers=1)
@@ -533,13 +534,17 @@ def test_fit_with_given_fonts(tmp_path, monkeypatch):
 
     monkeypatch.setattr(fit.runner, "match_fonts", no_ranking)
     lines: list[str] = []
-    fit.run(tmp_path / "data", tmp_path / "out", max_steps=1, tracking_uri="sqlite:///m.db",
-            say=lines.append, universal=False, likeness=False, fonts=(str(face),))
-    assert f"fonts: yours (site.ttf) draw 50% of the glyphs, the mix the rest" in "\n".join(lines)
+    result = fit.run(tmp_path / "data", tmp_path / "out", max_steps=1, say=lines.append,
+                     tracking_uri="sqlite:///m.db", universal=False, likeness=False,
+                     fonts=(str(face),))
+    assert "fonts: yours (site.ttf) draw 50% of the glyphs, the mix the rest" in "\n".join(lines)
     style = yaml.safe_load((tmp_path / "out" / "style.yaml").read_text())
     assert style["fonts"] == list(fit.style.FONT_MIX) + [str(face)] * len(fit.style.FONT_MIX)
     fit_yaml = yaml.safe_load((tmp_path / "out" / "fit.yaml").read_text())
     assert fit_yaml["fit"]["fonts_given"] == {"files": [str(face)]}
+    # The parent run keeps a copy of each face, so the style can be drawn again elsewhere.
+    logged = MlflowClient("sqlite:///m.db").list_artifacts(result["parent_run_id"], "fonts")
+    assert [a.path for a in logged] == ["fonts/site.ttf"]
     runner = CliRunner()
     result = runner.invoke(app, ["fit", str(tmp_path / "data"), "--out", str(tmp_path / "o2"),
                                  "--fonts", str(face), "--config",

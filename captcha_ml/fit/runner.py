@@ -155,6 +155,8 @@ def _log_parent(out: Path, section: dict[str, Any], insp: Inspection, spec: Synt
         mlflow.log_artifact(str(out / name))
     for path in section["splits"].values():
         mlflow.log_artifact(path, "splits")
+    for face in section.get("fonts_given", {}).get("files", []):  # style.yaml names them by path
+        mlflow.log_artifact(face, "fonts")
 
 
 def _eval_config(pre: Config, run_name: str) -> Config:
