@@ -9,7 +9,8 @@ Each generated style renders N labeled images (ground truth from the seed), then
 pixels). Styles: `wheezy` comes from another generator on PyPI (wheezy.captcha: pip install
 wheezy.captcha; not a project dependency, skipped when missing); `ink` is drawn with PIL alone
 as PHP GD captchas are (solid dark glyphs in their own colours, STIX serif and DejaVu Sans Mono
-Bold, lines and dots, lowercase and digits of length 4-6, 160x60); `claptcha` from a third
+Bold, lines and dots, lowercase and digits of length 4-6, 160x60; `ink_small` and `ink_long`
+draw it at the issue's size extremes: 4 symbols in 90x30, 8 in 300x80); `claptcha` from a third
 generator on PyPI in a face fit's mix lacks (pip install claptcha multicolorcaptcha; skipped
 when missing: `build_claptcha`); `multicolor` from a fourth (pip install multicolorcaptcha:
 four digits in 44 faces, each in its own coloured cell, rotated and crossed by lines of its
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import string
 import time
@@ -223,40 +225,52 @@ def build_multicolor(n: int, folder: Path, seed: str) -> Path | None:
 INK = dict(charset="abcdefhkmnprstuvwxyz2345678", min_len=4, max_len=6, width=160, height=60)
 
 
-def build_ink(n: int, folder: Path, seed: str) -> Path:
+# ink at the issue's size extremes: four symbols in a small image, eight in a large one.
+INK_SMALL = dict(INK, min_len=4, max_len=4, width=90, height=30)
+INK_LONG = dict(INK, min_len=8, max_len=8, width=300, height=80)
+
+
+def build_ink(n: int, folder: Path, seed: str, style: dict = INK) -> Path:
     """n labeled PNGs: each glyph in its own dark colour, STIX serif or DejaVu Sans Mono Bold,
-    rotated up to 25 degrees, on a light plain background with 3-5 dark lines and dots."""
+    rotated up to 25 degrees, on a light plain background with 3-5 dark lines and dots. Sizes
+    and offsets scale with the style's height (INK's 60 pixels), the dots with its area."""
     import random
 
     from PIL import Image, ImageDraw, ImageFont
 
-    fonts = [ImageFont.truetype(_font(f), size) for f in ("STIXGeneralBol.ttf",
+    w, h = style["width"], style["height"]
+    k, area = h / INK["height"], w * h / (INK["width"] * INK["height"])
+
+    def px(v: float) -> int:
+        return round(v * k)
+
+    fonts = [ImageFont.truetype(_font(f), px(size)) for f in ("STIXGeneralBol.ttf",
              "DejaVuSansMono-Bold.ttf") for size in (30, 34, 38)]
     folder.mkdir(parents=True, exist_ok=True)
-    w, h = INK["width"], INK["height"]
     for i in range(n):
         rng = random.Random(f"{seed}/{i}")
-        label = "".join(rng.choice(INK["charset"])
-                        for _ in range(rng.randint(INK["min_len"], INK["max_len"])))
+        label = "".join(rng.choice(style["charset"])
+                        for _ in range(rng.randint(style["min_len"], style["max_len"])))
         path = folder / f"{label}_{i:07d}.png"
         if path.exists():
             continue
         im = Image.new("RGB", (w, h), tuple(rng.randint(225, 255) for _ in range(3)))
-        x = rng.randint(4, 14)
+        x = rng.randint(px(4), px(14))
         for c in label:
             font = rng.choice(fonts)
-            glyph = Image.new("L", (48, 56))
-            ImageDraw.Draw(glyph).text((24, 28), c, font=font, fill=255, anchor="mm")
+            glyph = Image.new("L", (px(48), px(56)))
+            ImageDraw.Draw(glyph).text((px(24), px(28)), c, font=font, fill=255, anchor="mm")
             glyph = glyph.rotate(rng.uniform(-25, 25), Image.BILINEAR)
-            box = glyph.getbbox() or (0, 0, 48, 56)
+            box = glyph.getbbox() or (0, 0, glyph.width, glyph.height)
             ink = tuple(rng.randint(0, 90) for _ in range(3))
-            im.paste(Image.new("RGB", glyph.size, ink), (x - box[0], rng.randint(-2, 6)), glyph)
-            x += box[2] - box[0] + rng.randint(-3, 2)
+            im.paste(Image.new("RGB", glyph.size, ink), (x - box[0], rng.randint(px(-2), px(6))),
+                     glyph)
+            x += box[2] - box[0] + rng.randint(px(-3), px(2))
         draw = ImageDraw.Draw(im)
         for _ in range(rng.randint(3, 5)):
             draw.line([(rng.randint(0, w), rng.randint(0, h)) for _ in range(2)],
                       fill=tuple(rng.randint(0, 110) for _ in range(3)), width=rng.randint(1, 2))
-        for _ in range(rng.randint(60, 160)):
+        for _ in range(rng.randint(round(60 * area), round(160 * area))):
             draw.point((rng.randrange(w), rng.randrange(h)), fill=(rng.randint(0, 120),) * 3)
         im.save(path)
     return folder
@@ -284,6 +298,8 @@ def build_real(source: Path, n: int, folder: Path, seed: str, skip: int = 0) -> 
 
 # The styles drawn by other generators: (charset, lengths and size; the builder).
 BUILDERS = {"wheezy": (WHEEZY, build_wheezy), "ink": (INK, build_ink),
+            "ink_small": (INK_SMALL, functools.partial(build_ink, style=INK_SMALL)),
+            "ink_long": (INK_LONG, functools.partial(build_ink, style=INK_LONG)),
             "claptcha": (CLAPTCHA, build_claptcha), "multicolor": (MULTICOLOR, build_multicolor)}
 
 
@@ -292,7 +308,7 @@ def own_fonts(name: str) -> tuple[str, ...]:
     a user who knows their site's faces); () where they are not known (v2, a real set)."""
     if name == "wheezy":
         return (_font("DejaVuSans-Bold.ttf"), _font("DejaVuSerif.ttf"))
-    if name == "ink":
+    if name.startswith("ink"):
         return (_font("STIXGeneralBol.ttf"), _font("DejaVuSansMono-Bold.ttf"))
     if name == "claptcha":
         found = claptcha_class()
