@@ -135,6 +135,17 @@ def test_finetuning_reads_a_larger_input_and_the_plan_pays_for_it():
     assert fit.model_input((200, 75), 5)[:2] == (40, 104)
     assert fit.model_input((200, 75), 5, fit.FINETUNE_MAX_HEIGHT)[:2] == (72, 192)
     assert fit.model_input((120, 40), 6, fit.FINETUNE_MAX_HEIGHT)[:2] == fit.model_input((120, 40), 6)[:2]
+    # Small text is read larger: ink at 90x30 (text ~14.5 of 30 rows) finetunes with it at
+    # FINETUNE_TEXT_ROWS rows, both sides grown alike; text that is tall enough, or a height
+    # at its limit, stays.
+    rows = fit.budget.FINETUNE_TEXT_ROWS
+    small = fit.model_input((90, 30), 4, fit.FINETUNE_MAX_HEIGHT, 0.11)
+    h, w, why = fit.model_input((90, 30), 4, fit.FINETUNE_MAX_HEIGHT, 0.11, 14.5, rows)
+    assert small[:2] == (32, 184) and 14.5 * h / 30 == pytest.approx(rows, abs=0.5)
+    assert w % 8 == 0 and w / 184 == pytest.approx(h / 32, abs=0.05)
+    assert f"then {h}x{w}, not 32x184" in why and "FINETUNE_TEXT_ROWS" in why
+    assert fit.model_input((90, 30), 4, fit.FINETUNE_MAX_HEIGHT, 0.11, 21, rows) == small
+    assert fit.model_input((90, 30), 4, 40, 0.11, 5, rows)[0] == 40
     cost = fit.input_cost((40, 104), (72, 192))
     assert 1 < cost <= 72 * 192 / (40 * 104) and fit.input_cost((40, 104), (40, 104)) == 1
     same, dear = fit.plan_budget(10, 100.0), fit.plan_budget(10, 100.0, finetune_cost=cost)
@@ -323,8 +334,12 @@ def test_text_layout_crops_to_where_the_text_lies(tmp_path):
                            max_len=4, font_sizes=(28,), text_width=(0.3, 0.34),
                            text_left=(0.33, 0.36), curves=0, dots=0, strikes=(0, 0), grey=True)
     insp = _styled(tmp_path, "narrow", narrow)
-    layout = fit.text_layout(fit.sample_stats(insp))
+    stats = fit.sample_stats(insp)
+    layout = fit.text_layout(stats)
     left, top, right, bottom = layout.crop
+    # The text's height as a share of the image's (what decides finetuning's input height).
+    assert layout.text_share == statistics.median(s["text_rows"] / 60 for s in stats)
+    assert 0.2 < layout.text_share < 0.8
     assert right - left < 0.6 and "data.crop=" in layout.why
     for path, _ in insp.samples:
         lum = np.asarray(Image.open(path).convert("L"), dtype=np.float32)

@@ -30,6 +30,11 @@ FIT_DEPTH = "layer2"  # model.depth of both stages (the last ResNet-18 stage kep
 # steps instead of ~4600) read its holdout at 0.886 against 0.890 (synthetic validation 0.98
 # against 0.93, zero-shot 0.23 against 0.25).
 PRETRAIN_MAX_HEIGHT, FINETUNE_MAX_HEIGHT = 40, 72
+# Finetuning reads the sample's text at least this many rows high: the development styles'
+# text measures 25-45 rows at their finetuning height, and ink drawn at 90x30 (`ink_small`,
+# text ~15 of 30 rows) read its holdout at 0.789 finetuned at 32x184 and at 0.910 at 48x280
+# in the same time (session 37, benchmarks/results/fit_history.md).
+FINETUNE_TEXT_ROWS = 22
 # The input is widened until CTC has this many steps per symbol of the text line (measured:
 # its width / label length), and per symbol of the whole width: two identical symbols in a row
 # need a blank step between them. lower4to7 (7 symbols in 57% of 120 pixels, 1.2 steps a
@@ -67,12 +72,15 @@ POOL_REUSE, POOL_MAX_IMAGES = 2, 60_000
 
 
 def model_input(size: tuple[int, int], max_len: int, max_height: int = PRETRAIN_MAX_HEIGHT,
-                symbol_share: float = 0.0) -> tuple[int, int, str]:
+                symbol_share: float = 0.0, text_rows: float = 0.0, min_text_rows: int = 0
+                ) -> tuple[int, int, str]:
     """(height, width, why): height 32..max_height keeping the aspect, width a multiple of 8
     with at least max(2*max_len+1, CTC_STEPS_PER_SYMBOL*max_len) CTC steps (room for a blank
     between repeated symbols, and for each symbol's alignment) and, where the sample's symbols
     take ``symbol_share`` of the width each, CTC_STEPS_PER_SYMBOL steps per symbol in the
-    text line (at most MAX_WIDEN x the aspect's width)."""
+    text line (at most MAX_WIDEN x the aspect's width). Where the sample's text, ``text_rows``
+    high in the source, would be under ``min_text_rows`` rows at that height, both grow by
+    the factor that gives it those rows (the height still at most max_height)."""
     w, h = size
     height = min(max_height, max(32, h))
     width = max(8, round(w * height / h / 8) * 8)
@@ -87,6 +95,14 @@ def model_input(size: tuple[int, int], max_len: int, max_height: int = PRETRAIN_
     why = f"height {height} (source {h}, kept in 32..{max_height}), width {width} keeps the aspect"
     if width < need:
         width, why = need, f"height {height}, width raised to {need} so CTC has {reason}"
+    rows = text_rows * height / h
+    grow = min(min_text_rows / rows, max_height / height) if 0 < rows < min_text_rows else 1.0
+    if grow > 1.0:
+        old = (height, width)
+        height, width = round(height * grow), math.ceil(width * grow / 8) * 8
+        why += (f"; then {height}x{width}, not {old[0]}x{old[1]}: the text, ~{text_rows:.0f} "
+                f"of the source's {h} rows, gets {rows * grow:.0f} rows, not {rows:.0f} "
+                f"(at least {min_text_rows}, FINETUNE_TEXT_ROWS)")
     return height, width, why + f"; CTC steps {output_length(width)}"
 
 

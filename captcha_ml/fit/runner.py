@@ -34,8 +34,8 @@ from . import budget
 from .advice import advice, confusion_line
 from .bank import SAMPLES_FILE, cut_bank
 from .budget import (DEFAULT_BUDGET_MINUTES, FALLBACK_IMAGES_PER_S, FINAL_RESERVE_S,
-                     FINETUNE_MAX_HEIGHT, POOL_REUSE, PRECISIONS, Probe, input_cost,
-                     model_input, plan_budget, replan_finetune)
+                     FINETUNE_MAX_HEIGHT, FINETUNE_TEXT_ROWS, POOL_REUSE, PRECISIONS, Probe,
+                     input_cost, model_input, plan_budget, replan_finetune)
 from . import configs
 from .configs import (FINETUNE_AUGMENT_STRENGTH, FINETUNE_SYNTHETIC_SHARE, UNIVERSAL_WEIGHTS,
                       adopt_style, build_configs, override_precision, read_fit_yaml, repoint,
@@ -71,7 +71,8 @@ def _configs(insp: Inspection, out: Path, spec: SyntheticSpec, splits: dict[str,
     layout = layout or TextLayout()
     size, share = layout.cropped(insp.size)
     height, width, why = model_input(size, insp.max_len, symbol_share=share)
-    fine_h, fine_w, fine_why = model_input(size, insp.max_len, FINETUNE_MAX_HEIGHT, share)
+    fine_h, fine_w, fine_why = model_input(size, insp.max_len, FINETUNE_MAX_HEIGHT, share,
+                                           layout.text_share * insp.size[1], FINETUNE_TEXT_ROWS)
     inputs = {"pretrain": (height, width), "finetune": (fine_h, fine_w)}
     if config_path:
         pre, fine = read_fit_yaml(config_path)

@@ -93,7 +93,7 @@ def _image_stats(image: str | Image.Image, length: int = 0) -> dict[str, Any]:
     return {"glyph_rgb": glyphs, "colour_spread": _spread(glyphs),
             "dark_text": bool(dark_text), "bg": np.median(rgb[back], axis=0) if back.any() else rgb.mean((0, 1)),
             "fg": np.median(rgb[ink], axis=0) if ink.any() else rgb.min((0, 1)),
-            "text_rows": text_rows, "span": span, "rows_span": rows_span, "found": len(dense) > 0,
+            "text_rows": text_rows, "text_share": text_rows / h, "span": span, "rows_span": rows_span, "found": len(dense) > 0,
             "gaps": gaps, "stroke": stroke,
             # The dense rows' share of the text's height: glyphs stretched to the line fill it,
             # lowercase letters at font proportions leave ascender and descender rows sparse.
@@ -159,10 +159,12 @@ def symbol_share(stats: list[dict[str, Any]]) -> float:
 @dataclass(frozen=True)
 class TextLayout:
     """Where the sample's text lies: ``crop`` (a Preprocess crop; () for the whole image),
-    ``symbol_share`` (one symbol's share of the whole image's width) and ``why``."""
+    ``symbol_share`` (one symbol's share of the whole image's width), ``text_share`` (the
+    text's dense rows' share of the image's height, median) and ``why``."""
     crop: tuple[float, ...] = ()
     symbol_share: float = 0.0
     why: str = ""
+    text_share: float = 0.0
 
     def cropped(self, size: tuple[int, int]) -> tuple[tuple[int, int], float]:
         """The (width, height) the crop leaves of an image of ``size``, and the symbol's share
@@ -180,6 +182,7 @@ def text_layout(stats: list[dict[str, Any]]) -> TextLayout:
     would keep nearly all of the image. The model's input then spends its pixels on glyphs,
     not on empty margins. Images whose text was not found (too faint) do not count."""
     share = symbol_share(stats)
+    text = statistics.median(s["text_share"] for s in stats)
     stats = [s for s in stats if s["found"]] or stats
     height = statistics.median(s["rows_span"][1] - s["rows_span"][0] for s in stats)
     mx, my = share / 2, height / 4
@@ -192,9 +195,9 @@ def text_layout(stats: list[dict[str, Any]]) -> TextLayout:
     where = (f"text in x {box[0]:.2f}-{box[2]:.2f}, y {box[1]:.2f}-{box[3]:.2f} of the image "
              f"over {len(stats)} images, margins included")
     if kept > CROP_MAX_KEPT:
-        return TextLayout((), share, f"crop: none ({where}: {kept:.0%} of it)")
+        return TextLayout((), share, f"crop: none ({where}: {kept:.0%} of it)", text)
     return TextLayout(box, share, f"crop: data.crop={list(box)}, {kept:.0%} of the image "
-                                  f"({where})")
+                                  f"({where})", text)
 
 
 def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0,
