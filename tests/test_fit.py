@@ -896,6 +896,7 @@ def test_budget_finetune_gets_the_time_pretraining_left(tmp_path, monkeypatch):
     assert any(line.startswith("pretrain: real valid part seq_acc ") for line in lines)
     assert fit_yaml["fit"]["precision"] == "bf16"
     assert 0 < fit_yaml["fit"]["symbol_share"] < 0.5  # measured on the sample, for the input
+    assert 0 < fit_yaml["fit"]["text_share"] <= 1  # the text's height, too
     assert fit_yaml["finetune"]["train"]["select"] == "last"  # its final weights are the model
     assert any(line.startswith("precision: bfloat16 autocast") for line in lines)
     assert fit_yaml["pretrain"]["train"]["mixed_precision"] == "bf16"

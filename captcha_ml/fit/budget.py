@@ -98,9 +98,9 @@ def model_input(size: tuple[int, int], max_len: int, max_height: int = PRETRAIN_
     rows = text_rows * height / h
     grow = min(min_text_rows / rows, max_height / height) if 0 < rows < min_text_rows else 1.0
     if grow > 1.0:
-        old = (height, width)
+        before = f"{height}x{width}"
         height, width = round(height * grow), math.ceil(width * grow / 8) * 8
-        why += (f"; then {height}x{width}, not {old[0]}x{old[1]}: the text, ~{text_rows:.0f} "
+        why += (f"; then {height}x{width}, not {before}: the text, ~{text_rows:.0f} "
                 f"of the source's {h} rows, gets {rows * grow:.0f} rows, not {rows:.0f} "
                 f"(at least {min_text_rows}, FINETUNE_TEXT_ROWS)")
     return height, width, why + f"; CTC steps {output_length(width)}"

@@ -126,6 +126,7 @@ def _configs(insp: Inspection, out: Path, spec: SyntheticSpec, splits: dict[str,
                 "probe_step_images_per_s": probe.step_images_per_s,
                 "probe_render_ms": round(1000 * probe.render_s, 2), **asdict(plan)}
     info["symbol_share"] = round(layout.symbol_share, 4)
+    info["text_share"] = round(layout.text_share, 4)  # the text's height: finetuning's input
     if max_steps:  # quick runs (tests, trials): few steps, one evaluation, small synthetic valid
         for cfg in (pre, fine):
             cfg.train.max_steps, cfg.train.eval_every = max_steps, max_steps
