@@ -182,15 +182,20 @@ def usable_fonts(files: tuple[Path, ...], symbols: str) -> tuple[tuple[str, ...]
 def use_given_fonts(spec: SyntheticSpec, faces: tuple[str, ...]) -> tuple[SyntheticSpec, str]:
     """The spec with FACES drawing MATCH_SHARE or more of its glyphs (each face equally), the
     derived mix the rest, and the line fit prints."""
+    spec, share = _lean_on(spec, faces)
+    named = ", ".join(Path(f).name for f in faces[:6]) + (
+        f" and {len(faces) - 6} more" if len(faces) > 6 else "")
+    return spec, (f"fonts: yours ({named}) draw {share:.0%} of the glyphs, the mix the rest "
+                  "(--fonts; no faces compared)")
+
+
+def _lean_on(spec: SyntheticSpec, faces: tuple[str, ...]) -> tuple[SyntheticSpec, float]:
+    """The spec with FACES (each equally) drawing MATCH_SHARE or more of its glyphs after the
+    derived mix, and the share they draw (the mix may hold one of them too)."""
     mix = spec.font_files
     weight = max(1, round(len(mix) * MATCH_SHARE / (1 - MATCH_SHARE) / len(faces)))
     fonts = mix + tuple(face for face in faces for _ in range(weight))
-    share = sum(f in faces for f in fonts) / len(fonts)
-    named = ", ".join(Path(f).name for f in faces[:6]) + (
-        f" and {len(faces) - 6} more" if len(faces) > 6 else "")
-    return replace(spec, fonts=fonts), (
-        f"fonts: yours ({named}) draw {share:.0%} of the glyphs, the mix the rest (--fonts; "
-        "no faces compared)")
+    return replace(spec, fonts=fonts), sum(f in faces for f in fonts) / len(fonts)
 
 
 def match_fonts(insp: Inspection, spec: SyntheticSpec, model_path: str | Path | None,
@@ -208,10 +213,7 @@ def match_fonts(insp: Inspection, spec: SyntheticSpec, model_path: str | Path | 
     if found.lead < lead:
         return spec, found, f"fonts: the mix kept, no face clearly matches the sample: {compared}"
     found.chosen = best
-    mix = spec.font_files  # the derived style's mix (style.FONT_MIX)
-    weight = max(1, round(len(mix) * MATCH_SHARE / (1 - MATCH_SHARE)))
-    fonts = mix + (synthetic.font_path(best),) * weight
-    share = fonts.count(synthetic.font_path(best)) / len(fonts)  # the mix may hold it too
-    return replace(spec, fonts=fonts), found, (
+    spec, share = _lean_on(spec, (synthetic.font_path(best),))
+    return spec, found, (
         f"fonts: {best} draws {share:.0%} of the glyphs, the mix the rest: it matches the "
         f"sample's glyphs best, {compared}")
