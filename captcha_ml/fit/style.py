@@ -91,9 +91,11 @@ def _image_stats(image: str | Image.Image, length: int = 0) -> dict[str, Any]:
     left, right = lum[:, :edge][back[:, :edge]], lum[:, -edge:][back[:, -edge:]]
     glyphs = _glyph_colours(rgb, ink, (x0, x1), length) if length > 1 and len(dense) else []
     return {"glyph_rgb": glyphs, "colour_spread": _spread(glyphs),
-            "dark_text": bool(dark_text), "bg": np.median(rgb[back], axis=0) if back.any() else rgb.mean((0, 1)),
+            "dark_text": bool(dark_text),
+            "bg": np.median(rgb[back], axis=0) if back.any() else rgb.mean((0, 1)),
             "fg": np.median(rgb[ink], axis=0) if ink.any() else rgb.min((0, 1)),
-            "text_rows": text_rows, "text_share": text_rows / h, "span": span, "rows_span": rows_span, "found": len(dense) > 0,
+            "text_rows": text_rows, "text_share": text_rows / h, "span": span,
+            "rows_span": rows_span, "found": len(dense) > 0,
             "gaps": gaps, "stroke": stroke,
             # The dense rows' share of the text's height: glyphs stretched to the line fill it,
             # lowercase letters at font proportions leave ascender and descender rows sparse.
@@ -247,7 +249,8 @@ def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0,
     spec, shapes, calibration = glyph_shapes(spec, stats, match_stroke=match_stroke)
     notes = [f"style: {'dark glyphs on light' if dark else 'light glyphs on dark'} background, "
              f"background {bg}, glyphs {fg} (5-95th percentiles over {len(stats)} images)",
-             f"style: drawer {drawer!r}" + (" (left-right background ramp)" if drawer == "real" else ""),
+             f"style: drawer {drawer!r}"
+             + (" (left-right background ramp)" if drawer == "real" else ""),
              f"style: font sizes {sizes} from text height ~{text_h:.0f}px; fonts "
              f"{', '.join(FONT_MIX)} (a mix, for generality)",
              (f"style: {len(palette)} (background, glyph) colour pairs taken from the sample; "
