@@ -144,7 +144,8 @@ def test_finetuning_reads_a_larger_input_and_the_plan_pays_for_it():
     assert small[:2] == (32, 184) and 14.5 * h / 30 == pytest.approx(rows, abs=0.5)
     assert w % 8 == 0 and w / 184 == pytest.approx(h / 32, abs=0.05)
     assert f"then {h}x{w}, not 32x184" in why and "FINETUNE_TEXT_ROWS" in why
-    assert fit.model_input((90, 30), 4, fit.FINETUNE_MAX_HEIGHT, 0.11, 21, rows) == small
+    tall = rows * 30 / 32 + 0.5  # over `rows` rows at the 32-row input already
+    assert fit.model_input((90, 30), 4, fit.FINETUNE_MAX_HEIGHT, 0.11, tall, rows) == small
     assert fit.model_input((90, 30), 4, 40, 0.11, 5, rows)[0] == 40
     cost = fit.input_cost((40, 104), (72, 192))
     assert 1 < cost <= 72 * 192 / (40 * 104) and fit.input_cost((40, 104), (40, 104)) == 1
