@@ -197,9 +197,9 @@ def text_layout(stats: list[dict[str, Any]]) -> TextLayout:
     where = (f"text in x {box[0]:.2f}-{box[2]:.2f}, y {box[1]:.2f}-{box[3]:.2f} of the image "
              f"over {len(stats)} images, margins included")
     if kept > CROP_MAX_KEPT:
-        return TextLayout((), share, f"crop: none ({where}: {kept:.0%} of it)", text)
+        return TextLayout((), share, f"crop: none ({where}: {kept:.0%} of it)", text_share=text)
     return TextLayout(box, share, f"crop: data.crop={list(box)}, {kept:.0%} of the image "
-                                  f"({where})", text)
+                                  f"({where})", text_share=text)
 
 
 def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0,
