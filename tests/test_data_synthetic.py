@@ -347,7 +347,34 @@ def test_stroke_thins_and_thickens_the_glyphs(style):
     assert any(m < 0.8 * ink(0, i) for i, m in enumerate(mixed))
     assert any(m == ink(0, i) for i, m in enumerate(mixed))
     with pytest.raises(DataError, match="stroke"):
-        SyntheticSpec(stroke=5)
+        SyntheticSpec(stroke=13)
+
+
+def test_scale_draws_small_text_larger_then_resizes():
+    """``scale`` k draws at k times the canvas, every pixel measure with it, and resizes to the
+    spec's size: glyphs a dozen pixels high keep their counters (less ink) where the library,
+    drawing them at that size, fills them in. Same labels, same size; out-of-range refused."""
+    base = SyntheticSpec(style="captcha", width=90, height=30, charset="abcdeh2468", min_len=4,
+                         max_len=4, font_sizes=(16,), curves=0, dots=0, strikes=(0, 0),
+                         grey=True, background=(240, 250), foreground=(0, 20))
+    big = dataclasses.replace(base, scale=2, curve_width=(1, 2), stroke=-0.5,
+                              blur=(0.0, 0.6)).drawn()
+    assert (big.scale, big.width, big.height, big.font_sizes, big.curve_width, big.stroke,
+            big.blur) == (1, 180, 60, (32,), (2, 4), -1.0, (0.0, 1.2))
+    assert base.drawn() is base
+    scaled = dataclasses.replace(base, scale=2)
+
+    def ink(spec: SyntheticSpec, index: int) -> tuple[int, str, tuple[int, int]]:
+        img, label = render(spec, 0, index)
+        return int((np.asarray(img, dtype=np.float32) < 128).sum()), label, img.size
+
+    plain, drawn = [ink(base, i) for i in range(8)], [ink(scaled, i) for i in range(8)]
+    assert [p[1:] for p in plain] == [d[1:] for d in drawn]
+    assert {d[2] for d in drawn} == {(90, 30)}
+    assert sum(d[0] for d in drawn) < 0.85 * sum(p[0] for p in plain)
+    for bad in (0, 5):
+        with pytest.raises(DataError, match="scale"):
+            SyntheticSpec(scale=bad)
 
 
 def test_spec_is_plain_configuration():

@@ -307,6 +307,17 @@ def test_style_measures_text_line_and_colour_pairs(tmp_path):
     # 5 symbols in about half the width: each takes about a tenth of it.
     assert 0.07 <= fit.symbol_share(fit.sample_stats(insp)) <= 0.13
     assert any(n.startswith("calibration:") for n in notes)
+    assert spec.scale == 1 and not any("drawn at" in n for n in notes)  # text ~22+ rows
+
+
+def test_style_draws_small_text_larger(tmp_path):
+    """Text under DRAW_TEXT_ROWS rows high (here ~15 in 90x30) is drawn at twice the size and
+    resized, and the style line says so."""
+    small = SyntheticSpec(style="captcha", width=90, height=30, charset=DIGITS, min_len=4,
+                          max_len=4, font_sizes=(15,), curves=0, dots=0, strikes=(0, 0),
+                          grey=False, scale=2)
+    spec, notes = fit.derive_style(_styled(tmp_path, "small", small))
+    assert spec.scale == 2 and any("drawn at 2x (180x60)" in n for n in notes), notes
 
 
 def test_style_draws_glyphs_in_their_own_colours_where_the_sample_does(tmp_path):

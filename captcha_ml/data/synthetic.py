@@ -34,6 +34,7 @@ from captcha_ml.data.transforms import wave_points
 
 CAPTCHA_FONT = os.path.join(captcha_image.DATA_DIR, "DroidSansMono.ttf")
 STYLES = ("captcha", "real")
+MAX_SCALE = 4  # SyntheticSpec.scale: drawn at most this many times the canvas size
 
 
 def dejavu_bold_oblique() -> str:
@@ -105,6 +106,10 @@ class SyntheticSpec:
     # stretched glyphs come out bolder than many generators' (measured by `captcha-ml fit`)
     specks: tuple[int, int] = (0, 0)  # count range, per 200x50 pixels, of small squares in the
     # background's colour drawn over text and curves (salt noise that cuts strokes)
+    scale: int = 1  # drawn at this many times width x height, every pixel measure above with
+    # it (``drawn``), then resized to width x height: the captcha library's glyphs drawn only a
+    # dozen pixels high fill in (its ink mask doubles anti-aliased edges), where a generator
+    # drawing its font at that size keeps them open; `captcha-ml fit` sets it for small text
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -115,8 +120,13 @@ class SyntheticSpec:
         if not (0 <= self.overlap < 1 and 0 <= self.repeat < 1 and 0 <= self.spaces <= 1):
             raise DataError(f"synthetic spec: overlap and repeat must be in [0, 1), spaces in "
                             f"[0, 1] (got {self.overlap}, {self.repeat}, {self.spaces})")
-        if not -3 <= self.stroke <= 3:
-            raise DataError(f"synthetic spec: stroke must be in [-3, 3] pixels (got {self.stroke})")
+        if not 1 <= self.scale <= MAX_SCALE:
+            raise DataError(f"synthetic spec: scale must be a whole number in [1, {MAX_SCALE}] "
+                            f"(got {self.scale})")
+        # 3 pixels a side, times the largest scale (``drawn`` multiplies the stroke too).
+        if not -3 * MAX_SCALE <= self.stroke <= 3 * MAX_SCALE:
+            raise DataError(f"synthetic spec: stroke must be in [{-3 * MAX_SCALE}, "
+                            f"{3 * MAX_SCALE}] pixels (got {self.stroke})")
         if any(len(p) != 6 for p in self.palette):
             raise DataError("synthetic spec: palette entries are (bg R, G, B, glyph R, G, B), "
                             f"six values each (got {list(self.palette)[:2]}...)")
@@ -139,6 +149,18 @@ class SyntheticSpec:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def drawn(self) -> SyntheticSpec:
+        """The spec its drawer draws: at ``scale`` times the canvas, with the font sizes, curve
+        widths, stroke change and blur radius scaled alike (counts and shares stay)."""
+        k = self.scale
+        if k == 1:
+            return self
+        return dataclasses.replace(
+            self, scale=1, width=self.width * k, height=self.height * k,
+            font_sizes=tuple(f * k for f in self.font_sizes),
+            curve_width=tuple(c * k for c in self.curve_width), stroke=self.stroke * k,
+            blur=tuple(b * k for b in self.blur))
 
 
 _PRESETS: dict[str, dict] = {
@@ -700,9 +722,10 @@ def render(spec: SyntheticSpec | SpecMixture, seed: int | str, index: int
     text = "".join(c.swapcase() if rng.random() < 0.5 else c for c in label) if spec.mixed_case \
         else label
     with seeded_secrets(rng):
-        im = _captcha_for(spec).draw(text, rng)
-    if im.size != (spec.width, spec.height):
-        im = im.resize((spec.width, spec.height), Image.BILINEAR)
+        im = _captcha_for(spec.drawn()).draw(text, rng)
+    if im.size != (spec.width, spec.height):  # drawn larger (``scale``): each output pixel
+        # the mean of the pixels it covers, as a font rasteriser's anti-aliasing
+        im = im.resize((spec.width, spec.height), Image.BOX if spec.scale > 1 else Image.BILINEAR)
     return (im.convert("L") if spec.grey else im.convert("RGB")), label
 
 

@@ -43,6 +43,11 @@ SPECKS = (0, 30)
 # colour, 31-33 (fit's `style:` line prints it).
 GLYPH_COLOUR_SPREAD = 16.0
 GLYPH_COLOURS_KEPT = 96  # glyph colours the style keeps (from the first measured images)
+# Text under this many rows high is drawn larger and resized down (SyntheticSpec.scale, the
+# smallest whole factor that draws it this high): at ink_small's 14 rows the captcha library
+# filled in its glyphs' counters (an "e" a blot; strokes 6.1 px against the sample's 3.0),
+# drawn at 2x they stay open. Every other development style's text is 25-45 rows high.
+DRAW_TEXT_ROWS = 20
 
 
 def _box_mean(mask: np.ndarray, k: int) -> np.ndarray:
@@ -215,6 +220,7 @@ def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0,
     w, h = insp.size
     text_h = statistics.median(s["text_rows"] for s in stats)
     font = min(max(10, round(text_h / 0.75)), round(1.1 * h))
+    scale = min(synthetic.MAX_SCALE, math.ceil(DRAW_TEXT_ROWS / max(text_h, 1.0)))
     sizes = tuple(sorted({round(font * k) for k in (0.85, 1.0, 1.15)}))
     dots = round(statistics.median(s["dots"] for s in stats))
     dots = 0 if dots < 3 else min(dots, 120)
@@ -245,7 +251,8 @@ def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0,
         text_left=text_left if drawer == "captcha" else (0.0, 0.0),
         # Not measured, drawn broadly for generality: a thin-to-thick curve on every image,
         # stronger per-glyph warp and rotation than the library's defaults, background specks.
-        curves=1, curve_width=(1, 4), warp=(0.05, 0.3), rotate=(-20.0, 20.0), specks=SPECKS)
+        curves=1, curve_width=(1, 4), warp=(0.05, 0.3), rotate=(-20.0, 20.0), specks=SPECKS,
+        scale=scale)
     spec, shapes, calibration = glyph_shapes(spec, stats, match_stroke=match_stroke)
     notes = [f"style: {'dark glyphs on light' if dark else 'light glyphs on dark'} background, "
              f"background {bg}, glyphs {fg} (5-95th percentiles over {len(stats)} images)",
@@ -253,6 +260,9 @@ def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0,
              + (" (left-right background ramp)" if drawer == "real" else ""),
              f"style: font sizes {sizes} from text height ~{text_h:.0f}px; fonts "
              f"{', '.join(FONT_MIX)} (a mix, for generality)",
+             *([f"style: drawn at {scale}x ({scale * w}x{scale * h}) and resized to {w}x{h}: "
+                f"the text, ~{text_h:.0f} rows high, is under {DRAW_TEXT_ROWS} "
+                f"(DRAW_TEXT_ROWS)"] if scale > 1 else []),
              (f"style: {len(palette)} (background, glyph) colour pairs taken from the sample; "
               f"text line {text_width[0]:.2f}-{text_width[1]:.2f} of the width, starting at "
               f"{text_left[0]:.2f}-{text_left[1]:.2f}" if drawer == "captcha" else
