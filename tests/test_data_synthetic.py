@@ -358,9 +358,9 @@ def test_scale_draws_small_text_larger_then_resizes():
                          max_len=4, font_sizes=(16,), curves=0, dots=0, strikes=(0, 0),
                          grey=True, background=(240, 250), foreground=(0, 20))
     big = dataclasses.replace(base, scale=2, curve_width=(1, 2), stroke=-0.5,
-                              blur=(0.0, 0.6)).drawn()
+                              blur=(0.0, 0.6), specks=(4, 30)).drawn()
     assert (big.scale, big.width, big.height, big.font_sizes, big.curve_width, big.stroke,
-            big.blur) == (1, 180, 60, (32,), (2, 4), -1.0, (0.0, 1.2))
+            big.blur, big.specks) == (1, 180, 60, (32,), (2, 4), -1.0, (0.0, 1.2), (1, 8))
     assert base.drawn() is base
     scaled = dataclasses.replace(base, scale=2)
 

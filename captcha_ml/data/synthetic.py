@@ -152,7 +152,10 @@ class SyntheticSpec:
 
     def drawn(self) -> SyntheticSpec:
         """The spec its drawer draws: at ``scale`` times the canvas, with the font sizes, curve
-        widths, stroke change and blur radius scaled alike (counts and shares stay)."""
+        widths, stroke change and blur radius scaled alike, and the specks' count per 200x50
+        pixels divided by the scale squared (their side grows with the height already, so the
+        share of the image they cover stays). Other counts and shares stay; the library's
+        noise dots and the strike lines keep their drawn widths (thinner in the output)."""
         k = self.scale
         if k == 1:
             return self
@@ -160,7 +163,8 @@ class SyntheticSpec:
             self, scale=1, width=self.width * k, height=self.height * k,
             font_sizes=tuple(f * k for f in self.font_sizes),
             curve_width=tuple(c * k for c in self.curve_width), stroke=self.stroke * k,
-            blur=tuple(b * k for b in self.blur))
+            blur=tuple(b * k for b in self.blur),
+            specks=tuple(round(n / k**2) for n in self.specks))
 
 
 _PRESETS: dict[str, dict] = {
