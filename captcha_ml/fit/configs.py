@@ -26,8 +26,9 @@ FINETUNE_SYNTHETIC_SHARE = 0.5
 # read 1000 new images at 0.909 so, against 0.894 rendered; wheezy (zero-shot 0.65-0.69; its
 # glyphs overlap, so a cut holds pieces of its neighbours) at 0.926 and 0.923, against 0.957
 # rendered (seed 0's fits; benchmarks/results/fit_history.md, session 33). ink drawn at 90x30
-# (ink_small; zero-shot 0.33 once its small text was drawn larger, session 39) read 0.934 with
-# the half rendered against 0.912 composed, from one pretrained model: the gate was 0.5 before.
+# (ink_small; zero-shot 0.33-0.37 once its small text was drawn larger, session 39) read 0.934
+# and 0.917 with the half rendered against 0.912 and 0.898 composed, from the same pretrained
+# models (seeds 0 and 1): the gate was 0.5 before.
 GLYPHS_DIR = "glyphs"
 GLYPHS_BELOW = 0.25
 # Finetuning's model is its final weights (train.select=last; the schedule anneals to ~0): the
