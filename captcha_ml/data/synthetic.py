@@ -708,8 +708,9 @@ class SpecMixture:
 
 @functools.lru_cache(maxsize=16)  # a universal mixture has 10 specs
 def _captcha_for(spec: SyntheticSpec) -> SpecCaptcha:
-    """One drawer per spec and process (fonts load once)."""
-    return (RealCaptcha if spec.style == "real" else SpecCaptcha)(spec)
+    """One drawer per spec and process (fonts load once), drawing at the spec's scale."""
+    drawn = spec.drawn()
+    return (RealCaptcha if drawn.style == "real" else SpecCaptcha)(drawn)
 
 
 def render(spec: SyntheticSpec | SpecMixture, seed: int | str, index: int
@@ -726,7 +727,7 @@ def render(spec: SyntheticSpec | SpecMixture, seed: int | str, index: int
     text = "".join(c.swapcase() if rng.random() < 0.5 else c for c in label) if spec.mixed_case \
         else label
     with seeded_secrets(rng):
-        im = _captcha_for(spec.drawn()).draw(text, rng)
+        im = _captcha_for(spec).draw(text, rng)
     if im.size != (spec.width, spec.height):  # drawn larger (``scale``): each output pixel
         # the mean of the pixels it covers, as a font rasteriser's anti-aliasing
         im = im.resize((spec.width, spec.height), Image.BOX if spec.scale > 1 else Image.BILINEAR)
