@@ -284,6 +284,9 @@ def test_style_follows_polarity_and_colour(tmp_path):
     assert a.grey and not b.grey
     assert a.background[0] > a.foreground[1] and b.background[1] < b.foreground[0]
     assert a.style == "real" and b.style == "captcha" and b.dots > a.dots
+    # Only the "real" drawer blurs; the line says what the "captcha" drawer does instead.
+    assert any(f"blur {a.blur}" in n for n in notes_a)
+    assert any("does not read blur" in n for n in notes_b)
     assert "dark glyphs on light" in notes_a[0] and "light glyphs on dark" in notes_b[0]
 
 

@@ -65,7 +65,9 @@ class SyntheticSpec:
     dots: int = 0
     curves: int = 1
     strikes: tuple[int, int] = (1, 2)  # min, max dark lines drawn across the text
-    blur: tuple[float, float] = (0.3, 0.7)  # Gaussian blur radius range; (0, 0): none
+    # Gaussian blur radius range; (0, 0): none. The "real" drawer's: "captcha" smooths each
+    # image with PIL's SMOOTH filter instead.
+    blur: tuple[float, float] = (0.3, 0.7)
     grey: bool = True
     mixed_case: bool = False  # draw each letter in random case; the label keeps the charset's case
     rotate: tuple[float, float] = (-12.0, 12.0)  # per-glyph rotation range, degrees

@@ -276,7 +276,9 @@ def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0,
              f"style: noise dots {dots}, thin-stroke share {thin:.2f} -> strike lines {strikes}; "
              f"for generality every image gets one curve (width {spec.curve_width}), glyph "
              f"warp {spec.warp} and rotation {spec.rotate}, {spec.specks[0]}-{spec.specks[1]} "
-             f"background specks per 200x50 pixels; blur {spec.blur}"
+             f"background specks per 200x50 pixels; "
+             + (f"blur {spec.blur}" if drawer == "real" else
+                "smoothed (the 'captcha' drawer's filter; it does not read blur)")
              + ("; letters drawn in mixed case" if spec.mixed_case else ""),
              *([shapes] if shapes else []), calibration]
     return spec, notes
