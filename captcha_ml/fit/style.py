@@ -341,6 +341,12 @@ def _line_measures(stats: list[dict[str, Any]]) -> tuple[float, float, float]:
             statistics.median(s["text_rows"] for s in stats))
 
 
+def _mean_stroke(stats: list[dict[str, Any]]) -> float:
+    """Mean of the images' median stroke runs: whole-pixel runs make a median of medians
+    jump."""
+    return statistics.mean(s["stroke"] for s in stats)
+
+
 def _render_stats(spec: SyntheticSpec, seed: str, images: int) -> list[dict[str, Any]]:
     """`_image_stats` of whole renders of the style, noise included, as the sample's images
     are measured."""
@@ -366,8 +372,7 @@ def calibrate(spec: SyntheticSpec, real_stats: list[dict[str, Any]], rounds: int
     font mix: it lifted wheezy's zero-shot accuracy 0.27 -> 0.47 but thinned alnum62's one
     regular serif below the sample, 0.91 -> 0.65), so it is off unless asked for."""
     real_w, real_left, real_h = _line_measures(real_stats)
-    # Means of the per-image medians: whole-pixel runs make a median of medians jump.
-    real_stroke = statistics.mean(s["stroke"] for s in real_stats)
+    real_stroke = _mean_stroke(real_stats)
     boxed = spec.text_width[1] > 0
 
     def measure(s: SyntheticSpec, seed: str) -> tuple[float, float, float]:
@@ -379,7 +384,7 @@ def calibrate(spec: SyntheticSpec, real_stats: list[dict[str, Any]], rounds: int
         thinning measured thicker (ink_small drawn at 2x: 4.8, 3.6, 5.0 px at 0, -0.5 and
         -1.2 a side), and the correction ran away (-1.21; the text alone measures 4.1, 2.9,
         2.0 there: -0.38, 2.8 px against the sample's 3.0)."""
-        return statistics.mean(r["stroke"] for r in _text_stats(s, seed, 2 * images))
+        return _mean_stroke(_text_stats(s, seed, 2 * images))
 
     spaces = ""
     if boxed:  # the "captcha" drawer's spaces between glyphs: as many as the sample has gaps
@@ -415,7 +420,7 @@ def calibrate(spec: SyntheticSpec, real_stats: list[dict[str, Any]], rounds: int
     # (what measure() renders for this seed), the strokes all of them (stroke_of's).
     check = _text_stats(spec, "calibrate/check", 2 * images)
     w, left, h = _line_measures(check[:images])
-    stroke = statistics.mean(r["stroke"] for r in check)
+    stroke = _mean_stroke(check)
     line = (f"calibration: synthetic text measured like the sample after "
             f"{rounds + 3 * match_stroke} corrections: "
             f"line width {w:.2f} (sample {real_w:.2f}), start {left:.2f} ({real_left:.2f}), "
