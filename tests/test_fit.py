@@ -313,6 +313,38 @@ def test_style_measures_text_line_and_colour_pairs(tmp_path):
     assert spec.scale == 1 and not any("drawn at" in n for n in notes)  # text ~22+ rows
 
 
+def test_thin_lines_across_the_image_are_not_measured_as_text():
+    """Four hairlines drawn across a small image (as ink_small's generator draws them) leave
+    the text line's measures as they are without them: width, start, height and gaps; text
+    drawn in one-pixel strokes is still found and measured (the ink is then measured whole)."""
+    font = synthetic.font_path("DejaVuSans-Bold.ttf")
+    from PIL import ImageFont
+
+    def image(lines: bool, thin: bool = False) -> Image.Image:
+        im = Image.new("RGB", (90, 30), (240, 240, 235))
+        draw = ImageDraw.Draw(im)
+        if thin:  # glyph-like boxes one pixel thin
+            for x in (8, 20, 32, 44):
+                draw.rectangle((x, 9, x + 8, 21), outline=(30, 30, 30), width=1)
+        else:
+            draw.text((6, 15), "4k7b", font=ImageFont.truetype(font, 17), fill=(40, 40, 60),
+                      anchor="lm")
+        if lines:
+            for (x0, y0, x1, y1) in ((0, 3, 89, 27), (0, 24, 89, 6), (2, 12, 88, 18),
+                                     (60, 0, 80, 29)):
+                draw.line((x0, y0, x1, y1), fill=(50, 50, 50), width=1)
+        return im
+
+    clean, noisy = fit.style._image_stats(image(False)), fit.style._image_stats(image(True))
+    for key in ("span", "rows_span"):
+        assert noisy[key] == pytest.approx(clean[key], abs=0.04), key
+    assert abs(noisy["text_rows"] - clean["text_rows"]) <= 1
+    assert noisy["gaps"] == pytest.approx(clean["gaps"], abs=0.06)
+    thin = fit.style._image_stats(image(False, thin=True))
+    assert thin["found"] and thin["span"][0] == pytest.approx(8 / 90, abs=0.02)
+    assert thin["span"][1] == pytest.approx(53 / 90, abs=0.02)
+
+
 def test_style_draws_small_text_larger(tmp_path):
     """Text under DRAW_TEXT_ROWS rows high (here ~15 in 90x30) is drawn at twice the size and
     resized, and the style line says so."""

@@ -31,12 +31,13 @@ FIT_DEPTH = "layer2"  # model.depth of both stages (the last ResNet-18 stage kep
 # against 0.93, zero-shot 0.23 against 0.25).
 PRETRAIN_MAX_HEIGHT, FINETUNE_MAX_HEIGHT = 40, 72
 # Finetuning reads the sample's text at least this many rows high: the development styles'
-# text measures 25-45 rows at their finetuning height, and ink drawn at 90x30 (`ink_small`,
-# text ~14 of 30 rows) read its holdout at 0.789 finetuned at 32x184 and at 0.910 at 48x280
-# in the same time (session 37). From one pretrained model, in the same minutes, its text at
-# 22 rows (47x272) read 0.872, at 28 (60x344) 0.912 and at 34 (72x416, 4171 steps against
-# 9267) 0.885 (session 38; benchmarks/results/fit_history.md).
-FINETUNE_TEXT_ROWS = 28
+# text measures 24-45 rows at their finetuning height, and ink drawn at 90x30 (`ink_small`,
+# text ~11 of 30 rows; 14 before its lines were left out of the measure, style.SOLID_MIN_KEPT)
+# read its holdout at 0.789 finetuned at 32x184 and at 0.910 at 48x280 in the same time
+# (session 37). From one pretrained model, in the same minutes, it read 0.872 at 47x272, 0.912
+# at 60x344 and 0.885 at 72x416 (4171 steps against 9267; session 38): 17, 22 and 26 rows of
+# its text as measured now (22, 28 and 34 as measured then; benchmarks/results/fit_history.md).
+FINETUNE_TEXT_ROWS = 22
 # The input is widened until CTC has this many steps per symbol of the text line (measured:
 # its width / label length), and per symbol of the whole width: two identical symbols in a row
 # need a blank step between them. lower4to7 (7 symbols in 57% of 120 pixels, 1.2 steps a
