@@ -7,8 +7,9 @@ For each style, N labeled images of it (as `fit_styles.py` makes them) are the s
 the Fréchet distance of the universal model's layer2 features, sample against: N more images
 of the style's own generator (another seed: how near the distance gets, the floor), the style
 fit derives from the sample, that style tuned (what fit draws), the derived style with the
-other glyph shape (stretched to the line or at font proportions: fit measures that choice by
-pixels), and the universal mixture (the universal model's training data). Lower is nearer.
+other glyph shape (stretched to the line or at font proportions, calibrated alike: fit's
+pixel measures choose one, the likeness step takes the other where it is nearer by
+`likeness.SHAPE_MARGIN`), and the universal mixture (the universal model's training data). Lower is nearer.
 Also prints what tuning kept and how long it took.
 """
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from fit_styles import make_data
@@ -25,6 +25,7 @@ from captcha_ml import checkpoint
 from captcha_ml.data import synthetic, universal
 from captcha_ml.data.transforms import load_image
 from captcha_ml.fit import derive_style, inspect, likeness
+from captcha_ml.fit.style import other_shape, sample_stats
 from captcha_ml.fit.configs import UNIVERSAL_WEIGHTS
 
 
@@ -46,16 +47,19 @@ def main() -> None:
         insp = inspect(sample)
         stats = likeness.FeatureStats(model, pre.channels, insp.size[0] / insp.size[1])
         real = stats.of([load_image(p) for p, _ in insp.samples[:n]])
-        spec, _ = derive_style(insp)
+        measured = sample_stats(insp)
+        spec, _ = derive_style(insp, stats=measured)
+        other = other_shape(spec, measured)
         start = time.perf_counter()
-        tuned, found, _ = likeness.tune_style(insp, spec, UNIVERSAL_WEIGHTS, images=n)
+        tuned, found, _ = likeness.tune_style(insp, spec, UNIVERSAL_WEIGHTS, images=n,
+                                              other_shape=lambda: other)
         seconds = time.perf_counter() - start
 
         def rendered(s):
             return [synthetic.render(s, "likeness-bench", i)[0] for i in range(n)]
 
         sets = [[load_image(p) for p in sorted(other.glob("*.png"))[:n]], rendered(spec),
-                rendered(tuned), rendered(replace(spec, stretch=not spec.stretch)),
+                rendered(tuned), rendered(other),
                 rendered(universal.mixture(spec.charset, spec.min_len, spec.max_len))]
         dist = [stats.distance(real, stats.of(s)) for s in sets]
         kept = ", ".join(f"{k} {v}" for k, v in found.summary()["kept"].items()) or "nothing"

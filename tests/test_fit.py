@@ -677,6 +677,32 @@ def test_likeness_tunes_the_noise_towards_the_sample(tmp_path):
     assert same == start and found is None and "not tuned" in line
 
 
+def test_likeness_takes_the_other_glyph_shape_where_it_looks_nearer(tmp_path):
+    """A lowercase sample drawn at font proportions: started stretched (what the pixel
+    measures may choose), the likeness step tries the other shape first and takes it; started
+    at the sample's shape, it keeps it. Without a model, the other shape is not even made."""
+    truth = SyntheticSpec(style="captcha", width=160, height=60, charset="abdeghknpqy",
+                          min_len=5, max_len=5, palette=((235, 230, 200, 60, 90, 170),),
+                          curves=0, dots=0, strikes=(0, 0), grey=False, stretch=False)
+    insp = _styled(tmp_path, "truth", truth)
+    model = fit.configs.UNIVERSAL_WEIGHTS
+    tuned, found, line = fit.tune_style(insp, replace(truth, stretch=True), model, images=60,
+                                        tuned={}, other_shape=lambda: truth)
+    assert not tuned.stretch and found.kept == {"stretch": False}, found.summary()
+    (name, value, d), = found.tried
+    assert (name, value) == ("stretch", False) and d <= found.start * (1 - fit.likeness.SHAPE_MARGIN)
+    assert "glyphs at their font proportions (not warped) instead" in line
+    kept, found, _ = fit.tune_style(insp, truth, model, images=60, tuned={},
+                                    other_shape=lambda: replace(truth, stretch=True))
+    assert kept == truth and not found.kept and [k for k, _, _ in found.tried] == ["stretch"]
+
+    def never():
+        raise AssertionError("the other shape was made without a model to compare it with")
+
+    same, found, _ = fit.tune_style(insp, truth, tmp_path / "missing.pt", other_shape=never)
+    assert same == truth and found is None
+
+
 def test_likeness_distance_is_frechet():
     """Equal covariances leave the squared distance of the means; scaling one covariance by
     k^2 adds n (1 - k)^2 (n dimensions, identity covariance)."""

@@ -18,6 +18,9 @@ renders' (means and covariances, as FID compares image sets) is the style's dist
 far nearer than its derived style, the universal mixture far off). Each setting in TUNED is
 tried at each of its values in turn, keeping a value where it brings the distance down by
 MARGIN (a share) or more; the settings' own ranges stay broad, so the style still varies.
+Before them, the glyph shape: the one `style.glyph_shapes` did not choose from pixel measures
+(stretched to the line, or at font proportions), calibrated to the sample alike, is taken
+where its renders are nearer by SHAPE_MARGIN.
 
 What it is worth (session 26, README "Where `fit` stands"): on wheezy it lifted the pretrained
 model's zero-shot reading of the real valid part from 0.68 to 0.81, and the finetuned reader's
@@ -29,7 +32,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -52,6 +55,16 @@ TUNED: dict[str, tuple[Any, ...]] = {
     "overlap": (0.25, 0.1, 0.4),
 }
 MARGIN = 0.05  # a value is kept where the distance falls by this share
+# The other glyph shape (stretched to the line, or at font proportions; `style.glyph_shapes`
+# chose one from pixel measures), calibrated alike, replaces the chosen one where its renders
+# are nearer by this share. The pixel measures read a ragged line of rotated, jittered glyphs
+# (ink's generator pastes STIX and DejaVu Sans Mono glyphs at their proportions) as stretched
+# glyphs, the features did not: ink at 90x30, 160x60 and 300x80 measured 34-40% nearer at font
+# proportions (a probe of 120 images a style; whole fits of ink_small 36%). Where the two ways
+# are closer the measures keep deciding: captcha_images_v2 5%, claptcha and multicolor 8-10%
+# the other way, and wheezy's capitals 20% nearer stretched in a whole fit, which then read
+# 0.937 against 0.947-0.957 at font proportions (session 42).
+SHAPE_MARGIN = 0.3
 IMAGES = 200  # sample images read, and images rendered per candidate
 INPUT_HEIGHT = 48  # rows the images are read at (width by their aspect)
 FEATURE_STAGE = 5  # index in CaptchaNet.features of the stage compared (layer2)
@@ -80,6 +93,14 @@ class Likeness:
         return {"distance_derived": round(self.start, 3), "distance_tuned": round(self.final, 3),
                 "kept": {k: _plain(v) for k, v in self.kept.items()},
                 "tried": [f"{k}={_plain(v)}: {d:.3f}" for k, v, d in self.tried]}
+
+
+def _said(name: str, value: Any) -> str:
+    """A kept setting as the printed line shows it."""
+    if name == "stretch":
+        return ("glyphs stretched to the line" if value else
+                "glyphs at their font proportions (not warped)") + " instead"
+    return f"{name} {_plain(value)}"
 
 
 def _plain(value: Any) -> Any:
@@ -118,10 +139,13 @@ class FeatureStats:
 
 def tune_style(insp: Inspection, spec: SyntheticSpec, model_path: str | Path | None,
                seed: int = 0, images: int = IMAGES, margin: float = MARGIN,
-               tuned: dict[str, tuple[Any, ...]] | None = None
+               tuned: dict[str, tuple[Any, ...]] | None = None,
+               other_shape: Callable[[], SyntheticSpec] | None = None
                ) -> tuple[SyntheticSpec, Likeness | None, str]:
     """The spec with each TUNED setting at its nearest value (see the module docstring), what
-    was measured (None without a model), and the line fit prints."""
+    was measured (None without a model), and the line fit prints. ``other_shape`` makes the
+    spec with the other glyph shape, calibrated (only where there is a model to compare with);
+    tried first, it replaces ``spec`` where nearer by SHAPE_MARGIN."""
     if not model_path or not Path(model_path).is_file():
         return spec, None, "likeness: not tuned (no universal model to compare images with)"
     from .. import checkpoint
@@ -137,6 +161,13 @@ def tune_style(insp: Inspection, spec: SyntheticSpec, model_path: str | Path | N
 
     found = Likeness(start=distance(spec))
     best = found.start
+    other = other_shape() if other_shape is not None else None
+    if other is not None and other.stretch != spec.stretch:
+        d = distance(other)
+        found.tried.append(("stretch", other.stretch, d))
+        if d <= best * (1 - SHAPE_MARGIN):
+            spec, best = other, d
+            found.kept["stretch"] = other.stretch
     for name, values in (TUNED if tuned is None else tuned).items():
         if not applies(name, spec):
             continue
@@ -150,7 +181,7 @@ def tune_style(insp: Inspection, spec: SyntheticSpec, model_path: str | Path | N
                 spec, best = candidate, d
                 found.kept[name] = value
     found.final = best
-    changed = ", ".join(f"{k} {_plain(v)}" for k, v in found.kept.items()) or "nothing changed"
+    changed = ", ".join(_said(k, v) for k, v in found.kept.items()) or "nothing changed"
     return spec, found, (f"likeness: {changed}; the universal model's feature distance to the "
                          f"sample {found.start:.2f} -> {best:.2f} ({len(found.tried)} "
                          f"settings tried, each kept at >= {margin:.0%} nearer)")

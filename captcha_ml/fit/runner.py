@@ -44,7 +44,8 @@ from .fonts import given_fonts, match_fonts, usable_fonts, use_given_fonts
 from .likeness import tune_style
 from .reuse import PRETRAIN_RECORD, reusable_pretraining, write_pretrain_record
 from .sample import Inspection, inspect, inspection_notes, make_split, split_sizes
-from .style import TextLayout, derive_style, sample_stats, style_samples, text_layout
+from .style import (TextLayout, derive_style, other_shape, sample_stats, style_samples,
+                    text_layout)
 
 
 class _Notes:
@@ -322,7 +323,10 @@ def _prepare(data: str | Path, out: Path, case_sensitive: bool, skip_bad: bool,
             note(line)
             found["fonts"] = ranked.summary() if ranked else {}
         if likeness:
-            spec, alike, line = tune_style(insp, spec, universal_start(), seed)
+            derived = spec
+            spec, alike, line = tune_style(
+                insp, spec, universal_start(), seed,
+                other_shape=lambda: other_shape(derived, stats, match_stroke))
             note(line)
             found["likeness"] = alike.summary() if alike else {}
         synthetic.save_style(spec, style_file, "# derived by captcha-ml fit; edit and rerun with "

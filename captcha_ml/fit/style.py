@@ -327,6 +327,10 @@ def glyph_shapes(spec: SyntheticSpec, real_stats: list[dict[str, Any]],
     proportions, while models pretrained each way read 0.51 and 0.97); fill alone: 0.11
     against 0.05.
 
+    The likeness step (`likeness.tune_style`, with a universal model) may take the other
+    shape (``other_shape``) where the model finds its renders far nearer the sample: lines of
+    rotated, jittered glyphs at font proportions (ink's) measure like stretched glyphs here.
+
     Returns the spec, the choice's note ("" when not measured) and the calibration's note."""
     keys = [k for k, tells in (("fill", any(c.islower() for c in spec.charset) or spec.mixed_case),
                                ("gaps", spec.style == "captcha" and spec.text_width[1] > 0))
@@ -353,6 +357,14 @@ def glyph_shapes(spec: SyntheticSpec, real_stats: list[dict[str, Any]],
             f" (sample: {measures(real)}; calibrated renders stretched "
             f"{measures(tried[True][3])}, at font proportions {measures(tried[False][3])})",
             tried[stretch][2])
+
+
+def other_shape(spec: SyntheticSpec, real_stats: list[dict[str, Any]],
+                match_stroke: bool = False) -> SyntheticSpec:
+    """The spec with the glyph shape ``glyph_shapes`` did not choose, calibrated to the sample
+    alike (the likeness step compares the two; ``likeness.SHAPE_MARGIN``)."""
+    return calibrate(replace(spec, stretch=not spec.stretch), real_stats,
+                     match_stroke=match_stroke)[0]
 
 
 def _line_measures(stats: list[dict[str, Any]]) -> tuple[float, float, float]:
