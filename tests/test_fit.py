@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from typer.testing import CliRunner
 
 from captcha_ml import fit
@@ -318,7 +318,6 @@ def test_thin_lines_across_the_image_are_not_measured_as_text():
     the text line's measures as they are without them: width, start, height and gaps; text
     drawn in one-pixel strokes is still found and measured (the ink is then measured whole)."""
     font = synthetic.font_path("DejaVuSans-Bold.ttf")
-    from PIL import ImageFont
 
     def image(lines: bool, thin: bool = False) -> Image.Image:
         im = Image.new("RGB", (90, 30), (240, 240, 235))
