@@ -312,7 +312,7 @@ def fit(
     match_stroke: bool = typer.Option(False, help="Thin or thicken the synthetic glyphs to "
                                       "the sample's measured stroke width (helped a sample "
                                       "drawn in thin faces, hurt one drawn in a single regular "
-                                      "serif: see the README)."),
+                                      "serif: see docs/fit.md)."),
     universal: bool = typer.Option(True, help="Start pretraining from the universal model "
                                    "shipped with captcha_ml (general glyph features; "
                                    "--no-universal: random weights)."),

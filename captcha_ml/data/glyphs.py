@@ -2,12 +2,12 @@
 shapes (`captcha-ml fit`'s synthetic half, ``data.glyphs``).
 
 fit's generator draws its own faces; a site whose captchas use a face or a warp it cannot draw
-is read far worse (claptcha's captchas: 0.894, README "Where fit stands"). A few hundred labeled
-images hold each symbol a few dozen times, in the site's own shapes. ``cut`` takes each symbol
-from where a model's forced CTC alignment places it (``symbol_bounds``), so no style needs to
-be known, and the model need not read the images right. ``GlyphBank.compose`` puts random
-symbols' glyphs side by side, each warped by a random quadrilateral and jittered, somewhere in
-the columns the sample's text lies in: new captchas, with their labels.
+is read far worse (claptcha's captchas: 0.894, docs/fit.md, "Where `fit` stands"). A few
+hundred labeled images hold each symbol a few dozen times, in the site's own shapes. ``cut``
+takes each symbol from where a model's forced CTC alignment places it (``symbol_bounds``), so
+no style needs to be known, and the model need not read the images right. ``GlyphBank.compose``
+puts random symbols' glyphs side by side, each warped by a random quadrilateral and jittered,
+somewhere in the columns the sample's text lies in: new captchas, with their labels.
 """
 
 from __future__ import annotations

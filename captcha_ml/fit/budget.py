@@ -17,7 +17,7 @@ FIT_DEPTH = "layer2"  # model.depth of both stages (the last ResNet-18 stage kep
 # smaller network takes 1.6-2.3x the steps, which paid more than the capacity. Whole fits,
 # 1000-image holdouts, layer2 vs layer3 on one VM: wheezy 0.897 vs 0.845, alnum62 (62 symbols)
 # 0.943 vs 0.946, lower4to7 0.963 vs 0.964 (session 16, bfloat16, 1.6-1.7x the steps); wheezy
-# 0.859 vs 0.739 on session 15's float32 VM (2.3x). Tables: README, "Any captcha".
+# 0.859 vs 0.739 on session 15's float32 VM (2.3x). Tables: docs/fit.md.
 # The head stays linear (model.head): with a bidirectional LSTM in both stages, wheezy's fit
 # probed 262 images/s against ~320, its 2402 pretraining steps reached synthetic validation
 # 0.695 (linear: 0.965 after 2891) and zero-shot 0.053 (linear: 0.33).
@@ -51,7 +51,7 @@ CTC_STEPS_PER_SYMBOL = 2.5
 MAX_WIDEN = 2.0  # at most this many times the width that keeps the aspect
 # Most of the time goes to finetuning (half of its images are synthetic too): 35/65 read the
 # 1000-image holdouts at least as well as 60/40 (wheezy 0.724 vs 0.704, alnum62 0.949 vs 0.930,
-# lower4to7 0.903 vs 0.902; bfloat16, one seed, README: Any captcha). From the universal model,
+# lower4to7 0.903 vs 0.902; bfloat16, one seed, docs/fit.md). From the universal model,
 # with pretraining validated on the real valid part, 20/80 read them at least as well as 35/65
 # (session 23, one seed each, the 35/65 figures alnum62's, lower4to7's and ink's of session 22:
 # wheezy 0.940 vs 0.934, alnum62 0.977 vs 0.971, lower4to7 0.978 vs 0.976, ink 0.980 vs

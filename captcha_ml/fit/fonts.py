@@ -40,7 +40,7 @@ from ..data.universal import UNIVERSAL_FONTS
 from .sample import Inspection
 
 # The best face's lead over the other 12 faces' mean score, 100 sample images and 60 renders per
-# face (the fits of sessions 27-29, README "Where `fit` stands"): styles drawn in one face
+# face (the fits of sessions 27-29, docs/fit.md, "Where `fit` stands"): styles drawn in one face
 # with stretched glyphs: alnum62 (DejaVu Serif; seeds 0 and 1) 0.035 and 0.029, lower4to7
 # (DejaVu Sans Mono) 0.028 and 0.031, captcha_images_v2 (the captcha library's Droid Sans Mono)
 # 0.030, each ranked first every time; other drawers, whose derived style draws unlike them:

@@ -22,9 +22,9 @@ Before them, the glyph shape: the one `style.glyph_shapes` did not choose from p
 (stretched to the line, or at font proportions), calibrated to the sample alike, is taken
 where its renders are nearer by SHAPE_MARGIN.
 
-What it is worth (session 26, README "Where `fit` stands"): on wheezy it lifted the pretrained
-model's zero-shot reading of the real valid part from 0.68 to 0.81, and the finetuned reader's
-holdout stayed where it was (0.943 against 0.944).
+What it is worth (session 26, docs/fit.md, "Where `fit` stands"): on wheezy it lifted the
+pretrained model's zero-shot reading of the real valid part from 0.68 to 0.81, and the
+finetuned reader's holdout stayed where it was (0.943 against 0.944).
 """
 
 from __future__ import annotations
