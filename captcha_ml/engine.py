@@ -52,6 +52,7 @@ class Progress:
     best_step: int = 0
     stale_evals: int = 0
     history: list = field(default_factory=list)
+    start: dict = field(default_factory=dict)  # the starting weights' validation (validate_start)
 
     def state_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -374,6 +375,8 @@ def _run(loop: Loop) -> dict[str, Any]:
     window = _Window()
     last_eval, stop = -1, False
     first_step, loop_start = p.step, time.perf_counter()
+    if cfg.train.validate_start and p.step == 0:
+        _validate_start(loop)
     loop.model.train()
     while p.step < p.total and not stop:
         loop.data.train.set_epoch(p.epoch)
@@ -542,6 +545,19 @@ def _validate(loop: Loop) -> bool:
     return bool(patience and p.stale_evals >= patience)
 
 
+def _validate_start(loop: Loop) -> None:
+    """train.validate_start: the starting weights on the validation set, logged at step 0 and
+    kept as progress.start; they are no candidate for best.pt (the run's model is trained)."""
+    acc, p = loop.accelerator, loop.progress
+    result, _, _ = evaluate(loop.model, loop.valid_dl, acc, loop.data.charset)
+    p.start = {"step": 0, **{k: round(v, 6) for k, v in result.items()}}
+    if acc.is_main_process and loop.tracker:
+        loop.tracker.log_metrics({f"val/{k}": v for k, v in result.items() if k != "count"},
+                                 step=0)
+        tqdm.write(f"step 0 (the starting weights): val seq_acc {result['seq_acc']:.4f} cer "
+                   f"{result['cer']:.4f} loss {result['loss']:.4f}")
+
+
 def _save_state(loop: Loop) -> None:
     """Resumable state (model, optimizer, scheduler, loop position), replaced atomically."""
     acc, state = loop.accelerator, loop.out / "state"
@@ -611,7 +627,7 @@ def _finish(loop: Loop) -> dict[str, Any]:
     best = loop.out / "best.pt"
     result = {"best_checkpoint": str(best), "best_step": p.best_step, "steps": p.step,
               "val": next((h for h in p.history if h["step"] == p.best_step), {}),
-              "history": list(p.history),
+              "history": list(p.history), "start": dict(p.start),
               "run_id": loop.tracker.run_id if loop.tracker else None}
     acc.wait_for_everyone()
     if loop.tracker:

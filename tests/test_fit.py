@@ -741,6 +741,7 @@ def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
                                       "--match-stroke"])
     assert result.exit_code == 0, result.output
     assert "zero-shot (pretrained only)" in result.output and "fit summary" in result.output
+    assert "(before pretraining, the universal model: " in result.output
     assert "stroke change" in result.output  # --match-stroke reached the calibration
     assert "test misreads" in result.output
     for name in ("fit.yaml", "style.yaml", "inspection.json", "style_samples.png",
@@ -788,8 +789,8 @@ def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
     children = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId")
                 == parent.info.run_id}
     assert children == {"pretrain", "zero_shot", "finetune", "test"}
-    assert {"zero_shot/valid_seq_acc", "test/seq_acc", "fit/likeness_derived",
-            "fit/likeness_tuned", "fit/glyphs"} <= set(parent.data.metrics)
+    assert {"zero_shot/valid_seq_acc", "zero_shot/start_valid_seq_acc", "test/seq_acc",
+            "fit/likeness_derived", "fit/likeness_tuned", "fit/glyphs"} <= set(parent.data.metrics)
     assert parent.data.params["fit.charset"] == DIGITS
     assert parent.data.params["fit.glyphs"] == "composed"
     assert int(client.get_model_version_by_alias("e2e", "champion").version) == 1

@@ -138,6 +138,27 @@ def test_select_decides_which_validated_weights_are_the_model(tmp_path, monkeypa
         tiny_config(tmp_path, "train.select=first")
 
 
+def test_validate_start_reads_the_starting_weights_as_a_baseline_not_a_candidate(
+        tmp_path, monkeypatch):
+    """train.validate_start: the starting weights are validated before the first step (scores
+    0.9 at the start, then 0.5, 0.1, 0.3), logged at step 0 and returned as "start"; best.pt
+    stays a trained step's (step 1), and the start is not in the selection's history."""
+    scores = iter([0.9, 0.5, 0.1, 0.3])
+
+    def scored(model, loader, accelerator, charset, with_ids=False):
+        return {"seq_acc": next(scores), "char_acc": 0.5, "cer": 0.5, "loss": 1.0}, [], []
+
+    monkeypatch.setattr(engine, "evaluate", scored)
+    result = engine.train(tiny_config(tmp_path, "train.max_steps=3", "train.eval_every=1",
+                                      "train.validate_start=true", "tracking.log_model=false"))
+    assert result["start"] == {"step": 0, "seq_acc": 0.9, "char_acc": 0.5, "cer": 0.5,
+                               "loss": 1.0}
+    assert result["best_step"] == 1 and [h["step"] for h in result["history"]] == [1, 2, 3]
+    assert checkpoint.load_payload(result["best_checkpoint"])["step"] == 1
+    logged = _client(tmp_path).get_metric_history(result["run_id"], "val/seq_acc")
+    assert [(m.step, m.value) for m in logged] == [(0, 0.9), (1, 0.5), (2, 0.1), (3, 0.3)]
+
+
 def test_resume_without_state_is_refused(tmp_path):
     with pytest.raises(engine.TrainingError, match="no saved state"):
         engine.train(tiny_config(tmp_path), resume=True)

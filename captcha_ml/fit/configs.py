@@ -104,7 +104,8 @@ def build_configs(insp: Inspection, out: Path, inputs: dict[str, tuple[int, int]
         f"train.fill_time={bool(plan.pretrain_minutes)}",
         f"train.batch_size={plan.pretrain_batch}",
         "train.lr=1e-3", f"train.eval_every={max(1, n_pre // PRETRAIN_EVALS)}",
-        f"train.early_stop_patience={PRETRAIN_PATIENCE}", "tracking.log_model=false",
+        f"train.early_stop_patience={PRETRAIN_PATIENCE}", "train.validate_start=true",
+        "tracking.log_model=false",
         *([f"train.init_from={init}"] if init else [])])
     fine = config.load(None, common + size("finetune") + [
         f"data.train={splits['train']}", f"data.valid={splits['valid']}", "data.augment=true",

@@ -168,6 +168,13 @@ def _eval_config(pre: Config, run_name: str) -> Config:
                               f"tracking.run_name={run_name}", "data.num_workers=0"])
 
 
+def _start_name(pre: Config) -> str:
+    if not pre.train.init_from:
+        return "random weights"
+    same = Path(pre.train.init_from).resolve() == UNIVERSAL_WEIGHTS.resolve()
+    return "the universal model" if same else Path(pre.train.init_from).name
+
+
 def _valid_name(pre: Config) -> str:
     return "synthetic valid" if pre.data.valid == "synthetic" else "real valid part"
 
@@ -207,8 +214,14 @@ def _train(pre: Config, fine: Config, splits: dict[str, Path], note: _Notes,
     zero = engine.evaluate_model(_eval_config(pre, "zero_shot"), pre_result["best_checkpoint"],
                                  str(splits["valid"]), split="valid")["metrics"]
     mlflow.log_metrics({f"zero_shot/valid_{k}": v for k, v in zero.items() if k != "count"})
+    start = pre_result.get("start") or {}  # absent: validate_start off, or an older record
+    if start:
+        mlflow.log_metrics({f"zero_shot/start_valid_{k}": start[k]
+                            for k in ("seq_acc", "char_acc")})
     note(f"zero-shot (pretrained only) on the real valid part: seq_acc {zero['seq_acc']:.4f}, "
-         f"char_acc {zero['char_acc']:.4f}")
+         f"char_acc {zero['char_acc']:.4f}"
+         + (f" (before pretraining, {_start_name(pre)}: {start['seq_acc']:.4f}, "
+            f"{start['char_acc']:.4f})" if start else ""))
     if fine.data.glyphs:
         _glyphs(pre_result["best_checkpoint"], zero["seq_acc"], fine, splits, note)
     if deadline is not None:
