@@ -9,7 +9,8 @@ of the style's own generator (another seed: how near the distance gets, the floo
 fit derives from the sample, that style tuned (what fit draws), the derived style with the
 other glyph shape (stretched to the line or at font proportions, calibrated alike: fit's
 pixel measures choose one, the likeness step takes the other where it is nearer by
-`likeness.SHAPE_MARGIN`), and the universal mixture (the universal model's training data). Lower is nearer.
+`likeness.SHAPE_MARGIN`), and the universal mixture (the universal model's training data).
+Lower is nearer.
 Also prints what tuning kept and how long it took.
 """
 
@@ -49,17 +50,17 @@ def main() -> None:
         real = stats.of([load_image(p) for p, _ in insp.samples[:n]])
         measured = sample_stats(insp)
         spec, _ = derive_style(insp, stats=measured)
-        other = other_shape(spec, measured)
+        reshaped = other_shape(spec, measured)
         start = time.perf_counter()
         tuned, found, _ = likeness.tune_style(insp, spec, UNIVERSAL_WEIGHTS, images=n,
-                                              other_shape=lambda: other)
+                                              other_shape=lambda: reshaped)
         seconds = time.perf_counter() - start
 
         def rendered(s):
             return [synthetic.render(s, "likeness-bench", i)[0] for i in range(n)]
 
         sets = [[load_image(p) for p in sorted(other.glob("*.png"))[:n]], rendered(spec),
-                rendered(tuned), rendered(other),
+                rendered(tuned), rendered(reshaped),
                 rendered(universal.mixture(spec.charset, spec.min_len, spec.max_len))]
         dist = [stats.distance(real, stats.of(s)) for s in sets]
         kept = ", ".join(f"{k} {v}" for k, v in found.summary()["kept"].items()) or "nothing"
