@@ -14,7 +14,9 @@ draw it at the issue's size extremes: 4 symbols in 90x30, 8 in 300x80); `claptch
 generator on PyPI in a face fit's mix lacks (pip install claptcha multicolorcaptcha; skipped
 when missing: `build_claptcha`); `multicolor` from a fourth (pip install multicolorcaptcha:
 four digits in 44 faces, each in its own coloured cell, rotated and crossed by lines of its
-colour, 256x64); `alnum62`, `lower4to7` (and
+colour, 256x64); `kaptcha` from a fifth (pip install kaptcha: four letters and digits in
+random colours and its four faces under opaque coloured fragments, 200x80 JPEGs, read
+case-insensitively: fit runs with --case-insensitive); `alnum62`, `lower4to7` (and
 `digits4`) from captcha_ml's generator with fonts, colours, noise, sizes, charsets and lengths
 unlike captcha_images_v2; `v2` is captcha_images_v2 (--real-data): fit reads N of its 1040
 images (a seeded choice), the holdout is the others (540 for N = 500).
@@ -97,12 +99,13 @@ def global_random_draws(n: int, seed: str, style: dict, length) -> Iterator[tupl
         yield i, label
 
 
-def _global_random_set(n: int, folder: Path, seed: str, style: dict, draw, length) -> Path:
-    """n labeled PNGs <label>_<index>.png drawn by ``draw(label)`` (a PIL image), as
-    ``global_random_draws`` says."""
+def _global_random_set(n: int, folder: Path, seed: str, style: dict, draw, length,
+                       suffix: str = ".png") -> Path:
+    """n labeled images <label>_<index><suffix> (PIL encodes by the suffix) drawn by
+    ``draw(label)`` (a PIL image), as ``global_random_draws`` says."""
     folder.mkdir(parents=True, exist_ok=True)
     for i, label in global_random_draws(n, seed, style, length):
-        path = folder / f"{label}_{i:07d}.png"
+        path = folder / f"{label}_{i:07d}{suffix}"
         if not path.exists():
             draw(label).save(path)
     return folder
@@ -182,6 +185,60 @@ def build_claptcha(n: int, folder: Path, seed: str) -> Path | None:
 
     with pillow_getsize():
         return _global_random_set(n, folder, seed, CLAPTCHA, draw, claptcha_length)
+
+
+# Letters and digits as kaptcha (PyPI) draws them by default (`Captcha().letter_digit()`: its
+# 46 letters, without i, j, l, q, I and Q, and the digits but 0), four to an image, 200x80.
+# Sites read them case-insensitively (kaptcha's own demo compares lower-cased answers), so fit
+# runs on them with --case-insensitive (CASE_INSENSITIVE): 33 symbols.
+KAPTCHA = dict(charset="abcdefghkmnoprstuvwxyzABCDEFGHJKLMNOPRSTUVWXYZ123456789", min_len=4,
+               max_len=4, width=200, height=80)
+
+
+@contextlib.contextmanager
+def pillow_boxes() -> Iterator[None]:
+    """kaptcha 1.0.1 sizes its fragments at 8 +- 10 pixels at 80 rows, so a box can come out
+    upside down, which Pillow 10 and later reject (older ones drew it): while it draws, a
+    rectangle's or an ellipse's corners are put in order, the box between them drawn."""
+    from PIL import ImageDraw
+
+    saved = {m: getattr(ImageDraw.ImageDraw, m) for m in ("rectangle", "ellipse")}
+
+    def ordered(method):
+        def draw(self, xy, *args, **kwargs):
+            (x0, y0, x1, y1) = xy
+            return method(self, (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)),
+                          *args, **kwargs)
+        return draw
+
+    for name, method in saved.items():
+        setattr(ImageDraw.ImageDraw, name, ordered(method))
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(ImageDraw.ImageDraw, name, method)
+
+
+def build_kaptcha(n: int, folder: Path, seed: str) -> Path | None:
+    """n labeled JPEGs from kaptcha (PyPI) at its defaults, saved as it serves them (PIL's
+    JPEG at quality 75): each glyph in a random colour (pale ones too) and one of its four
+    bundled Google faces at 60-75 pixels, so glyphs overlap and run off the edge, under 20
+    opaque fragments (boxes, ellipses, thick lines) of random colours; on white. A fifth
+    generator, measured before anything was tuned on it (session 44)."""
+    try:
+        from kaptcha.captcha import FONT, CaptchaPainter
+    except ImportError:
+        print("kaptcha not installed (pip install kaptcha): style skipped")
+        return None
+
+    def draw(label: str):
+        return CaptchaPainter(text=label, im_x=KAPTCHA["width"], im_y=KAPTCHA["height"],
+                              gran=5, mode="RGB", font=FONT, bg="white").normal
+
+    with pillow_boxes():
+        return _global_random_set(n, folder, seed, KAPTCHA, draw,
+                                  lambda rng: KAPTCHA["min_len"], suffix=".jpg")
 
 
 # Digits, four to an image, as multicolorcaptcha (PyPI; the generator of TLG_JoinCaptchaBot, a
@@ -300,7 +357,10 @@ def build_real(source: Path, n: int, folder: Path, seed: str, skip: int = 0) -> 
 BUILDERS = {"wheezy": (WHEEZY, build_wheezy), "ink": (INK, build_ink),
             "ink_small": (INK_SMALL, functools.partial(build_ink, style=INK_SMALL)),
             "ink_long": (INK_LONG, functools.partial(build_ink, style=INK_LONG)),
-            "claptcha": (CLAPTCHA, build_claptcha), "multicolor": (MULTICOLOR, build_multicolor)}
+            "claptcha": (CLAPTCHA, build_claptcha), "multicolor": (MULTICOLOR, build_multicolor),
+            "kaptcha": (KAPTCHA, build_kaptcha)}
+# Styles whose sites compare answers case-insensitively: fit runs with --case-insensitive.
+CASE_INSENSITIVE = frozenset({"kaptcha"})
 
 
 def own_fonts(name: str) -> tuple[str, ...]:
@@ -313,6 +373,10 @@ def own_fonts(name: str) -> tuple[str, ...]:
     if name == "claptcha":
         found = claptcha_class()
         return (str(found[1]),) if found else ()
+    if name == "kaptcha":
+        from kaptcha.captcha import FONT
+
+        return tuple(FONT)
     if name == "multicolor":
         from multicolorcaptcha import CaptchaGenerator
 
@@ -417,21 +481,24 @@ def main() -> None:
         fonts = own_fonts(name) if args.own_fonts else ()
         if args.own_fonts and not fonts:
             print(f"{name}: its generator's faces are not known; fit matches its own")
+        case_sensitive = name not in CASE_INSENSITIVE
         start = time.perf_counter()
-        r = fit.run(folder, args.work / "fit" / name, budget_minutes=args.budget_minutes,
+        r = fit.run(folder, args.work / "fit" / name, case_sensitive,
+                    budget_minutes=args.budget_minutes,
                     match_stroke=args.match_stroke, universal=args.universal,
                     font_match=args.font_match, likeness=args.likeness,
                     name=f"bench-{name}", tracking_uri=uri, seed=args.seed, fonts=fonts)
         minutes = (time.perf_counter() - start) / 60
         t = r["test"]
         lens = f"{spec.min_len}" if spec.min_len == spec.max_len else f"{spec.min_len}-{spec.max_len}"
-        row = [name, args.images, len(spec.charset), lens, f"{spec.width}x{spec.height}",
+        symbols = set(spec.charset if case_sensitive else spec.charset.lower())
+        row = [name, args.images, len(symbols), lens, f"{spec.width}x{spec.height}",
                f"{r['zero_shot']['seq_acc']:.4f}", f"{t['seq_acc']:.4f}", f"{t['char_acc']:.4f}"]
         if args.holdout:  # after the timed fit: images fit never saw, from another seed
             _, extra = make_data(name, args.holdout, args.work / "holdout" / name,
                                  f"holdout{args.seed}/{name}", args.real_data, args.images)
             held = read_holdout(r["best_checkpoint"], extra)
-            row += [f"{held['metrics']['seq_acc']:.4f}", len(list(extra.glob("*.png")))]
+            row += [f"{held['metrics']['seq_acc']:.4f}", int(held["metrics"]["count"])]
             misreads.append(misread_line(name, held))
         rows.append(row + [f"{minutes:.1f}"])
         print(report.table(rows, ["style", "images", "charset", "lengths", "size",
