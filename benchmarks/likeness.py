@@ -20,7 +20,7 @@ import argparse
 import time
 from pathlib import Path
 
-from fit_styles import make_data
+from fit_styles import CASE_INSENSITIVE, make_data
 
 from captcha_ml import checkpoint
 from captcha_ml.data import synthetic, universal
@@ -45,7 +45,7 @@ def main() -> None:
         _, other = make_data(name, n, args.work / name / "other", f"likeness-other/{name}")
         if sample is None:
             continue
-        insp = inspect(sample)
+        insp = inspect(sample, case_sensitive=name not in CASE_INSENSITIVE)
         stats = likeness.FeatureStats(model, pre.channels, insp.size[0] / insp.size[1])
         real = stats.of([load_image(p) for p, _ in insp.samples[:n]])
         measured = sample_stats(insp)
@@ -59,7 +59,7 @@ def main() -> None:
         def rendered(s):
             return [synthetic.render(s, "likeness-bench", i)[0] for i in range(n)]
 
-        sets = [[load_image(p) for p in sorted(other.glob("*.png"))[:n]], rendered(spec),
+        sets = [[load_image(p) for p in sorted(other.iterdir())[:n]], rendered(spec),
                 rendered(tuned), rendered(reshaped),
                 rendered(universal.mixture(spec.charset, spec.min_len, spec.max_len))]
         dist = [stats.distance(real, stats.of(s)) for s in sets]

@@ -405,6 +405,28 @@ def test_specks_cut_strokes_in_the_background_colour(style):
         SyntheticSpec(specks=(5, 2))
 
 
+@pytest.mark.parametrize("style", ["captcha", "real"])
+def test_fragments_hide_parts_of_the_text_in_glyph_colours(style):
+    """Fragments are solid shapes in glyph colours over the text: the same image with them
+    has more ink, none of it in a colour the style lacks; ``drawn`` keeps the share of the
+    image they cover."""
+    green = (20, 160, 40)
+    clean = SyntheticSpec(style=style, charset="ABCDEFGH", min_len=5, max_len=5, curves=0,
+                          dots=0, strikes=(0, 0), hooks=(0, 0), blur=(0.0, 0.0), grey=False,
+                          background=(250, 250), foreground=(0, 0), glyph_colours=(green,),
+                          text_width=(0.6, 0.7) if style == "captcha" else (0.0, 0.0))
+    cluttered = dataclasses.replace(clean, fragments=(30, 30))
+    for i in range(3):
+        a = np.asarray(render(clean, 0, i)[0]).astype(int)
+        b = np.asarray(render(cluttered, 0, i)[0]).astype(int)
+        assert (b.min(axis=2) < 200).sum() > (a.min(axis=2) < 200).sum() * 1.2
+        if style == "captcha":  # each shape in a (jittered) glyph colour: green, never red
+            assert (b[..., 1] - b[..., 0] < -40).sum() == 0
+    assert dataclasses.replace(clean, scale=2, fragments=(8, 30)).drawn().fragments == (2, 8)
+    with pytest.raises(DataError, match="fragments"):
+        SyntheticSpec(fragments=(5, 2))
+
+
 def test_bezier_curve_spans_the_text_line():
     import random
 

@@ -108,6 +108,9 @@ class SyntheticSpec:
     # stretched glyphs come out bolder than many generators' (measured by `captcha-ml fit`)
     specks: tuple[int, int] = (0, 0)  # count range, per 200x50 pixels, of small squares in the
     # background's colour drawn over text and curves (salt noise that cuts strokes)
+    fragments: tuple[int, int] = (0, 0)  # count range, per 200x50 pixels, of solid shapes
+    # (boxes, ellipses, short thick lines) in glyph colours drawn over the text: the opaque
+    # clutter some generators scatter on their captchas (kaptcha's "chips")
     scale: int = 1  # drawn at this many times width x height, every pixel measure above with
     # it (``drawn``), then resized to width x height: the captcha library's glyphs drawn only a
     # dozen pixels high fill in (its ink mask doubles anti-aliased edges), where a generator
@@ -137,7 +140,8 @@ class SyntheticSpec:
                             f"in 0..255 each (got {list(self.glyph_colours)[:2]}...)")
         ranges = {"text_width": (self.text_width, 0, 1), "text_left": (self.text_left, 0, 1),
                   "curve_width": (self.curve_width, 1, 64), "squeeze": (self.squeeze, 0.05, 10),
-                  "specks": (self.specks, 0, 400), "font_warp": (self.font_warp, 0, 0.5)}
+                  "specks": (self.specks, 0, 400), "font_warp": (self.font_warp, 0, 0.5),
+                  "fragments": (self.fragments, 0, 200)}
         for name, ((lo, hi), low, high) in ranges.items():
             if not low <= lo <= hi <= high:
                 raise DataError(f"synthetic spec: {name} must be a range (low, high) within "
@@ -154,10 +158,11 @@ class SyntheticSpec:
 
     def drawn(self) -> SyntheticSpec:
         """The spec its drawer draws: at ``scale`` times the canvas, with the font sizes, curve
-        widths, stroke change and blur radius scaled alike, and the specks' count per 200x50
-        pixels divided by the scale squared (their side grows with the height already, so the
-        share of the image they cover stays). Other counts and shares stay; the library's
-        noise dots and the strike lines keep their drawn widths (thinner in the output)."""
+        widths, stroke change and blur radius scaled alike, and the specks' and fragments'
+        counts per 200x50 pixels divided by the scale squared (their sides grow with the height
+        already, so the share of the image they cover stays). Other counts and shares stay;
+        the library's noise dots and the strike lines keep their drawn widths (thinner in the
+        output)."""
         k = self.scale
         if k == 1:
             return self
@@ -166,7 +171,8 @@ class SyntheticSpec:
             font_sizes=tuple(f * k for f in self.font_sizes),
             curve_width=tuple(c * k for c in self.curve_width), stroke=self.stroke * k,
             blur=tuple(b * k for b in self.blur),
-            specks=tuple(round(n / k**2) for n in self.specks))
+            specks=tuple(round(n / k**2) for n in self.specks),
+            fragments=tuple(round(n / k**2) for n in self.fragments))
 
 
 _PRESETS: dict[str, dict] = {
@@ -367,6 +373,9 @@ class SpecCaptcha(ImageCaptcha):
             _curve(self, im, rng, fg, span)
         if s.strikes[1] > 0:
             _strike(im, rng, rng.randint(*s.strikes), fg[:3])
+        if s.fragments[1] > 0:
+            _fragments(im, rng, s.fragments, lambda: _jittered(rng.choice(s.glyph_colours), rng)
+                       if s.glyph_colours else fg[:3])
         if s.specks[1] > 0:
             _specks(im, rng, s.specks, lambda x, y: bg)
         return im.filter(ImageFilter.SMOOTH)
@@ -520,6 +529,25 @@ def _specks(im: Image.Image, rng: random.Random, count: tuple[int, int], colour_
         draw.rectangle((x, y, x + size - 1, y + size - 1), fill=colour_at(x, y))
 
 
+def _fragments(im: Image.Image, rng: random.Random, count: tuple[int, int], colour) -> None:
+    """``count`` (a range, per 200x50 pixels) solid shapes anywhere on the image, a third
+    each: boxes and ellipses 0.05-0.3 of the height on a side, and lines 0.2-0.8 of the height
+    long and 0.05-0.1 of it thick at any angle; each in ``colour()``. Drawn over the text,
+    they hide parts of glyphs as the clutter of generators such as kaptcha does."""
+    w, h = im.size
+    draw = ImageDraw.Draw(im)
+    scale = w * h / (200 * 50)
+    for _ in range(rng.randint(round(count[0] * scale), round(count[1] * scale))):
+        x, y, kind, fill = rng.uniform(0, w), rng.uniform(0, h), rng.randrange(3), colour()
+        if kind == 2:
+            length, angle = rng.uniform(0.2, 0.8) * h, rng.uniform(0, 2 * math.pi)
+            draw.line((x, y, x + length * math.cos(angle), y + length * math.sin(angle)),
+                      fill=fill, width=max(1, round(rng.uniform(0.05, 0.1) * h)))
+        else:
+            box = (x, y, x + rng.uniform(0.05, 0.3) * h, y + rng.uniform(0.05, 0.3) * h)
+            (draw.rectangle if kind == 0 else draw.ellipse)(box, fill=fill)
+
+
 class RealCaptcha(SpecCaptcha):
     """The look of captcha_images_v2: text on the left 3/4 over a horizontal grey gradient."""
 
@@ -575,6 +603,8 @@ class RealCaptcha(SpecCaptcha):
         _hooks(out, rng, rng.randint(*s.hooks), ink, x)
         if s.dots:
             self.create_noise_dots(out, (ink, ink, ink), width=1, number=s.dots)
+        if s.fragments[1] > 0:
+            _fragments(out, rng, s.fragments, lambda: (ink, ink, ink))
         if s.specks[1] > 0:
             _specks(out, rng, s.specks, lambda px, py: ramp.getpixel((px, py)))
         radius = rng.uniform(*s.blur)

@@ -47,6 +47,8 @@ from .sample import Inspection
 TUNED: dict[str, tuple[Any, ...]] = {
     "curve_width": ((1, 4), (1, 2), (3, 5)),
     "specks": ((0, 30), (0, 0), (20, 50)),
+    # Solid shapes in glyph colours over the text (kaptcha's clutter); none unless nearer.
+    "fragments": ((0, 0), (5, 15), (15, 30)),
     "rotate": ((-20.0, 20.0), (-10.0, 10.0), (-30.0, 30.0)),
     "font_warp": ((0.0, 0.0), (0.05, 0.3)),  # see applies
     # The library's noise dots are 3-pixel blobs, derived from the sample's isolated ink

@@ -389,8 +389,8 @@ def _render_stats(spec: SyntheticSpec, seed: str, images: int) -> list[dict[str,
 def _text_stats(spec: SyntheticSpec, seed: str, images: int) -> list[dict[str, Any]]:
     """`_image_stats` of renders of the style without its noise: the text alone, since our own
     curves (they reach across the image) would blur the measures calibration compares."""
-    return _render_stats(replace(spec, curves=0, strikes=(0, 0), dots=0, specks=(0, 0)), seed,
-                         images)
+    return _render_stats(replace(spec, curves=0, strikes=(0, 0), dots=0, specks=(0, 0),
+                                 fragments=(0, 0)), seed, images)
 
 
 def calibrate(spec: SyntheticSpec, real_stats: list[dict[str, Any]], rounds: int = 3,
