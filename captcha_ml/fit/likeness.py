@@ -5,11 +5,12 @@ renders and the sample look to the universal model.
 shape) and draws the rest broadly, for generality: one curve of width 1-4, 0-30 specks, glyphs
 rotated up to 20 degrees, spaced to overlap by up to a quarter of a glyph and, at font
 proportions, not warped; noise dots are counted from isolated ink pixels and drawn as the
-library's 3-pixel blobs. A sample whose generator draws a thick curve through the text, cuts
-its strokes with many specks, or sprinkles single faint pixels, then gets a synthetic half
-that looks less like it than it could, and how alike the two look is what the synthetic
-images are worth: wheezy's fit read its holdout at 0.915 with the universal mixture as the
-synthetic half against 0.940 with its derived style (session 25).
+library's 3-pixel blobs; no fragments. A sample whose generator draws a thick curve through
+the text, cuts its strokes with many specks, sprinkles single faint pixels or clutters the text
+with solid shapes (kaptcha), then gets a synthetic half that looks less like it than it
+could, and how alike the two look is what the synthetic images are worth: wheezy's fit read
+its holdout at 0.915 with the universal mixture as the synthetic half against 0.940 with its
+derived style (session 25).
 
 How alike: the universal model (fit's starting model) turns each image into layer2 feature
 vectors, one per position; the Fréchet distance between the sample's vectors and a style's
