@@ -781,6 +781,9 @@ def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
     bank = GlyphBank.load(out / "glyphs")
     assert bank.size == (144, 48) and set(bank.glyphs) <= set(DIGITS) and bank.lengths[0] == 4
     assert "glyphs: " in result.output and (out / "glyphs" / "samples.png").is_file()
+    # ... half of that part: the rest is still rendered from the style.
+    assert fit_yaml["finetune"]["data"]["glyph_share"] == fit.FINETUNE_GLYPH_SHARE < 1
+    assert f"data.glyph_share={fit.FINETUNE_GLYPH_SHARE:g}, the rest rendered" in result.output
     assert Reader.load(out / "finetune" / "best.pt").preprocess.tta  # the registered reader too
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("captcha_ml")

@@ -18,9 +18,9 @@ One module per step, in the order the command runs them (`runner.run` chains the
 from .advice import OVERFIT_RISE, advice, confusion_line, overfit
 from .budget import (DEFAULT_BUDGET_MINUTES, FINETUNE_MAX_HEIGHT, PRECISIONS, Plan, Probe,
                      input_cost, model_input, plan_budget, probe_throughput, replan_finetune)
-from .configs import (FINETUNE_AUGMENT_LINES, FINETUNE_AUGMENT_STRENGTH, FINETUNE_SYNTHETIC_SHARE,
-                      PRETRAIN_EVALS, PRETRAIN_PATIENCE, build_configs, read_fit_yaml,
-                      write_fit_yaml)
+from .configs import (FINETUNE_AUGMENT_LINES, FINETUNE_AUGMENT_STRENGTH, FINETUNE_GLYPH_SHARE,
+                      FINETUNE_SYNTHETIC_SHARE, PRETRAIN_EVALS, PRETRAIN_PATIENCE, build_configs,
+                      read_fit_yaml, write_fit_yaml)
 from .fonts import MATCH_LEAD, MATCH_SHARE, FontMatch, match_fonts, rank_fonts
 from .likeness import Likeness, tune_style
 from .reuse import PRETRAIN_RECORD, pretrain_fingerprint, reusable_pretraining
@@ -31,6 +31,7 @@ from .style import (TextLayout, calibrate, derive_style, sample_stats, style_sam
 
 __all__ = [
     "DEFAULT_BUDGET_MINUTES", "FINETUNE_AUGMENT_LINES", "FINETUNE_AUGMENT_STRENGTH",
+    "FINETUNE_GLYPH_SHARE",
     "OVERFIT_RISE", "advice", "overfit",
     "FINETUNE_MAX_HEIGHT", "FINETUNE_SYNTHETIC_SHARE", "FontMatch", "MATCH_LEAD",
     "MATCH_SHARE", "PRECISIONS", "PRETRAIN_EVALS", "PRETRAIN_PATIENCE", "PRETRAIN_RECORD",

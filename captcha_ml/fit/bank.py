@@ -1,5 +1,6 @@
 """fit's glyph bank: the real train part's glyphs, cut where the pretrained model's forced CTC
-alignment places each symbol (`data.glyphs`: finetuning's synthetic half is composed of them).
+alignment places each symbol (`data.glyphs`: they compose `data.glyph_share` of finetuning's
+synthetic half).
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ def cut_bank(model: str | Path, train: str | Path, out: str | Path) -> tuple[Gly
             f"CTC alignment places each symbol -> {out}"
             + (f" ({unaligned} images could not be aligned)" if unaligned else "")
             + (f" (fewer than 3 glyphs of {''.join(few)})" if few else "")
-            + "; finetuning's synthetic half is composed of them, each warped (data.glyphs; "
-            "--no-glyphs renders the style)")
+            + "; they compose data.glyph_share of finetuning's synthetic half, each warped "
+            "(data.glyphs; --no-glyphs renders all of it from the style)")
     return bank, line
 
 
