@@ -35,8 +35,8 @@ GLYPHS_BELOW = 0.25
 # rendered from the style: a low zero-shot reading does not tell which of the two a style needs.
 # kaptcha (zero-shot 0.11; its style near the sample to the universal model once fragments
 # were drawn) read 1000 new images at 0.470 all composed, 0.638 all rendered and 0.585 half
-# and half, from one pretrained model (seed 0, session 44); claptcha 0.923 all composed and
-# 0.918 half and half (seed 1, session 34).
+# and half, from one pretrained model (seed 0, session 44); claptcha 0.927 all composed and
+# 0.926 half and half (seed 0, session 44; 0.923 and 0.918 on seed 1, session 34).
 FINETUNE_GLYPH_SHARE = 0.5
 # Finetuning's model is its final weights (train.select=last; the schedule anneals to ~0): the
 # best of 10 validations on 75 images was a mid-training peak once (alnum62: 0.891 on 1000 new

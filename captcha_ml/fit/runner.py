@@ -281,9 +281,10 @@ def _glyphs(pretrained: str, zero_shot: float, fine: Config, splits: dict[str, P
         bank, line = cut_bank(pretrained, splits["train"], fine.data.glyphs)
     except DataError as e:  # nothing to cut: the style is still there to render
         return render(f" ({e})")
+    share = fine.data.glyph_share
     note(f"{line}: the style's pretrained model reads the real valid part at {zero_shot:.2f} "
-         f"(< {configs.GLYPHS_BELOW:g}); data.glyph_share={fine.data.glyph_share:g}, the rest "
-         "rendered from the style")
+         f"(< {configs.GLYPHS_BELOW:g}); data.glyph_share={share:g}"
+         + (", the rest rendered from the style" if share < 1 else ""))
     mlflow.log_param("fit.glyphs", "composed")
     mlflow.log_metrics({"fit/glyphs": bank.count, "fit/glyph_symbols": len(bank.glyphs)})
     mlflow.log_artifact(str(Path(fine.data.glyphs) / SAMPLES_FILE), "glyphs")
