@@ -24,7 +24,7 @@ from fit_styles import CASE_INSENSITIVE, make_data
 
 from captcha_ml import checkpoint
 from captcha_ml.data import synthetic, universal
-from captcha_ml.data.real import IMAGE_SUFFIXES
+from captcha_ml.data.real import image_files
 from captcha_ml.data.transforms import load_image
 from captcha_ml.fit import derive_style, inspect, likeness
 from captcha_ml.fit.style import other_shape, sample_stats
@@ -60,8 +60,7 @@ def main() -> None:
         def rendered(s):
             return [synthetic.render(s, "likeness-bench", i)[0] for i in range(n)]
 
-        images = sorted(p for p in other.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        sets = [[load_image(p) for p in images[:n]], rendered(spec),
+        sets = [[load_image(p) for p in image_files(other)[:n]], rendered(spec),
                 rendered(tuned), rendered(reshaped),
                 rendered(universal.mixture(spec.charset, spec.min_len, spec.max_len))]
         dist = [stats.distance(real, stats.of(s)) for s in sets]

@@ -66,14 +66,15 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
+    """The folder's image files (by suffix; hidden files left out), sorted."""
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
 def content_digest(folder: str | Path) -> str:
     """sha256 over the sorted lines ``"<filename> <sha256 of file>"`` of the folder's images."""
-    lines = sorted(f"{p.name} {file_sha256(p)}" for p in _image_files(Path(folder)))
+    lines = sorted(f"{p.name} {file_sha256(p)}" for p in image_files(Path(folder)))
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
@@ -105,7 +106,7 @@ def fetch(dest: str | Path, source: str | None = None,
         os.rename(stage, dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    log.info("fetched %d images into %s (sha256 verified)", len(_image_files(dest)), dest)
+    log.info("fetched %d images into %s (sha256 verified)", len(image_files(dest)), dest)
     return dest
 
 
@@ -117,7 +118,7 @@ def _stage(source: str, work: Path) -> Path:
     elif not src.exists():
         raise DataError(f"{source}: no such file or folder; pass a folder, a .zip or a URL to --from")
     if src.is_dir():
-        found = _image_files(src)
+        found = image_files(src)
     else:
         found = _extract_images(src, work / "extract")
     if not found:
@@ -170,7 +171,7 @@ def _extract_images(archive: Path, out: Path) -> list[Path]:
         names = ", ".join(str(f.relative_to(out)) for f in folders[:5])
         raise DataError(f"{archive}: images are spread over several folders ({names}); "
                         "expected one folder of captchas")
-    return _image_files(folders[0]) if folders else []
+    return image_files(folders[0]) if folders else []
 
 
 # ----------------------------------------------------------------------------- readers

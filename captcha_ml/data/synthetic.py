@@ -517,14 +517,20 @@ def bezier_points(rng: random.Random, span: tuple[int, int], h: int) -> list[tup
     return points
 
 
+def _per_area(rng: random.Random, count: tuple[int, int], w: int, h: int) -> int:
+    """How many of a noise element a w x h image gets: drawn from ``count``, a range per
+    200x50 pixels, scaled to the image's area."""
+    scale = w * h / (200 * 50)
+    return rng.randint(round(count[0] * scale), round(count[1] * scale))
+
+
 def _specks(im: Image.Image, rng: random.Random, count: tuple[int, int], colour_at) -> None:
     """``count`` (a range, per 200x50 pixels) small squares, 1-2 x h/30 pixels wide, each in
     ``colour_at(x, y)``: the background's colour there, so they cut strokes and curves."""
     w, h = im.size
     draw = ImageDraw.Draw(im)
     side = max(1, round(h / 30))
-    scale = w * h / (200 * 50)
-    for _ in range(rng.randint(round(count[0] * scale), round(count[1] * scale))):
+    for _ in range(_per_area(rng, count, w, h)):
         x, y, size = rng.randrange(w), rng.randrange(h), side * rng.randint(1, 2)
         draw.rectangle((x, y, x + size - 1, y + size - 1), fill=colour_at(x, y))
 
@@ -536,8 +542,7 @@ def _fragments(im: Image.Image, rng: random.Random, count: tuple[int, int], colo
     they hide parts of glyphs as the clutter of generators such as kaptcha does."""
     w, h = im.size
     draw = ImageDraw.Draw(im)
-    scale = w * h / (200 * 50)
-    for _ in range(rng.randint(round(count[0] * scale), round(count[1] * scale))):
+    for _ in range(_per_area(rng, count, w, h)):
         x, y, kind, fill = rng.uniform(0, w), rng.uniform(0, h), rng.randrange(3), colour()
         if kind == 2:
             length, angle = rng.uniform(0.2, 0.8) * h, rng.uniform(0, 2 * math.pi)
