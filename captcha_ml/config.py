@@ -77,6 +77,9 @@ class DataConfig:
     # The chance that a real training image gets a wavy line in its text's colour drawn
     # across it (data.transforms.augment): glyphs seen under other curves than their own.
     augment_lines: float = 0.0
+    # The chance that a real colour training image reads with its RGB channels in another order
+    # (data.transforms.augment): its glyphs and noise in hues its few images do not show.
+    augment_colours: float = 0.0
     # Labeled data.train only: this share of every training epoch is synthetic images of
     # data.style (few real images then do not wash out what pretraining taught); 0: real only.
     synthetic_share: float = 0.0
@@ -343,6 +346,9 @@ def validate(cfg: Config) -> None:
         problems.append(f"data.augment_strength={d.augment_strength}: use a value in (0, 4]")
     if not 0 <= d.augment_lines <= 1:
         problems.append(f"data.augment_lines={d.augment_lines}: a chance, use a value in [0, 1]")
+    if not 0 <= d.augment_colours <= 1:
+        problems.append(f"data.augment_colours={d.augment_colours}: a chance, use a value in "
+                        "[0, 1]")
     if d.synthetic_pool < 0:
         problems.append(f"data.synthetic_pool={d.synthetic_pool}: use 0 (render on the fly) or "
                         "the number of images to render once, e.g. 20000")

@@ -109,7 +109,8 @@ def build_data(cfg: Config) -> Data:
         # Validation reads one view even with data.tta (the test and the reader read them all).
         return datasets.LabeledImages(_normalized(found.samples, charset), pre, augment=augment,
                                       seed=cfg.train.seed, strength=d.augment_strength,
-                                      local=d.augment_local, lines=d.augment_lines)
+                                      local=d.augment_local, lines=d.augment_lines,
+                                      colours=d.augment_colours)
 
     def make(source: str, size: int, train: bool) -> Dataset:
         if source == "synthetic":

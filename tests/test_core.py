@@ -76,6 +76,7 @@ def test_config_extends_a_base_file(tmp_path):
     ("data.min_len=6", "min <= max"),
     ("data.augment_strength=0", "augment_strength"),
     ("data.augment_lines=1.5", "augment_lines"),
+    ("data.augment_colours=-0.1", "augment_colours"),
     ("data.crop=0.5,0,0.4,1", "left < right"),
     ("data.crop=0.1,0.2", "give 4 shares"),
     ("data.crop=a,b,c,d", "expected a list of numbers"),

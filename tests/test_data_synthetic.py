@@ -329,6 +329,28 @@ def test_lines_cross_the_text_in_its_colour():
     assert augment(grey, random.Random(0), 1.0, local=True, lines=1.0).mode == "L"
 
 
+def test_colours_reorder_a_colour_images_channels():
+    """augment(colours=1): the same pixels with the RGB channels in another order (each of the
+    five other orders comes up); grey images stay grey and as they were; colours=0 draws what
+    augment drew before the option existed."""
+    img = Image.new("RGB", (60, 20), (250, 240, 230))
+    ImageDraw.Draw(img).rectangle((10, 5, 30, 15), fill=(200, 30, 90))
+    px = np.asarray(img)
+    orders = set()
+    for k in range(40):
+        out = np.asarray(augment(img, random.Random(k), 0.001, colours=1.0))
+        order = next(o for o in itertools.permutations(range(3))
+                     if np.abs(out.astype(int) - px[..., list(o)]).max() <= 3)
+        orders.add(order)
+    assert orders == set(itertools.permutations(range(3))) - {(0, 1, 2)}
+    assert augment(img, random.Random(5), 0.5, colours=0.0).tobytes() == \
+        augment(img, random.Random(5), 0.5).tobytes()
+    grey = Image.new("L", (60, 20), 220)
+    ImageDraw.Draw(grey).rectangle((10, 5, 30, 15), fill=30)
+    assert augment(grey, random.Random(0), 0.001, colours=1.0).tobytes() == \
+        augment(grey, random.Random(0), 0.001).tobytes()
+
+
 @pytest.mark.parametrize("style", ["captcha", "real"])
 def test_stroke_thins_and_thickens_the_glyphs(style):
     """spec.stroke grows (+) or shrinks (-) every glyph stroke by whole pixels a side, in both

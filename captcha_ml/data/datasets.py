@@ -27,7 +27,8 @@ class LabeledImages(Dataset):
 
     def __init__(self, samples: list[tuple[str, str]], preprocess: Preprocess,
                  augment: bool = False, seed: int = 0, strength: float = 1.0,
-                 local: bool = False, read: bool = False, lines: float = 0.0) -> None:
+                 local: bool = False, read: bool = False, lines: float = 0.0,
+                 colours: float = 0.0) -> None:
         self.samples = list(samples)
         self.read = read
         self.preprocess = preprocess
@@ -35,6 +36,7 @@ class LabeledImages(Dataset):
         self.strength = strength
         self.local = local
         self.lines = lines
+        self.colours = colours
         self.seed = seed
         self.epoch = 0
 
@@ -49,7 +51,7 @@ class LabeledImages(Dataset):
         img = load_image(path)  # raises ImageError naming the file if it broke after validation
         if self.augment:
             img = augment(img, random.Random(f"{self.seed}:{self.epoch}:{index}"), self.strength,
-                          self.local, self.lines)
+                          self.local, self.lines, self.colours)
         return (self.preprocess.read(img) if self.read else self.preprocess(img)), label
 
 

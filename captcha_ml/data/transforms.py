@@ -7,6 +7,7 @@ network exactly what it was trained on.
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import random
 import warnings
@@ -169,12 +170,16 @@ def _check_size(img: Image.Image, label: str) -> None:
 
 
 def augment(img: Image.Image, rng: random.Random, strength: float = 1.0,
-            local: bool = False, lines: float = 0.0) -> Image.Image:
+            local: bool = False, lines: float = 0.0, colours: float = 0.0) -> Image.Image:
     """Jitter for real training images (deterministic per rng): a global affine map, contrast
     and brightness; with ``local``, also a mesh warp that bends and stretches parts of the
     line, background-coloured specks that break strokes, and blur (``data.augment_local``);
     with chance ``lines``, a wavy line in the text's colour across it (``data.augment_lines``:
-    the text under other curves than the few its images happen to have)."""
+    the text under other curves than the few its images happen to have); with chance
+    ``colours``, a colour image's channels in another order (``data.augment_colours``: its
+    glyphs and noise in other hues)."""
+    if colours and img.mode in ("RGB", "P") and rng.random() < colours:
+        img = _reordered_channels(img, rng)
     if local:
         img = _mesh_warp(img, rng, strength)
     w, h = img.size
@@ -198,6 +203,15 @@ def augment(img: Image.Image, rng: random.Random, strength: float = 1.0,
     if lines and rng.random() < lines:
         out = _occluding_line(out, rng)
     return _specks_and_blur(out, rng, strength) if local else out
+
+
+_OTHER_ORDERS = tuple(itertools.permutations(range(3)))[1:]
+
+
+def _reordered_channels(img: Image.Image, rng: random.Random) -> Image.Image:
+    """The RGB channels in one of their five other orders."""
+    bands = img.convert("RGB").split()
+    return Image.merge("RGB", [bands[i] for i in rng.choice(_OTHER_ORDERS)])
 
 
 def wave_points(rng: random.Random, x0: float, x1: float, h: int) -> list[tuple[float, float]]:
