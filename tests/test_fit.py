@@ -650,7 +650,8 @@ def test_likeness_tunes_the_noise_towards_the_sample(tmp_path):
     assert (tuned.curve_width, tuned.specks) == ((4, 4), (40, 60)), found.summary()
     assert found.kept == {"curve_width": (4, 4), "specks": (40, 60)}
     assert found.final < found.start and line.startswith("likeness: curve_width [4, 4]")
-    assert [k for k, _, _ in found.tried] == ["curve_width", "specks"]
+    # A second round tries the other values again, with both kept: nothing nearer, so it ends.
+    assert [k for k, _, _ in found.tried] == ["curve_width", "specks"] * 2 and found.rounds == 2
     kept, found, line = fit.tune_style(insp, start, model, images=60, tuned=tries, margin=1.0)
     assert kept == start and not found.kept and "nothing changed" in line
     # font_warp warps glyphs at font proportions only: stretched glyphs are not tried with it.
@@ -674,6 +675,32 @@ def test_likeness_tunes_the_noise_towards_the_sample(tmp_path):
     # Without the universal model there is nothing to compare images with.
     same, found, line = fit.tune_style(insp, start, tmp_path / "missing.pt")
     assert same == start and found is None and "not tuned" in line
+
+
+def test_likeness_search_takes_back_a_choice_a_later_setting_made_needless():
+    """The coordinate search runs rounds until one keeps nothing: a setting chosen to stand in
+    for one tried after it (thick curves for the clutter fragments draw, say) goes back once
+    that one is drawn; one round keeps the stand-in; a setting's values are only tried where
+    they change the spec."""
+    start = SyntheticSpec(curve_width=(1, 2), fragments=(0, 0))
+    table = {((1, 2), (0, 0)): 10.0, ((3, 5), (0, 0)): 8.0, ((3, 5), (5, 15)): 5.0,
+             ((1, 2), (5, 15)): 2.0}
+
+    def distance(spec):
+        return table[spec.curve_width, spec.fragments]
+
+    settings = {"curve_width": ((1, 2), (3, 5)), "fragments": ((0, 0), (5, 15))}
+    spec, best, tried, rounds = fit.likeness.search(start, 10.0, distance, settings)
+    assert (spec.curve_width, spec.fragments, best, rounds) == ((1, 2), (5, 15), 2.0, 3)
+    assert tried == [("curve_width", (3, 5), 8.0), ("fragments", (5, 15), 5.0),
+                     ("curve_width", (1, 2), 2.0), ("curve_width", (3, 5), 5.0),
+                     ("fragments", (0, 0), 10.0),
+                     ("curve_width", (3, 5), 5.0), ("fragments", (0, 0), 10.0)]
+    spec, best, tried, rounds = fit.likeness.search(start, 10.0, distance, settings, rounds=1)
+    assert (spec.curve_width, spec.fragments, best, rounds, len(tried)) == ((3, 5), (5, 15), 5.0, 1, 2)
+    # A fall of less than the margin keeps nothing, and one round ends the search.
+    spec, best, tried, rounds = fit.likeness.search(start, 10.0, distance, settings, margin=0.9)
+    assert (spec, best, rounds, len(tried)) == (start, 10.0, 1, 2)
 
 
 def test_likeness_takes_the_other_glyph_shape_where_it_looks_nearer(tmp_path):
@@ -759,7 +786,9 @@ def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
     assert fit_yaml["fit"]["font_match"] == fit_yaml["fit"]["font_scores"]["chosen"]
     assert "likeness: " in result.output  # the style's noise tuned, every distance kept
     likeness = fit_yaml["fit"]["likeness"]
-    assert 0 < len(likeness["tried"]) <= sum(len(v) for v in fit.likeness.TUNED.values())
+    assert 1 <= likeness["rounds"] <= fit.likeness.ROUNDS
+    assert 0 < len(likeness["tried"]) <= 1 + likeness["rounds"] * sum(
+        len(v) for v in fit.likeness.TUNED.values())  # 1: the other glyph shape
     assert likeness["distance_tuned"] <= likeness["distance_derived"]
     assert fit_yaml["fit"]["pretrain_init"] == str(fit.configs.UNIVERSAL_WEIGHTS)
     # --max-steps decides the steps: no time limit to fill.
