@@ -62,8 +62,9 @@ MARGIN = 0.05  # a value is kept where the distance falls by this share
 # Rounds over TUNED; a round that keeps nothing ends the search. One round chooses each
 # setting given the ones before it only: kaptcha's first round thickened the curve and added
 # specks (the clutter it then lacked), then took fragments; a second round, with fragments
-# drawn, set both back to their derived ranges, 7.10 -> 5.35; claptcha's took wider rotation
-# (27.25 -> 25.86); wheezy's and multicolor's kept nothing (samples of 200 images, session 45).
+# drawn, set both back to their derived ranges (benchmarks/likeness.py: 7.43 -> 5.54);
+# claptcha's took wider rotation (28.40 -> 27.01); wheezy's and multicolor's kept nothing.
+# kaptcha's fits read no better for it (0.614 and 0.611 on seeds 0 and 1; session 45).
 ROUNDS = 3
 # The other glyph shape (stretched to the line, or at font proportions; `style.glyph_shapes`
 # chose one from pixel measures), calibrated alike, replaces the chosen one where its renders
