@@ -199,8 +199,10 @@ def search(spec: SyntheticSpec, best: float, distance: Callable[[SyntheticSpec],
     """Coordinate search from ``spec`` (at distance ``best``): each setting's values in turn,
     a value kept where the distance falls by ``margin`` or more, in up to ``rounds`` rounds;
     a round that keeps nothing is the last. Returns the spec, its distance, every (setting,
-    value, distance) tried, and the rounds run."""
+    value, distance) tried, and the rounds run. A spec measured before (a later round's
+    candidate no keep has changed since) is not rendered again."""
     tried: list[tuple[str, Any, float]] = []
+    measured: dict[SyntheticSpec, float] = {}
     for done in range(1, rounds + 1):
         moved = False
         for name, values in settings.items():
@@ -210,7 +212,9 @@ def search(spec: SyntheticSpec, best: float, distance: Callable[[SyntheticSpec],
                 if value == getattr(spec, name):
                     continue
                 candidate = replace(spec, **{name: value})
-                d = distance(candidate)
+                if candidate not in measured:
+                    measured[candidate] = distance(candidate)
+                d = measured[candidate]
                 tried.append((name, value, d))
                 if d <= best * (1 - margin):
                     spec, best, moved = candidate, d, True
