@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import io
 import json
 import math
 import os
@@ -115,6 +116,9 @@ class SyntheticSpec:
     # it (``drawn``), then resized to width x height: the captcha library's glyphs drawn only a
     # dozen pixels high fill in (its ink mask doubles anti-aliased edges), where a generator
     # drawing its font at that size keeps them open; `captcha-ml fit` sets it for small text
+    jpeg: int = 0  # JPEG quality (1-100) each render is encoded at and decoded from, as a
+    # site serving JPEG captchas blurs colour edges into 8x8 blocks; 0: none (`captcha-ml fit`
+    # sets the sample's quality where its images are JPEGs)
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -125,6 +129,9 @@ class SyntheticSpec:
         if not (0 <= self.overlap < 1 and 0 <= self.repeat < 1 and 0 <= self.spaces <= 1):
             raise DataError(f"synthetic spec: overlap and repeat must be in [0, 1), spaces in "
                             f"[0, 1] (got {self.overlap}, {self.repeat}, {self.spaces})")
+        if not 0 <= self.jpeg <= 100:
+            raise DataError(f"synthetic spec: jpeg is a JPEG quality in [1, 100], or 0 for none "
+                            f"(got {self.jpeg})")
         if not 1 <= self.scale <= MAX_SCALE:
             raise DataError(f"synthetic spec: scale must be a whole number in [1, {MAX_SCALE}] "
                             f"(got {self.scale})")
@@ -768,7 +775,18 @@ def render(spec: SyntheticSpec | SpecMixture, seed: int | str, index: int
     if im.size != (spec.width, spec.height):  # drawn larger (``scale``): each output pixel
         # the mean of the pixels it covers, as a font rasteriser's anti-aliasing
         im = im.resize((spec.width, spec.height), Image.BOX if spec.scale > 1 else Image.BILINEAR)
-    return (im.convert("L") if spec.grey else im.convert("RGB")), label
+    im = im.convert("L") if spec.grey else im.convert("RGB")
+    return (jpeg_round_trip(im, spec.jpeg) if spec.jpeg else im), label
+
+
+def jpeg_round_trip(im: Image.Image, quality: int) -> Image.Image:
+    """The image as a JPEG of this quality decodes (Pillow's encoder, as most sites' servers
+    save them: 4:2:0 chroma subsampling below quality 95)."""
+    buffer = io.BytesIO()
+    im.save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        return decoded.convert(im.mode)
 
 
 # ----------------------------------------------------------------------------- writer
