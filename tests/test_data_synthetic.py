@@ -20,8 +20,8 @@ from captcha_ml.data.datasets import (GlyphImages, LabeledImages, Pool, Syntheti
 from captcha_ml.data.glyphs import GlyphBank, cut, symbol_bounds
 from captcha_ml.data.real import DataError, read_manifest
 from captcha_ml.config import DataConfig
-from captcha_ml.data.synthetic import (SyntheticSpec, generate, load_style, preset, render,
-                                       save_style, spec_from_config)
+from captcha_ml.data.synthetic import (SyntheticSpec, generate, jpeg_round_trip, load_style,
+                                       preset, render, save_style, spec_from_config)
 from captcha_ml.data.transforms import (ImageError, Preprocess, _mesh_warp,
                                         _specks_and_blur, augment, ink_colour)
 
@@ -130,6 +130,23 @@ def test_a_line_narrower_than_its_box_is_spread_not_stretched():
 def ink_columns(img, bg) -> np.ndarray:
     """Per column: does any pixel differ from the background colour by more than 150?"""
     return ((np.abs(np.asarray(img).astype(int) - bg).sum(axis=2) > 150)).any(axis=0)
+
+
+def test_jpeg_renders_are_the_lossless_render_through_a_jpeg():
+    """``jpeg``: each render is its lossless render encoded at that quality and decoded, label
+    and mode unchanged; 0 is lossless; a quality outside 1-100 is refused."""
+    base = SyntheticSpec(style="captcha", charset="0123456789", min_len=4, max_len=4,
+                         grey=False)
+    lossless, label = render(base, "jpeg", 3)
+    lossy, lossy_label = render(dataclasses.replace(base, jpeg=30), "jpeg", 3)
+    assert lossy_label == label and lossy.mode == "RGB"
+    assert np.array_equal(np.asarray(lossy), np.asarray(jpeg_round_trip(lossless, 30)))
+    assert np.abs(np.asarray(lossy, dtype=int) - np.asarray(lossless, dtype=int)).mean() > 1
+    grey = render(dataclasses.replace(base, grey=True, jpeg=30), "jpeg", 3)[0]
+    assert grey.mode == "L"
+    for bad in (-1, 101):
+        with pytest.raises(DataError, match="jpeg is a JPEG quality"):
+            SyntheticSpec(jpeg=bad)
 
 
 def test_palette_text_box_and_thick_curves():

@@ -290,6 +290,29 @@ def test_style_follows_polarity_and_colour(tmp_path):
     assert "dark glyphs on light" in notes_a[0] and "light glyphs on dark" in notes_b[0]
 
 
+def test_style_encodes_renders_as_jpegs_where_the_sample_is_jpegs(tmp_path):
+    """A sample of JPEGs gets renders encoded at its quality, each file's estimated from its
+    quantisation table; PNGs, or JPEGs under half of the files, leave renders lossless."""
+    spec = SyntheticSpec(style="captcha", width=120, height=40, charset=DIGITS, min_len=4,
+                         max_len=4, grey=False)
+    pngs = _styled(tmp_path, "png", spec)
+    folder = tmp_path / "jpg"
+    folder.mkdir()
+    saved = {}
+    for i, (path, label) in enumerate(pngs.samples):
+        for quality in (40, 60):
+            saved[i, quality] = folder / f"{label}_{i:03d}_q{quality}.jpg"
+            Image.open(path).save(saved[i, quality], quality=quality)
+    assert fit.style.jpeg_quality([saved[0, 40], saved[1, 60], saved[2, 60]]) == (60, 3)
+    assert fit.style.jpeg_quality([saved[0, 40], pngs.samples[1][0], pngs.samples[2][0]]) == (0, 1)
+    for path in folder.glob("*_q40.jpg"):
+        path.unlink()
+    jpegs, notes = fit.derive_style(fit.inspect(folder))
+    assert jpegs.jpeg == 60 and any("are JPEGs of quality ~60: every render" in n for n in notes)
+    lossless, notes = fit.derive_style(pngs)
+    assert lossless.jpeg == 0 and any("0 of 60 sample images are JPEGs" in n for n in notes)
+
+
 def test_style_measures_text_line_and_colour_pairs(tmp_path):
     """Text drawn in a known box with two colour pairs: the derived style finds both."""
     pairs = ((235, 230, 200, 60, 90, 170), (200, 235, 235, 150, 40, 40))

@@ -3,6 +3,8 @@ statistics, then calibrated by measuring renders exactly as the sample was measu
 
 from __future__ import annotations
 
+import functools
+import io
 import math
 import statistics
 from dataclasses import dataclass, replace
@@ -55,6 +57,34 @@ DRAW_TEXT_ROWS = 20
 # and 11 (0.46 and 11 so measured). Where that would keep under this share of an image's ink,
 # its glyphs themselves are that thin, and the ink is measured whole.
 SOLID_MIN_KEPT = 0.25
+
+
+@functools.lru_cache(maxsize=1)
+def _luma_tables() -> dict[int, tuple[int, ...]]:
+    """The luminance quantisation table Pillow's JPEG encoder writes at each quality."""
+    tables = {}
+    for quality in range(1, 101):
+        buffer = io.BytesIO()
+        Image.new("L", (8, 8)).save(buffer, format="JPEG", quality=quality)
+        buffer.seek(0)
+        with Image.open(buffer) as im:
+            tables[quality] = tuple(im.quantization[0])
+    return tables
+
+
+def jpeg_quality(paths: list[str]) -> tuple[int, int]:
+    """The sample's JPEG quality and how many of ``paths`` are JPEGs: each JPEG's quality is
+    the one whose standard luminance table (libjpeg's, scaled as its encoders scale it) is
+    nearest the file's own; the median over the JPEGs, 0 where under half the files are."""
+    qualities = []
+    for path in paths:
+        with Image.open(path) as im:
+            table = im.quantization.get(0) if im.format == "JPEG" else None
+        if table is not None:
+            qualities.append(min(_luma_tables().items(), key=lambda qt: sum(
+                abs(a - b) for a, b in zip(qt[1], table)))[0])
+    jpegs = len(qualities)
+    return (round(statistics.median(qualities)) if 2 * jpegs >= len(paths) > 0 else 0), jpegs
 
 
 def _box_mean(mask: np.ndarray, k: int) -> np.ndarray:
@@ -259,6 +289,7 @@ def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0,
     spread = statistics.median(spreads) if spreads else 0.0
     glyph_colours = (tuple(c for s in stats for c in s["glyph_rgb"])[:GLYPH_COLOURS_KEPT]
                      if drawer == "captcha" and spread >= GLYPH_COLOUR_SPREAD else ())
+    quality, jpegs = jpeg_quality([path for path, _ in insp.samples[:max_images]])
     spec = SyntheticSpec(
         style=drawer, width=w, height=h, charset=insp.charset, min_len=insp.min_len,
         max_len=insp.max_len, fonts=tuple(synthetic.font_path(f) for f in FONT_MIX),
@@ -273,7 +304,7 @@ def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0,
         # Not measured, drawn broadly for generality: a thin-to-thick curve on every image,
         # stronger per-glyph warp and rotation than the library's defaults, background specks.
         curves=1, curve_width=(1, 4), warp=(0.05, 0.3), rotate=(-20.0, 20.0), specks=SPECKS,
-        scale=scale)
+        scale=scale, jpeg=quality)
     spec, shapes, calibration = glyph_shapes(spec, stats, match_stroke=match_stroke)
     notes = [f"style: {'dark glyphs on light' if dark else 'light glyphs on dark'} background, "
              f"background {bg}, glyphs {fg} (5-95th percentiles over {len(stats)} images)",
@@ -301,6 +332,9 @@ def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0,
              + (f"blur {spec.blur}" if drawer == "real" else
                 "smoothed (the 'captcha' drawer's filter; it does not read blur)")
              + ("; letters drawn in mixed case" if spec.mixed_case else ""),
+             (f"style: {jpegs} of {min(len(insp.samples), max_images)} sample images are JPEGs"
+              + (f" of quality ~{quality}: every render is encoded so" if quality else
+                 ": renders stay lossless")),
              *([shapes] if shapes else []), calibration]
     return spec, notes
 
