@@ -395,6 +395,22 @@ def test_style_draws_glyphs_in_their_own_colours_where_the_sample_does(tmp_path)
     assert one.glyph_colours == () and any("one glyph colour an image" in n for n in notes)
 
 
+def test_glyph_colours_measure_pale_glyphs_too():
+    """Each glyph's colour is measured on its own core: pale glyphs beside dark ones (kaptcha
+    draws a third of its glyphs paler than half-way to its darkest ink) are measured, not
+    left out or mixed with their neighbours' ink."""
+    img = Image.new("RGB", (200, 70), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.truetype(synthetic.font_path("DejaVuSans-Bold.ttf"), 50)
+    colours = ((20, 20, 120), (230, 200, 150), (170, 230, 230), (120, 20, 20))
+    for i, colour in enumerate(colours):
+        draw.text((12 + 46 * i, 5), "8", fill=colour, font=font)
+    measured = fit.style._image_stats(img, len(colours))["glyph_rgb"]
+    assert len(measured) == len(colours)
+    for got, drawn in zip(measured, colours):
+        assert max(abs(a - b) for a, b in zip(got, drawn)) <= 12, (got, drawn)
+
+
 def test_text_layout_crops_to_where_the_text_lies(tmp_path):
     """Text in the middle third of a wide image: the crop holds every image's ink, drops most
     of the margins, and the symbol's share of the cropped width grows accordingly; text across
