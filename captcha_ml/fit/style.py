@@ -304,7 +304,8 @@ def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0,
     spread = statistics.median(spreads) if spreads else 0.0
     glyph_colours = (tuple(c for s in stats for c in s["glyph_rgb"])[:GLYPH_COLOURS_KEPT]
                      if drawer == "captcha" and spread >= GLYPH_COLOUR_SPREAD else ())
-    quality, jpegs = jpeg_quality([path for path, _ in insp.samples[:max_images]])
+    files = [path for path, _ in insp.samples[:max_images]]
+    quality, jpegs = jpeg_quality(files)
     spec = SyntheticSpec(
         style=drawer, width=w, height=h, charset=insp.charset, min_len=insp.min_len,
         max_len=insp.max_len, fonts=tuple(synthetic.font_path(f) for f in FONT_MIX),
@@ -347,7 +348,7 @@ def derive_style(insp: Inspection, max_images: int = 120, seed: int = 0,
              + (f"blur {spec.blur}" if drawer == "real" else
                 "smoothed (the 'captcha' drawer's filter; it does not read blur)")
              + ("; letters drawn in mixed case" if spec.mixed_case else ""),
-             (f"style: {jpegs} of {min(len(insp.samples), max_images)} sample images are JPEGs"
+             (f"style: {jpegs} of {len(files)} sample images are JPEGs"
               + (f" of quality ~{quality}: every render is encoded so" if quality else
                  ": renders stay lossless")),
              *([shapes] if shapes else []), calibration]
