@@ -675,51 +675,45 @@ def test_fit_with_given_fonts(tmp_path, monkeypatch):
 
 
 def test_likeness_tunes_the_noise_towards_the_sample(tmp_path):
-    """Renders of the sample's own generator are nearer the sample, to a reader (the universal
-    model stands in for fit's probe reader), than renders with other noise; tuning picks the
-    generator's curve width and specks from wrong starting values, and keeps them where no
-    value is nearer by the margin. Without a reader or real images nothing is tuned."""
+    """Renders of the sample's own generator are nearer the sample, to the universal model,
+    than renders with other noise; tuning picks the generator's curve width and specks from
+    wrong starting values, and keeps them where no value is nearer by the margin."""
     truth = SyntheticSpec(style="captcha", width=160, height=60, charset=DIGITS, min_len=5,
                           max_len=5, palette=((235, 230, 200, 60, 90, 170),), curves=1,
                           curve_width=(4, 4), specks=(40, 60), grey=False)
-    sample = [p for p, _ in _styled(tmp_path, "truth", truth).samples]
+    insp = _styled(tmp_path, "truth", truth)
     start = replace(truth, curve_width=(1, 1), specks=(0, 0))
     model = fit.configs.UNIVERSAL_WEIGHTS
     tries = {"curve_width": ((1, 1), (4, 4)), "specks": ((0, 0), (40, 60))}
-    tuned, found, line = fit.tune_style(start, model, sample, images=60, tuned=tries)
+    tuned, found, line = fit.tune_style(insp, start, model, images=60, tuned=tries)
     assert (tuned.curve_width, tuned.specks) == ((4, 4), (40, 60)), found.summary()
     assert found.kept == {"curve_width": (4, 4), "specks": (40, 60)}
     assert found.final < found.start and line.startswith("likeness: curve_width [4, 4]")
     # A second round tries the other values again, with both kept: nothing nearer, so it ends.
     assert [k for k, _, _ in found.tried] == ["curve_width", "specks"] * 2 and found.rounds == 2
-    kept, found, line = fit.tune_style(start, model, sample, images=60, tuned=tries,
-                                       margin=1.0)
+    kept, found, line = fit.tune_style(insp, start, model, images=60, tuned=tries, margin=1.0)
     assert kept == start and not found.kept and "nothing changed" in line
     # font_warp warps glyphs at font proportions only: stretched glyphs are not tried with it.
     warps = {"font_warp": ((0.0, 0.0), (0.05, 0.3))}
-    _, found, _ = fit.tune_style(replace(start, stretch=True), model, sample, images=8,
-                                 tuned=warps)
+    _, found, _ = fit.tune_style(insp, replace(start, stretch=True), model, images=8, tuned=warps)
     assert found.tried == []
-    _, found, _ = fit.tune_style(replace(start, stretch=False), model, sample, images=8,
-                                 tuned=warps)
+    _, found, _ = fit.tune_style(insp, replace(start, stretch=False), model, images=8, tuned=warps)
     assert [k for k, _, _ in found.tried] == ["font_warp"]
     # Settings with one value (not a range) are tuned alike: the generator draws no noise dots,
     # so a start with the library's dots drops them; its summary shows the value as it is.
-    _, found, line = fit.tune_style(replace(truth, dots=40), model, sample, images=60,
+    _, found, line = fit.tune_style(insp, replace(truth, dots=40), model, images=60,
                                     tuned={"dots": (0,)})
     assert found.kept == {"dots": 0} and "dots 0;" in line, found.summary()
     assert found.summary()["kept"] == {"dots": 0} and found.summary()["tried"][0][:7] == "dots=0:"
     # overlap spaces glyphs placed by their widths: a pitch places them itself.
     pitched = replace(start, style="real", pitch=(0.6, 0.7))
-    _, found, _ = fit.tune_style(pitched, model, sample, images=8, tuned={"overlap": (0.1,)})
+    _, found, _ = fit.tune_style(insp, pitched, model, images=8, tuned={"overlap": (0.1,)})
     assert found.tried == []
-    _, found, line = fit.tune_style(start, model, sample, images=8, tuned={})  # nothing to try
+    _, found, line = fit.tune_style(insp, start, model, images=8, tuned={})  # nothing to tune
     assert found.tried == [] and "nothing changed" in line
-    # Without a reader, or without real images, there is nothing to compare renders with.
-    same, found, line = fit.tune_style(start, tmp_path / "missing.pt", sample)
-    assert same == start and found is None and "no probe reader" in line
-    same, found, line = fit.tune_style(start, model, [])
-    assert same == start and found is None and "no real images" in line
+    # Without the universal model there is nothing to compare images with.
+    same, found, line = fit.tune_style(insp, start, tmp_path / "missing.pt")
+    assert same == start and found is None and "not tuned" in line
 
 
 def test_likeness_search_takes_back_a_choice_a_later_setting_made_needless():
@@ -755,22 +749,22 @@ def test_likeness_takes_the_other_glyph_shape_where_it_looks_nearer(tmp_path):
     truth = SyntheticSpec(style="captcha", width=160, height=60, charset="abdeghknpqy",
                           min_len=5, max_len=5, palette=((235, 230, 200, 60, 90, 170),),
                           curves=0, dots=0, strikes=(0, 0), grey=False, stretch=False)
-    sample = [p for p, _ in _styled(tmp_path, "truth", truth).samples]
+    insp = _styled(tmp_path, "truth", truth)
     model = fit.configs.UNIVERSAL_WEIGHTS
-    tuned, found, line = fit.tune_style(replace(truth, stretch=True), model, sample, images=60,
+    tuned, found, line = fit.tune_style(insp, replace(truth, stretch=True), model, images=60,
                                         tuned={}, other_shape=lambda: truth)
     assert not tuned.stretch and found.kept == {"stretch": False}, found.summary()
     (name, value, d), = found.tried
     assert (name, value) == ("stretch", False) and d <= found.start * (1 - fit.likeness.SHAPE_MARGIN)
     assert "glyphs at their font proportions (not warped) instead" in line
-    kept, found, _ = fit.tune_style(truth, model, sample, images=60, tuned={},
+    kept, found, _ = fit.tune_style(insp, truth, model, images=60, tuned={},
                                     other_shape=lambda: replace(truth, stretch=True))
     assert kept == truth and not found.kept and [k for k, _, _ in found.tried] == ["stretch"]
 
     def never():
         raise AssertionError("the other shape was made without a model to compare it with")
 
-    same, found, _ = fit.tune_style(truth, tmp_path / "missing.pt", sample, other_shape=never)
+    same, found, _ = fit.tune_style(insp, truth, tmp_path / "missing.pt", other_shape=never)
     assert same == truth and found is None
 
 
@@ -829,9 +823,7 @@ def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
     assert "(10 of the 10 symbols known to it" in result.output
     assert "fonts: " in result.output  # matched, or the mix kept: said either way
     assert fit_yaml["fit"]["font_match"] == fit_yaml["fit"]["font_scores"]["chosen"]
-    # The style's noise tuned by a probe reader of the real train part, every distance kept.
-    assert "probe: the universal model finetuned 2 steps on the real train part" in result.output
-    assert "likeness: " in result.output and (out / "probe" / "best.pt").is_file()
+    assert "likeness: " in result.output  # the style's noise tuned, every distance kept
     likeness = fit_yaml["fit"]["likeness"]
     assert 1 <= likeness["rounds"] <= fit.likeness.ROUNDS
     assert 0 < len(likeness["tried"]) <= 1 + likeness["rounds"] * sum(
@@ -867,7 +859,7 @@ def test_fit_end_to_end_files_runs_and_registration(tmp_path, monkeypatch):
     parent = next(r for r in runs if r.info.run_name == "fit")
     children = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId")
                 == parent.info.run_id}
-    assert children == {"probe", "pretrain", "zero_shot", "finetune", "test"}
+    assert children == {"pretrain", "zero_shot", "finetune", "test"}
     assert {"zero_shot/valid_seq_acc", "zero_shot/start_valid_seq_acc", "test/seq_acc",
             "fit/likeness_derived", "fit/likeness_tuned", "fit/glyphs"} <= set(parent.data.metrics)
     assert parent.data.params["fit.charset"] == DIGITS

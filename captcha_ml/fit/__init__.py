@@ -6,8 +6,7 @@ One module per step, in the order the command runs them (`runner.run` chains the
   style    derive a synthetic style from the sample's pixels and calibrate it
   fonts    lean the style on the bundled face that draws the sample's glyphs, if one clearly does,
            or on the faces the user names (--fonts)
-  likeness tune the style's unmeasured noise and rotation to look most like the sample to a
-           probe reader of the real images
+  likeness tune the style's unmeasured noise and rotation to look most like the sample
   budget   model input sizes; probe the machine's speed and precision; split the wall time
   configs  the pretrain and finetune configs, and OUT/fit.yaml (written, edited, read back)
   reuse    skip pretraining when an unchanged one already lies in OUT/pretrain
@@ -20,8 +19,8 @@ from .advice import OVERFIT_RISE, advice, confusion_line, overfit
 from .budget import (DEFAULT_BUDGET_MINUTES, FINETUNE_MAX_HEIGHT, PRECISIONS, Plan, Probe,
                      input_cost, model_input, plan_budget, probe_throughput, replan_finetune)
 from .configs import (FINETUNE_AUGMENT_LINES, FINETUNE_AUGMENT_STRENGTH, FINETUNE_GLYPH_SHARE,
-                      FINETUNE_SYNTHETIC_SHARE, PRETRAIN_EVALS, PRETRAIN_PATIENCE, PROBE_STEPS,
-                      build_configs, probe_config, read_fit_yaml, write_fit_yaml)
+                      FINETUNE_SYNTHETIC_SHARE, PRETRAIN_EVALS, PRETRAIN_PATIENCE, build_configs,
+                      read_fit_yaml, write_fit_yaml)
 from .fonts import MATCH_LEAD, MATCH_SHARE, FontMatch, match_fonts, rank_fonts
 from .likeness import Likeness, tune_style
 from .reuse import PRETRAIN_RECORD, pretrain_fingerprint, reusable_pretraining
@@ -36,7 +35,6 @@ __all__ = [
     "OVERFIT_RISE", "advice", "overfit",
     "FINETUNE_MAX_HEIGHT", "FINETUNE_SYNTHETIC_SHARE", "FontMatch", "MATCH_LEAD",
     "MATCH_SHARE", "PRECISIONS", "PRETRAIN_EVALS", "PRETRAIN_PATIENCE", "PRETRAIN_RECORD",
-    "PROBE_STEPS", "probe_config",
     "Inspection", "Likeness", "Plan", "Probe", "build_configs", "calibrate", "confusion_line",
     "derive_style", "input_cost", "inspect", "inspection_notes", "make_split", "match_fonts",
     "model_input", "plan_budget", "pretrain_fingerprint", "probe_throughput", "rank_fonts",

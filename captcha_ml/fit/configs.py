@@ -3,7 +3,6 @@ after the user's edits, and re-point its paths to another run's folder."""
 
 from __future__ import annotations
 
-import copy
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -74,12 +73,6 @@ UNIVERSAL_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "universal
 # the universal model alone against fit's zero-shot after ~1900 pretraining steps: alnum62
 # 0.87 / 0.89, ink 0.47 / 0.52), others not at all (wheezy 0.02 / 0.68, lower4to7 0.26 / 0.92).
 PRETRAIN_EVALS, PRETRAIN_PATIENCE = 10, 3
-# The likeness step compares the style's renders with the sample through a probe reader: the
-# universal model finetuned for PROBE_STEPS on the real train part alone (probe_config), into
-# OUT/PROBE_DIR. A reader of the real images sees what reading them takes, where the universal
-# model's own features rank clutter (session 47, benchmarks/results/fit_history.md).
-PROBE_STEPS = 1000
-PROBE_DIR = "probe"
 
 
 def universal_start() -> str:
@@ -136,22 +129,6 @@ def build_configs(insp: Inspection, out: Path, inputs: dict[str, tuple[int, int]
         "train.select=last",
         f"train.eval_every={max(1, n_fine // 10)}"])
     return pre, fine
-
-
-def probe_config(pre: Config, fine: Config, out: Path, init: str, steps: int = PROBE_STEPS
-                 ) -> Config:
-    """The probe reader's config (`likeness`): finetuning's real images alone, as finetuning
-    augments them, at pretraining's smaller input, from ``init`` (the universal model), for
-    ``steps`` steps and one validation at the end; its model is logged, not registered."""
-    probe = copy.deepcopy(fine)
-    d, t = probe.data, probe.train
-    d.height, d.width = pre.data.height, pre.data.width
-    d.synthetic_share, d.glyphs, d.share_from, d.synthetic_pool, d.tta = 0.0, "", "", 0, False
-    t.stage, t.output_dir, t.init_from = "probe", str(out / PROBE_DIR), init
-    t.max_steps, t.max_minutes, t.fill_time, t.eval_every = steps, 0.0, False, steps
-    t.select, t.early_stop_patience, t.validate_start = "last", 0, False
-    probe.tracking.log_model = False
-    return probe
 
 
 def write_fit_yaml(path: Path, fit_section: dict[str, Any], pre: Config, fine: Config) -> None:

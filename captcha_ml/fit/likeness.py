@@ -12,36 +12,36 @@ could, and how alike the two look is what the synthetic images are worth: wheezy
 its holdout at 0.915 with the universal mixture as the synthetic half against 0.940 with its
 derived style (session 25).
 
-How alike: through a **probe reader**, the universal model (fit's starting model) finetuned
-briefly on the real train part alone (`configs.probe_config`, trained by the runner). Its
-feature vectors, the ones its classifier reads, one per time step, of the real valid part
-(which it did not train on) and of a style's renders are compared as FID compares image
-sets (Fréchet distance of their means and covariances). A reader of the real images has
-learnt what reading them takes and what to ignore: renders are near where their glyphs and
-clutter read as the real ones do, and far where they hold clutter it never saw or lack what
-it learnt (session 47: kaptcha's broad noise and fragments measured far, and drawing less of
-it read better; wheezy's and ink_small's glyph shapes ranked as their readers read them).
-The universal model's own layer2 features, compared until session 46, ranked clutter, not
-what the reader needs: every kaptcha variant that read better measured farther by them.
-Each setting in TUNED is tried at each of its values in turn, keeping a value where it
-brings the distance down by MARGIN (a share) or more, in rounds until one keeps nothing (at
-most ROUNDS); the settings' own ranges stay broad, so the style still varies.
+How alike: the universal model (fit's starting model) turns each image into layer2 feature
+vectors, one per position; the Fréchet distance between the sample's vectors and a style's
+renders' (means and covariances, as FID compares image sets) is the style's distance
+(`benchmarks/likeness.py` prints it for the development styles: a style's own generator is
+far nearer than its derived style, the universal mixture far off). Each setting in TUNED is
+tried at each of its values in turn, keeping a value where it brings the distance down by
+MARGIN (a share) or more, in rounds until one keeps nothing (at most ROUNDS); the settings'
+own ranges stay broad, so the style still varies.
 Before them, the glyph shape: the one `style.glyph_shapes` did not choose from pixel measures
 (stretched to the line, or at font proportions), calibrated to the sample alike, is taken
 where its renders are nearer by SHAPE_MARGIN.
+
+What it is worth (session 26, docs/fit.md, "Where `fit` stands"): on wheezy it lifted the
+pretrained model's zero-shot reading of the real valid part from 0.68 to 0.81, and the
+finetuned reader's holdout stayed where it was (0.943 against 0.944).
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
 from ..data import synthetic
 from ..data.synthetic import SyntheticSpec
 from ..data.transforms import Preprocess, load_image
+from .sample import Inspection
 
 # The settings derive_style draws broadly or measures only roughly, and the values tried for
 # each, in this order (a fixed derived value is listed first; a value the spec already has
@@ -76,7 +76,9 @@ ROUNDS = 3
 # the other way, and wheezy's capitals 20% nearer stretched in a whole fit, which then read
 # 0.937 against 0.947-0.957 at font proportions (session 42).
 SHAPE_MARGIN = 0.3
-IMAGES = 200  # images rendered per candidate
+IMAGES = 200  # sample images read, and images rendered per candidate
+INPUT_HEIGHT = 48  # rows the images are read at (width by their aspect)
+FEATURE_STAGE = 5  # index in CaptchaNet.features of the stage compared (layer2)
 
 
 def applies(name: str, spec: SyntheticSpec) -> bool:
@@ -119,23 +121,21 @@ def _plain(value: Any) -> Any:
 
 
 class FeatureStats:
-    """Mean and covariance of a reader's feature vectors over images (``of``: the vectors its
-    classifier reads, one per time step, each image read as the reader reads it, one view),
-    and the Fréchet distance between two such statistics (``distance``)."""
+    """Mean and covariance of a model's feature vectors over images (``of``), and the Fréchet
+    distance between two such statistics (``distance``)."""
 
-    def __init__(self, model, pre: Preprocess, batch: int = 50) -> None:
-        self.model, self.pre, self.batch = model.eval(), replace(pre, tta=False), batch
+    def __init__(self, model, channels: int, aspect: float) -> None:
+        self.model = model.eval()
+        width = max(16, round(INPUT_HEIGHT * aspect / 8) * 8)
+        self.pre = Preprocess(height=INPUT_HEIGHT, width=width, channels=channels)
 
     def of(self, images) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
-        parts = []
-        for i in range(0, len(images), self.batch):
-            x = torch.stack([self.pre(im) for im in images[i:i + self.batch]])
-            with torch.no_grad():
-                f = self.model.columns(x)
-            parts.append(f.reshape(-1, f.shape[-1]).double().numpy())
-        f = np.concatenate(parts)
+        x = torch.stack([self.pre(im) for im in images])
+        with torch.no_grad():
+            h = self.model.features[:FEATURE_STAGE + 1](x)
+        f = h.permute(0, 2, 3, 1).reshape(-1, h.shape[1]).double().numpy()
         return f.mean(axis=0), np.cov(f, rowvar=False)
 
     @staticmethod
@@ -149,25 +149,23 @@ class FeatureStats:
         return float(((m1 - m2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * cross)
 
 
-def tune_style(spec: SyntheticSpec, reader: str | Path | None, reference: Sequence[str | Path],
+def tune_style(insp: Inspection, spec: SyntheticSpec, model_path: str | Path | None,
                seed: int = 0, images: int = IMAGES, margin: float = MARGIN,
                tuned: dict[str, tuple[Any, ...]] | None = None,
                other_shape: Callable[[], SyntheticSpec] | None = None
                ) -> tuple[SyntheticSpec, Likeness | None, str]:
     """The spec with each TUNED setting at its nearest value (see the module docstring), what
-    was measured (None without a reader), and the line fit prints. ``reader``: the probe
-    reader's checkpoint; ``reference``: real images it was not trained on (the valid part),
-    which the renders are compared with. ``other_shape`` makes the spec with the other glyph
-    shape, calibrated; tried first, it replaces ``spec`` where nearer by SHAPE_MARGIN."""
-    if not reader or not Path(reader).is_file():
-        return spec, None, "likeness: not tuned (no probe reader to compare images with)"
-    if not reference:
-        return spec, None, "likeness: not tuned (no real images to compare renders with)"
+    was measured (None without a model), and the line fit prints. ``other_shape`` makes the
+    spec with the other glyph shape, calibrated (only where there is a model to compare with);
+    tried first, it replaces ``spec`` where nearer by SHAPE_MARGIN."""
+    if not model_path or not Path(model_path).is_file():
+        return spec, None, "likeness: not tuned (no universal model to compare images with)"
     from .. import checkpoint
 
-    model, _, pre, _ = checkpoint.load(reader)
-    stats = FeatureStats(model, pre)
-    real = stats.of([load_image(p) for p in reference])
+    model, _, pre, _ = checkpoint.load(model_path)
+    stats = FeatureStats(model, pre.channels, insp.size[0] / insp.size[1])
+    chosen = random.Random(seed).sample(insp.samples, min(images, len(insp.samples)))
+    real = stats.of([load_image(p) for p, _ in chosen])
 
     def distance(candidate: SyntheticSpec) -> float:
         return stats.distance(real, stats.of(
@@ -190,10 +188,9 @@ def tune_style(spec: SyntheticSpec, reader: str | Path | None, reference: Sequen
                        if getattr(spec, name) != getattr(before, name)})
     changed = ", ".join(_said(k, v) for k, v in found.kept.items()) or "nothing changed"
     rounds = f" in {found.rounds} rounds" if found.rounds > 1 else ""
-    return spec, found, (f"likeness: {changed}; the probe reader's feature distance to the "
-                         f"real valid part {found.start:.2f} -> {found.final:.2f} "
-                         f"({len(found.tried)} settings tried{rounds}, each kept at >= "
-                         f"{margin:.0%} nearer)")
+    return spec, found, (f"likeness: {changed}; the universal model's feature distance to the "
+                         f"sample {found.start:.2f} -> {found.final:.2f} ({len(found.tried)} "
+                         f"settings tried{rounds}, each kept at >= {margin:.0%} nearer)")
 
 
 def search(spec: SyntheticSpec, best: float, distance: Callable[[SyntheticSpec], float],

@@ -1,11 +1,10 @@
 """`captcha-ml fit`, the whole command: a reader for a new captcha style from labeled examples.
 
-inspect -> model input -> split -> style, font matching -> configs -> probe reader (the
-universal model finetuned briefly on the real train part) and noise tuning by it -> pretrain
+inspect -> model input -> split -> style, font matching, noise tuning -> configs -> pretrain
 on style-matched synthetic captchas -> zero-shot check -> glyph bank (the train part's glyphs,
 cut at the pretrained model's alignment) -> finetune on the real train part and captchas
-composed of its glyphs -> test -> register, under one MLflow parent run "fit" (probe,
-pretrain, zero_shot, finetune, test are its child runs).
+composed of its glyphs -> test -> register, under one MLflow parent run "fit" (pretrain,
+zero_shot, finetune, test are its child runs).
 Every choice is printed and logged to the parent run. Files under OUT:
 
   splits/{train,valid,test}.csv  the deterministic split (content hash + seed)
@@ -14,8 +13,7 @@ Every choice is printed and logged to the parent run. Files under OUT:
                                  edit and pass back with --config to rerun with your changes
   glyphs/                        the glyph bank finetuning composes captchas of (samples.png:
                                  some of them)
-  inspection.json, style_samples.png, probe/, pretrain/, finetune/ (checkpoints),
-  fit_report.txt
+  inspection.json, style_samples.png, pretrain/, finetune/ (checkpoints), fit_report.txt
 """
 
 from __future__ import annotations
@@ -39,9 +37,9 @@ from .budget import (DEFAULT_BUDGET_MINUTES, FALLBACK_IMAGES_PER_S, FINAL_RESERV
                      FINETUNE_MAX_HEIGHT, FINETUNE_TEXT_ROWS, POOL_REUSE, PRECISIONS, Probe,
                      input_cost, model_input, plan_budget, replan_finetune)
 from . import configs
-from .configs import (FINETUNE_AUGMENT_STRENGTH, FINETUNE_SYNTHETIC_SHARE, PROBE_STEPS,
-                      UNIVERSAL_WEIGHTS, adopt_style, build_configs, override_precision,
-                      probe_config, read_fit_yaml, repoint, universal_start, write_fit_yaml)
+from .configs import (FINETUNE_AUGMENT_STRENGTH, FINETUNE_SYNTHETIC_SHARE, UNIVERSAL_WEIGHTS,
+                      adopt_style, build_configs, override_precision, read_fit_yaml, repoint,
+                      universal_start, write_fit_yaml)
 from .fonts import given_fonts, match_fonts, usable_fonts, use_given_fonts
 from .likeness import tune_style
 from .reuse import PRETRAIN_RECORD, reusable_pretraining, write_pretrain_record
@@ -305,13 +303,12 @@ def _register(fine_run_id: str, name: str, note: _Notes) -> dict[str, Any]:
 
 def _prepare(data: str | Path, out: Path, case_sensitive: bool, skip_bad: bool,
              keep_style: bool, seed: int, note: _Notes, match_stroke: bool = False,
-             font_match: bool = True, fonts: tuple[Path, ...] = ()
-             ) -> tuple[Inspection, dict[str, Path], SyntheticSpec, TextLayout, dict[str, Any],
-                        list[dict[str, Any]]]:
-    """Steps 1, 3, 4 up to the likeness step (`_tune`, which needs the configs): inspect, split,
-    derive (or keep, with --config) the style and match its fonts (or draw in the FONTS given);
-    also where the text lies (for the model input), the font match's summary (under "fonts")
-    and the sample's pixel measures."""
+             font_match: bool = True, likeness: bool = True, fonts: tuple[Path, ...] = ()
+             ) -> tuple[Inspection, dict[str, Path], SyntheticSpec, TextLayout, dict[str, Any]]:
+    """Steps 1, 3, 4: inspect, split, derive (or keep, with --config) the style, match its
+    fonts (or draw in the FONTS given) and tune its noise; also where the text lies (for the
+    model input), and the font match's and the tuning's summaries (under "fonts" and
+    "likeness")."""
     insp = inspect(data, case_sensitive, skip_bad)
     for line in inspection_notes(insp):
         note(line)
@@ -340,49 +337,21 @@ def _prepare(data: str | Path, out: Path, case_sensitive: bool, skip_bad: bool,
             spec, ranked, line = match_fonts(insp, spec, universal_start(), seed)
             note(line)
             found["fonts"] = ranked.summary() if ranked else {}
-        _save_style(spec, out, insp)
+        if likeness:
+            derived = spec
+            spec, alike, line = tune_style(
+                insp, spec, universal_start(), seed,
+                other_shape=lambda: other_shape(derived, stats, match_stroke))
+            note(line)
+            found["likeness"] = alike.summary() if alike else {}
+        synthetic.save_style(spec, style_file, "# derived by captcha-ml fit; edit and rerun with "
+                             "--config OUT/fit.yaml (a face listed n times draws n shares)\n")
     spec = SyntheticSpec(**synthetic.load_style(style_file))
+    style_samples(insp, spec).save(out / "style_samples.png")
     layout = text_layout(stats)
     if not keep_style:  # with --config the configs' crop holds
         note(layout.why)
-    return insp, splits, spec, layout, found, stats
-
-
-def _save_style(spec: SyntheticSpec, out: Path, insp: Inspection) -> None:
-    """OUT/style.yaml and OUT/style_samples.png (real images beside renders)."""
-    synthetic.save_style(spec, out / "style.yaml", "# derived by captcha-ml fit; edit and rerun "
-                         "with --config OUT/fit.yaml (a face listed n times draws n shares)\n")
-    style_samples(insp, spec).save(out / "style_samples.png")
-
-
-def _tune(insp: Inspection, spec: SyntheticSpec, stats: list[dict[str, Any]], pre: Config,
-          fine: Config, out: Path, splits: dict[str, Path], seed: int, match_stroke: bool,
-          steps: int, note: _Notes) -> tuple[SyntheticSpec, dict[str, Any]]:
-    """The likeness step: train the probe reader (a child run "probe"), tune the style's noise
-    and glyph shape by it (`likeness.tune_style`), save the style; returns it and the tuning's
-    summary (empty where there is no universal model to start the probe from)."""
-    from .. import engine
-
-    init = universal_start()
-    if not init:
-        note(f"likeness: not tuned (its probe reader starts from the universal model, and "
-             f"{UNIVERSAL_WEIGHTS} is missing)")
-        return spec, {}
-    cfg = probe_config(pre, fine, out, init, steps)
-    t0 = time.perf_counter()
-    probe = engine.train(cfg)
-    note(f"probe: the universal model finetuned {steps} steps on the real train part alone "
-         f"({cfg.data.height}x{cfg.data.width}) reads the real valid part at seq_acc "
-         f"{probe['val'].get('seq_acc', 0):.4f} ({time.perf_counter() - t0:.0f} s): the "
-         "likeness step compares renders with the sample through its features")
-    derived = spec
-    reference = [p for p, _ in read_manifest(splits["valid"]).samples]
-    spec, alike, line = tune_style(
-        spec, probe["best_checkpoint"], reference, seed,
-        other_shape=lambda: other_shape(derived, stats, match_stroke))
-    note(line)
-    _save_style(spec, out, insp)
-    return spec, alike.summary() if alike else {}
+    return insp, splits, spec, layout, found
 
 
 EDITABLE = ("fit.yaml", "style.yaml")  # what a user edits in OUT; a fresh fit rewrites them
@@ -441,9 +410,9 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
             note(f"{out} held an earlier fit: its fit.yaml and style.yaml (with any edits) are "
                  f"kept in {kept}; to rerun them, copy them back and pass --config "
                  f"{out / 'fit.yaml'}")
-    insp, splits, spec, layout, found, stats = _prepare(
+    insp, splits, spec, layout, found = _prepare(
         data, out, case_sensitive, skip_bad, bool(config_path), seed, note, match_stroke,
-        font_match, font_files)
+        font_match, likeness, font_files)
     pre, fine, info = _configs(insp, out, spec, splits, budget_minutes, config_path, max_steps,
                                seed, precision, note, layout, universal, glyphs)
     if not glyphs:  # a --config rerun too
@@ -453,8 +422,17 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
         info["font_match"], info["font_scores"] = fonts_found["chosen"], fonts_found
     if found.get("fonts_given"):
         info["fonts_given"] = found["fonts_given"]
+    if found.get("likeness"):  # fit.yaml keeps every distance measured
+        info["likeness"] = found["likeness"]
     for cfg in (pre, fine):
         cfg.tracking.tracking_uri = tracking_uri or cfg.tracking.tracking_uri
+    folders = [out / "pretrain"] + ([Path(info["config_pretrain_dir"])]
+                                    if "config_pretrain_dir" in info else [])
+    record = reusable_pretraining(pre, folders) if reuse_pretrain else None
+    if record:  # finetuning starts from it, wherever it is
+        fine.train.init_from = record["result"]["best_checkpoint"]
+    section = _fit_section(insp, splits, info)
+    write_fit_yaml(out / "fit.yaml", section, pre, fine)
     tracking.check_reachable(pre.tracking.tracking_uri)
     mlflow.set_experiment(pre.tracking.experiment)
     # The budget holds for the whole command: finetuning gets what pretraining left of it,
@@ -468,19 +446,6 @@ def run(data: str | Path, out: str | Path | None = None, case_sensitive: bool = 
         mlflow.log_artifact(str(out / "fit.yaml"))
 
     with mlflow.start_run(run_name="fit") as parent:
-        if likeness and not config_path:  # a --config rerun keeps OUT/style.yaml as it is
-            spec, info["likeness"] = _tune(insp, spec, stats, pre, fine, out, splits, seed,
-                                           match_stroke, min(PROBE_STEPS, max_steps or
-                                                             PROBE_STEPS), note)
-            if not info["likeness"]:
-                del info["likeness"]
-        folders = [out / "pretrain"] + ([Path(info["config_pretrain_dir"])]
-                                        if "config_pretrain_dir" in info else [])
-        record = reusable_pretraining(pre, folders) if reuse_pretrain else None
-        if record:  # finetuning starts from it, wherever it is
-            fine.train.init_from = record["result"]["best_checkpoint"]
-        section = _fit_section(insp, splits, info)
-        write_fit_yaml(out / "fit.yaml", section, pre, fine)
         _log_parent(out, section, insp, spec)
         result = _train(pre, fine, splits, note, deadline, replanned, record,
                         info.get("probe_render_ms", 0.0) / 1000)
