@@ -174,9 +174,9 @@ def _glyph_colours(rgb: np.ndarray, away: np.ndarray, line: tuple[int, int], len
     """The colour of each of ``length`` equal parts of the text line's columns (a symbol's
     share, roughly): the median of its pixels GLYPH_INK_DISTANCE or more from the background
     colour (``away``: RGB distances) and at least half as far as the median of those, so a
-    pale glyph is measured by its own core, not left out, and anti-aliased edges count little
-    (a neighbour's edge or a curve's pixels count little in a median). Parts with fewer than
-    10 such pixels are left out."""
+    pale glyph is measured by its own core, not left out, and anti-aliased edges, a
+    neighbour's edge or a curve's pixels count little. Parts with fewer than 10 such pixels
+    are left out."""
     x0, x1 = line
     out = []
     for k in range(length):
@@ -185,7 +185,7 @@ def _glyph_colours(rgb: np.ndarray, away: np.ndarray, line: tuple[int, int], len
         far = part[part > GLYPH_INK_DISTANCE]
         if far.size < 10:
             continue
-        core = part >= max(GLYPH_INK_DISTANCE, 0.5 * float(np.percentile(far, 50)))
+        core = part >= max(GLYPH_INK_DISTANCE, 0.5 * float(np.median(far)))
         if core.sum() >= 10:
             out.append(tuple(int(round(float(v))) for v in np.median(rgb[:, a:b][core], axis=0)))
     return out
