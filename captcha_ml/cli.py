@@ -68,7 +68,7 @@ def data_fetch(
 @data_app.command("split")
 @friendly_errors
 def data_split(
-    source: Path = typer.Argument(..., help="Folder of labeled images or a path,label CSV."),
+    source: Path = typer.Argument(..., help="Folder of labeled images or a manifest (.csv or .tsv: path,label)."),
     out: Path = typer.Option(Path("data/splits"), help="Folder for train/valid/test.csv."),
     seed: int = typer.Option(0),
     test: int = typer.Option(400, help="Test images."),
@@ -158,7 +158,7 @@ def train(
 @friendly_errors
 def evaluate(
     model: str = typer.Argument(..., help="Checkpoint path or MLflow URI (runs:/..., models:/...)."),
-    data: Path = typer.Argument(..., help="Labeled folder or path,label manifest."),
+    data: Path = typer.Argument(..., help="Labeled folder or manifest (.csv or .tsv: path,label)."),
     config_path: Optional[Path] = typer.Option(None, "--config", help="YAML for batch size, "
                                                "workers and tracking."),
     overrides: list[str] = OVERRIDES,
@@ -290,7 +290,7 @@ def register(
 @friendly_errors
 def fit(
     data: Path = typer.Argument(..., help="Folder of labeled images (label = file name before "
-                                "the first _ or .) or a path,label CSV."),
+                                "the first _ or .) or a manifest (.csv or .tsv: path,label)."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default: outputs/fit/<DATA name>)."),
     case_insensitive: bool = typer.Option(False, "--case-insensitive",
                                           help="Lower-case labels and charset."),

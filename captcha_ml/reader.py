@@ -23,7 +23,7 @@ from PIL import Image
 from . import checkpoint
 from .charset import Charset
 from .checkpoint import CheckpointError
-from .data.real import IGNORED_SUFFIXES, DataError, read_manifest
+from .data.real import IGNORED_SUFFIXES, MANIFEST_SUFFIXES, DataError, read_manifest
 from .data.transforms import ImageError, ImageSource, Preprocess, average_views, load_image
 
 ONNX_FORMAT = "captcha_ml/onnx/1"
@@ -277,14 +277,14 @@ def quantize_int8(data: bytes, calibration: np.ndarray) -> bytes:
 
 def calibration_images(preprocess: Preprocess, sources: Iterable[str], count: int = 128,
                        seed: int = 0) -> np.ndarray:
-    """Up to ``count`` preprocessed images from files, folders, globs or manifests (.csv with a
-    ``path`` column), drawn with a fixed seed; unreadable files are an error naming them."""
+    """Up to ``count`` preprocessed images from files, folders, globs or manifests (.csv or .tsv
+    with an image column), drawn with a fixed seed; unreadable files are an error naming them."""
     import random
 
     sources = [str(s) for s in sources]
     files: list[str] = []
     for src in sources:
-        if src.endswith(".csv"):  # labels are not needed: no charset check
+        if Path(src).suffix.lower() in MANIFEST_SUFFIXES:  # labels not needed: no charset check
             files += [path for path, _ in read_manifest(src).samples]
         else:
             files += [str(x) for _, x in expand_inputs([src])]

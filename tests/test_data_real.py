@@ -156,6 +156,37 @@ def test_read_folder_and_manifest(tmp_path, make_images):
     assert read_manifest(tmp_path / "m.csv", Charset("abcd123"), 5, 5).samples == via_csv.samples
 
 
+@pytest.mark.parametrize("text", [
+    "filename,text\n{a},abc12\n{b},bcd23\n",  # the names other sets use, any case
+    "\ufeffImage;Solution\n{a};abc12\n{b}; bcd23 \n",  # BOM, semicolons, spaces
+    "id\tfile\tlabel\n1\t{a}\tabc12\n2\t{b}\tbcd23\n",  # tab-separated, extra columns
+])
+def test_manifest_headers_of_other_sets(tmp_path, make_images, text):
+    folder = make_images(tmp_path / "imgs", ["0001", "0002"])
+    manifest = folder / "labels.tsv"
+    manifest.write_text(text.format(a="0001.png", b="0002.png"), encoding="utf-8")
+    data = read_labeled(manifest)
+    assert [(Path(p).name, lbl) for p, lbl in data.samples] == [("0001.png", "abc12"),
+                                                               ("0002.png", "bcd23")]
+
+
+def test_folder_with_a_manifest_that_labels_otherwise(tmp_path, make_images):
+    """Images named by index with their labels in a CSV beside them: reading the folder would
+    train on the indices, so it stops and says to pass the manifest; a CSV that agrees with
+    the names, or is no manifest, changes nothing."""
+    folder = make_images(tmp_path / "imgs", ["0001", "0002"])
+    (folder / "notes.csv").write_text("run,score\n1,0.5\n")  # not a manifest: ignored
+    assert [lbl for _, lbl in read_folder(folder).samples] == ["0001", "0002"]
+    (folder / "same.csv").write_text("file,label\n0001.png,0001\n")
+    assert [lbl for _, lbl in read_folder(folder).samples] == ["0001", "0002"]
+    (folder / "labels.csv").write_text("filename,text\n0001.png,abc12\n0002.png,0002\n")
+    with pytest.raises(DataError, match=r"labels\.csv in this folder labels 1 of its images "
+                                        r"otherwise \(e\.g\. 0001\.png: 'abc12' there, '0001' by "
+                                        r"its name\); .*pass it instead of the folder"):
+        read_labeled(folder)
+    assert [lbl for _, lbl in read_labeled(folder / "labels.csv").samples] == ["abc12", "0002"]
+
+
 @pytest.mark.parametrize("bad, pattern", [
     ("corrupt", r"zz999\.png: not a readable image"),
     ("nonimage", r"notes\.pdf: not an image file"),
@@ -187,8 +218,9 @@ def test_missing_and_empty(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="empty: no images"):
         read_labeled(tmp_path / "empty")
-    (tmp_path / "bad.csv").write_text("file,text\na.png,abc\n")
-    with pytest.raises(DataError, match="header 'path,label'"):
+    (tmp_path / "bad.csv").write_text("id,value2\na.png,abc\n")
+    with pytest.raises(DataError, match=r"bad\.csv: a manifest needs a header naming its image "
+                                        r"column.*'path,label'.*found \['id', 'value2'\]"):
         read_labeled(tmp_path / "bad.csv")
     write_manifest(tmp_path / "gone.csv", [("gone.png", "abc12")])
     with pytest.raises(DataError, match=r"gone\.png: cannot open"):

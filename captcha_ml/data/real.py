@@ -1,7 +1,9 @@
 """Real labeled images: fetch (download + checksum), folders and manifests, deterministic split.
 
 A labeled folder holds images named ``<label>.png`` or ``<label>_<anything>.png``; a manifest is
-a CSV with header ``path,label`` whose relative paths are resolved against the CSV's folder.
+a CSV (or tab-separated) file whose header names an image column and a label column (``path,label``
+as we write them, or the names other captcha sets use: ``filename,text``, ``image,solution``...)
+and whose relative paths are resolved against the manifest's folder.
 Bad input stops with a message naming the file and the fix, or, with ``skip_bad``, is skipped
 and reported in ``LabeledSet.skipped``.
 """
@@ -36,8 +38,15 @@ REAL_URL = "https://github.com/AakashKumarNain/CaptchaCracker/raw/master/captcha
 REAL_DIGEST = "69b70dcc3b482122df31325af8cea103eb4fd5308f240c444b3b6e70a7b9cbc8"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp"})
 # Documentation that may sit next to images (e.g. SOURCE.md); ignored, never an error.
-IGNORED_SUFFIXES = frozenset({".md", ".txt", ".csv", ".json", ".yaml", ".yml"})
+IGNORED_SUFFIXES = frozenset({".md", ".txt", ".csv", ".tsv", ".json", ".yaml", ".yml"})
 SKIP_HINT = "fix or remove it, or pass --skip-bad to skip bad files and report them"
+MANIFEST_SUFFIXES = frozenset({".csv", ".tsv"})
+# Header names a manifest's image and label columns may have (any case), ours first: labeled
+# captcha sets ship their labels as `filename,text`, `image,solution`, `file,label` and so on.
+PATH_COLUMNS = ("path", "file", "filename", "file_name", "fname", "image", "image_path",
+                "image_name", "img", "name")
+LABEL_COLUMNS = ("label", "labels", "text", "solution", "answer", "captcha", "captcha_text",
+                 "code", "value")
 
 
 class DataError(ValueError):
@@ -183,7 +192,8 @@ def label_from_name(path: str | Path) -> str:
 
 def read_folder(path: str | Path, charset: Charset | None = None, min_len: int | None = None,
                 max_len: int | None = None, skip_bad: bool = False) -> LabeledSet:
-    """Images of a folder, labeled by file name, validated."""
+    """Images of a folder, labeled by file name, validated. A manifest in the folder that
+    labels its images otherwise stops it (`_check_no_other_labels`)."""
     folder = Path(path)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder; check the path")
@@ -194,33 +204,78 @@ def read_folder(path: str | Path, charset: Charset | None = None, min_len: int |
         (rows if p.suffix.lower() in IMAGE_SUFFIXES else other).append((str(p), label_from_name(p)))
     if not rows and not other:
         raise DataError(f"{folder}: no images (png, jpg, jpeg, gif, bmp, webp) in this folder")
+    _check_no_other_labels(folder, rows)
     pre_skipped = [(p, f"not an image file (extension {Path(p).suffix or 'none'})") for p, _ in other]
     return _validate(rows, pre_skipped, charset, min_len, max_len, skip_bad)
 
 
+def _check_no_other_labels(folder: Path, rows: list[tuple[str, str]]) -> None:
+    """Stop where a manifest next to the images labels some of them otherwise than their file
+    names do (images named ``0001.png`` with their labels in ``labels.csv``): reading the
+    folder would train on the file names. A CSV that is no manifest of these images is left
+    alone, as is one that agrees with the names."""
+    by_name = {Path(p).name: label for p, label in rows}
+    for m in sorted(folder.iterdir()):
+        if m.suffix.lower() not in MANIFEST_SUFFIXES or not m.is_file():
+            continue
+        try:
+            listed = _manifest_rows(m)
+        except (DataError, OSError, UnicodeDecodeError, csv.Error):
+            continue
+        differ = [(Path(p).name, label) for p, label in listed
+                  if Path(p).parent == folder and Path(p).name in by_name
+                  and by_name[Path(p).name] != label]
+        if differ:
+            name, label = differ[0]
+            raise DataError(
+                f"{folder}: labels are read from file names, but {m.name} in this folder labels "
+                f"{len(differ)} of its images otherwise (e.g. {name}: {label!r} there, "
+                f"{by_name[name]!r} by its name); to train on the manifest's labels pass it "
+                f"instead of the folder ({m}), or move it out of the folder")
+
+
 def read_manifest(csv_path: str | Path, charset: Charset | None = None, min_len: int | None = None,
                   max_len: int | None = None, skip_bad: bool = False) -> LabeledSet:
-    """A ``path,label`` CSV; relative paths are resolved against the CSV's folder."""
+    """A manifest (CSV or tab-separated, see the module's docstring); relative paths are
+    resolved against its folder."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: no such manifest file; check the path")
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
-            raise DataError(f"{csv_path}: a manifest needs the header 'path,label' "
-                            f"(found {reader.fieldnames})")
-        rows = [((csv_path.parent / r["path"]).as_posix() if not os.path.isabs(r["path"] or "")
-                 else r["path"], r["label"] or "") for r in reader]
+    rows = _manifest_rows(csv_path)
     if not rows:
         raise DataError(f"{csv_path}: the manifest lists no images")
     return _validate(rows, [], charset, min_len, max_len, skip_bad)
 
 
+def _manifest_rows(csv_path: Path) -> list[tuple[str, str]]:
+    """A manifest's ``(path, label)`` rows, paths resolved, labels stripped of spaces."""
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        first = f.readline()
+        f.seek(0)
+        delimiter = max(",\t;", key=first.count)  # the header's separator
+        reader = csv.DictReader(f, delimiter=delimiter)
+        fields = {(name or "").strip().lower(): name for name in reader.fieldnames or []}
+        path_col = next((fields[c] for c in PATH_COLUMNS if c in fields), None)
+        label_col = next((fields[c] for c in LABEL_COLUMNS if c in fields), None)
+        if path_col is None or label_col is None:
+            raise DataError(
+                f"{csv_path}: a manifest needs a header naming its image column "
+                f"({', '.join(PATH_COLUMNS[:6])}...) and its label column "
+                f"({', '.join(LABEL_COLUMNS[:6])}...), e.g. 'path,label' "
+                f"(found {reader.fieldnames})")
+        rows = []
+        for r in reader:
+            path = (r[path_col] or "").strip()
+            rows.append(((csv_path.parent / path).as_posix() if not os.path.isabs(path) else path,
+                         (r[label_col] or "").strip()))
+    return rows
+
+
 def read_labeled(path: str | Path, charset: Charset | None = None, min_len: int | None = None,
                  max_len: int | None = None, skip_bad: bool = False) -> LabeledSet:
-    """A folder of labeled images or a ``.csv`` manifest."""
+    """A folder of labeled images or a manifest (``.csv`` or ``.tsv``)."""
     p = Path(path)
-    if p.suffix.lower() == ".csv":
+    if p.suffix.lower() in MANIFEST_SUFFIXES:
         return read_manifest(p, charset, min_len, max_len, skip_bad)
     if not p.exists():
         raise DataError(f"{p}: no such folder or manifest; check the path (or run "
