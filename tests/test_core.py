@@ -279,6 +279,25 @@ def test_transparent_images_composite_on_white():
     assert load_image(img).convert("L").getpixel((0, 0)) == 255
 
 
+def test_deep_and_other_colour_modes_read_as_eight_bit(tmp_path):
+    """16-bit greyscale PNGs, 32-bit and float TIFFs and CMYK JPEGs read as the same dark
+    text on a light ground an 8-bit file holds (Pillow's own conversion clips 16-bit values
+    to white)."""
+    grey = np.full((20, 40), 230, np.uint8)
+    grey[5:15, 10:30] = 30
+    want = Image.fromarray(grey, "L")
+    deep = {
+        "a.png": Image.fromarray(grey.astype(np.uint16) * 257),  # I;16 (or I) when read back
+        "b.tif": Image.fromarray(grey.astype(np.int32) * 257, "I"),
+        "c.tif": Image.fromarray(grey.astype(np.float32) / 255, "F"),
+        "d.jpg": want.convert("RGB").convert("CMYK"),
+    }
+    for name, img in deep.items():
+        img.save(tmp_path / name, quality=95) if name.endswith("jpg") else img.save(tmp_path / name)
+        got = np.asarray(load_image(tmp_path / name).convert("L"), dtype=int)
+        assert np.abs(got - grey).max() <= (16 if name.endswith("jpg") else 2), name  # JPEG's edges
+
+
 @pytest.mark.parametrize("depth", ["layer2", "layer3", "layer4"])
 @pytest.mark.parametrize("size", [(50, 200), (30, 90), (80, 300)])
 def test_model_output_positions(depth, size):

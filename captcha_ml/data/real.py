@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 REAL_URL = "https://github.com/AakashKumarNain/CaptchaCracker/raw/master/captcha_images_v2.zip"
 REAL_DIGEST = "69b70dcc3b482122df31325af8cea103eb4fd5308f240c444b3b6e70a7b9cbc8"
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 # Documentation that may sit next to images (e.g. SOURCE.md); ignored, never an error.
 IGNORED_SUFFIXES = frozenset({".md", ".txt", ".csv", ".tsv", ".json", ".yaml", ".yml"})
 SKIP_HINT = "fix or remove it, or pass --skip-bad to skip bad files and report them"
@@ -203,7 +203,7 @@ def read_folder(path: str | Path, charset: Charset | None = None, min_len: int |
             continue
         (rows if p.suffix.lower() in IMAGE_SUFFIXES else other).append((str(p), label_from_name(p)))
     if not rows and not other:
-        raise DataError(f"{folder}: no images (png, jpg, jpeg, gif, bmp, webp) in this folder")
+        raise DataError(f"{folder}: no images (png, jpg, jpeg, gif, bmp, webp, tif) in this folder")
     _check_no_other_labels(folder, rows)
     pre_skipped = [(p, f"not an image file (extension {Path(p).suffix or 'none'})") for p, _ in other]
     return _validate(rows, pre_skipped, charset, min_len, max_len, skip_bad)

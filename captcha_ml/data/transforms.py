@@ -123,9 +123,30 @@ def average_views(log_probs: torch.Tensor, views: int) -> torch.Tensor:
     return torch.logsumexp(grouped, dim=1) - math.log(views)
 
 
+def _eight_bit(img: Image.Image) -> Image.Image:
+    """Greyscale of 16 or 32 bits (16-bit PNGs and TIFFs open as I;16 or I) or floats scaled
+    to 8 bits, and CMYK or other colour spaces as RGB: Pillow's own conversion to L clips
+    such values at 255, so a 16-bit captcha would read as a white image."""
+    if img.mode.startswith("I") or img.mode == "F":
+        import numpy as np
+
+        a = np.asarray(img, dtype=np.float64)
+        peak = float(a.max(initial=0.0))
+        if img.mode == "F" and peak <= 1.0:
+            top = 1.0
+        elif img.mode.startswith("I;16") or 255 < peak <= 65535:
+            top = 65535.0
+        else:
+            top = max(255.0, peak)
+        return Image.fromarray(np.clip(a * (255 / top) + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "La"):
+        return img.convert("RGB")
+    return img
+
+
 def _flatten_alpha(img: Image.Image) -> Image.Image:
     """Composite transparent images on white, so an alpha channel never turns text black."""
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
@@ -157,7 +178,7 @@ def load_image(src: ImageSource, name: str | None = None) -> Image.Image:
                 raise ImageError(f"{label}: not a readable image ({type(e).__name__}: {e}); "
                                  "remove or replace the file") from e
     _check_size(img, label)
-    return _flatten_alpha(img)
+    return _flatten_alpha(_eight_bit(img))
 
 
 def _check_size(img: Image.Image, label: str) -> None:
