@@ -187,6 +187,18 @@ def test_folder_with_a_manifest_that_labels_otherwise(tmp_path, make_images):
     assert [lbl for _, lbl in read_labeled(folder / "labels.csv").samples] == ["abc12", "0002"]
 
 
+def test_running_numbers_are_no_labels(tmp_path, make_images):
+    """Files numbered by a counter, with or without the label after it, stop with the fix;
+    random digit labels (a digits captcha) read as labels."""
+    folder = make_images(tmp_path / "numbered", [f"{i:04d}_ab{i % 7}c" for i in range(1, 13)])
+    with pytest.raises(DataError, match=r"numbered: the file names are running numbers \(1 to "
+                                        r"12, 11 of 11 one apart\), not labels; .*manifest"):
+        read_labeled(folder)
+    rng = random.Random(0)
+    digits = [f"{rng.randrange(10**5):05d}" for _ in range(30)]
+    assert len(read_folder(make_images(tmp_path / "digits", digits))) == 30
+
+
 @pytest.mark.parametrize("bad, pattern", [
     ("corrupt", r"zz999\.png: not a readable image"),
     ("nonimage", r"notes\.pdf: not an image file"),

@@ -205,6 +205,7 @@ def read_folder(path: str | Path, charset: Charset | None = None, min_len: int |
     if not rows and not other:
         raise DataError(f"{folder}: no images (png, jpg, jpeg, gif, bmp, webp, tif) in this folder")
     _check_no_other_labels(folder, rows)
+    _check_not_running_numbers(folder, [label for _, label in rows])
     pre_skipped = [(p, f"not an image file (extension {Path(p).suffix or 'none'})") for p, _ in other]
     return _validate(rows, pre_skipped, charset, min_len, max_len, skip_bad)
 
@@ -232,6 +233,22 @@ def _check_no_other_labels(folder: Path, rows: list[tuple[str, str]]) -> None:
                 f"{len(differ)} of its images otherwise (e.g. {name}: {label!r} there, "
                 f"{by_name[name]!r} by its name); to train on the manifest's labels pass it "
                 f"instead of the folder ({m}), or move it out of the folder")
+
+
+def _check_not_running_numbers(folder: Path, labels: list[str]) -> None:
+    """Stop where the file names are running numbers (``0001.png``, ``0002.png``... or
+    ``0001_abc12.png``): nine in ten of them one apart is what a counter gives; a digits
+    captcha's labels come so only where nearly every label of its length is in the set."""
+    numbers = sorted({int(label) for label in labels if label.isdigit()})
+    if len(labels) < 10 or len(numbers) < 0.9 * len(labels):
+        return
+    steps = sum(b - a == 1 for a, b in zip(numbers, numbers[1:]))
+    if steps >= 0.9 * (len(numbers) - 1):
+        raise DataError(
+            f"{folder}: the file names are running numbers ({numbers[0]} to {numbers[-1]}, "
+            f"{steps} of {len(numbers) - 1} one apart), not labels; name the files "
+            "<label>.png or <label>_<anything>.png, or give the labels in a manifest "
+            "(a .csv with the header path,label) and pass that instead")
 
 
 def read_manifest(csv_path: str | Path, charset: Charset | None = None, min_len: int | None = None,
