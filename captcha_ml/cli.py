@@ -68,7 +68,8 @@ def data_fetch(
 @data_app.command("split")
 @friendly_errors
 def data_split(
-    source: Path = typer.Argument(..., help="Folder of labeled images or a manifest (.csv or .tsv: path,label)."),
+    source: Path = typer.Argument(..., help="Folder of labeled images or a manifest "
+                                  "(.csv or .tsv: path,label)."),
     out: Path = typer.Option(Path("data/splits"), help="Folder for train/valid/test.csv."),
     seed: int = typer.Option(0),
     test: int = typer.Option(400, help="Test images."),

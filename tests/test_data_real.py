@@ -141,6 +141,7 @@ def test_label_from_name():
     assert label_from_name("a/226md.png") == "226md"
     assert label_from_name("226md_0000007.png") == "226md"
     assert label_from_name("x3deb.v2.jpg") == "x3deb"
+    assert label_from_name("x3deb (2).png") == "x3deb"  # a second download of the same label
 
 
 def test_read_folder_and_manifest(tmp_path, make_images):

@@ -16,6 +16,7 @@ import http.client
 import io
 import logging
 import os
+import re
 import shutil
 import tempfile
 import urllib.error
@@ -185,9 +186,13 @@ def _extract_images(archive: Path, out: Path) -> list[Path]:
 
 # ----------------------------------------------------------------------------- readers
 
+_COPY_NUMBER = re.compile(r" \(\d+\)$")
+
+
 def label_from_name(path: str | Path) -> str:
-    """``226md.png`` -> ``226md``; ``226md_0000007.png`` -> ``226md`` (before the first _ or .)."""
-    return Path(path).name.split("_", 1)[0].split(".", 1)[0]
+    """``226md.png`` -> ``226md``; ``226md_0000007.png`` -> ``226md`` (before the first _ or .);
+    ``226md (1).png`` -> ``226md`` (the number browsers and file managers give a second copy)."""
+    return _COPY_NUMBER.sub("", Path(path).name.split("_", 1)[0].split(".", 1)[0])
 
 
 def read_folder(path: str | Path, charset: Charset | None = None, min_len: int | None = None,

@@ -57,6 +57,7 @@ TUNED: dict[str, tuple[Any, ...]] = {
     # Solid shapes in glyph colours over the text (kaptcha's clutter); none unless nearer.
     # Where kept they matter: kaptcha's rendered half without them read 1000 new images at
     # 0.511 against 0.638 (session 47, one pretrained model, the same finetuning steps).
+    # Drawn on every style instead, they cost ink_small 1.6 points (session 48, docs/fit.md).
     "fragments": ((0, 0), (5, 15), (15, 30)),
     "rotate": ((-20.0, 20.0), (-10.0, 10.0), (-30.0, 30.0)),
     "font_warp": ((0.0, 0.0), (0.05, 0.3)),  # see applies
