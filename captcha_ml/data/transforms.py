@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Union
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageStat
 
@@ -128,8 +129,6 @@ def _eight_bit(img: Image.Image) -> Image.Image:
     to 8 bits, and CMYK or other colour spaces as RGB: Pillow's own conversion to L clips
     such values at 255, so a 16-bit captcha would read as a white image."""
     if img.mode.startswith("I") or img.mode == "F":
-        import numpy as np
-
         a = np.asarray(img, dtype=np.float64)
         peak = float(a.max(initial=0.0))
         if img.mode == "F" and peak <= 1.0:
