@@ -16,7 +16,9 @@ when missing: `build_claptcha`); `multicolor` from a fourth (pip install multico
 four digits in 44 faces, each in its own coloured cell, rotated and crossed by lines of its
 colour, 256x64); `kaptcha` from a fifth (pip install kaptcha: four letters and digits in
 random colours and its four faces under opaque coloured fragments, 200x80 JPEGs, read
-case-insensitively: fit runs with --case-insensitive); `alnum62`, `lower4to7` (and
+case-insensitively: fit runs with --case-insensitive); `gvcode` from a sixth (pip install
+gvcode: five letters and digits in Arial and six colours, turned by up to 90 degrees, over five
+coloured lines, 200x80, read case-insensitively); `alnum62`, `lower4to7` (and
 `digits4`) from captcha_ml's generator with fonts, colours, noise, sizes, charsets and lengths
 unlike captcha_images_v2; `v2` is captcha_images_v2 (--real-data): fit reads N of its 1040
 images (a seeded choice), the holdout is the others (540 for N = 500).
@@ -241,6 +243,34 @@ def build_kaptcha(n: int, folder: Path, seed: str) -> Path | None:
                                   lambda rng: KAPTCHA["min_len"], suffix=".jpg")
 
 
+# Letters and digits as gvcode (PyPI) draws them by default (`VFCode().generate_mix()`: five of
+# the 62), 200x80. Read case-insensitively (CASE_INSENSITIVE), as sites compare answers: under
+# its turns of up to 90 degrees in one face, c/C, o/O, s/S, v/V, w/W, x/X and z/Z differ in
+# size alone. 36 symbols.
+GVCODE = dict(charset=string.digits + string.ascii_letters, min_len=5, max_len=5, width=200,
+              height=80)
+
+
+def build_gvcode(n: int, folder: Path, seed: str) -> Path | None:
+    """n labeled PNGs from gvcode (PyPI) at its defaults: each glyph in Arial at 50 pixels, in
+    one of six colours (black, grey, red, green, yellow, blue), turned by -30 to 90 degrees and
+    shifted by up to 10 pixels from its fifth of the width; five random lines of those colours,
+    3 pixels wide, under the text; on white. A sixth generator, measured before anything was
+    tuned on it (session 48)."""
+    try:
+        from gvcode import VFCode
+    except ImportError:
+        print("gvcode not installed (pip install gvcode): style skipped")
+        return None
+
+    def draw(label: str):
+        vc = VFCode()
+        vc.generate(label)
+        return vc._img.convert("RGB")  # drawn on an opaque white RGBA canvas
+
+    return _global_random_set(n, folder, seed, GVCODE, draw, lambda rng: GVCODE["min_len"])
+
+
 # Digits, four to an image, as multicolorcaptcha (PyPI; the generator of TLG_JoinCaptchaBot, a
 # Telegram bot that tests new group members) draws them at its smallest size without margins:
 # 256x64.
@@ -358,9 +388,9 @@ BUILDERS = {"wheezy": (WHEEZY, build_wheezy), "ink": (INK, build_ink),
             "ink_small": (INK_SMALL, functools.partial(build_ink, style=INK_SMALL)),
             "ink_long": (INK_LONG, functools.partial(build_ink, style=INK_LONG)),
             "claptcha": (CLAPTCHA, build_claptcha), "multicolor": (MULTICOLOR, build_multicolor),
-            "kaptcha": (KAPTCHA, build_kaptcha)}
+            "kaptcha": (KAPTCHA, build_kaptcha), "gvcode": (GVCODE, build_gvcode)}
 # Styles whose sites compare answers case-insensitively: fit runs with --case-insensitive.
-CASE_INSENSITIVE = frozenset({"kaptcha"})
+CASE_INSENSITIVE = frozenset({"kaptcha", "gvcode"})
 
 
 def own_fonts(name: str) -> tuple[str, ...]:
@@ -377,6 +407,10 @@ def own_fonts(name: str) -> tuple[str, ...]:
         from kaptcha.captcha import FONT
 
         return tuple(FONT)
+    if name == "gvcode":
+        import gvcode
+
+        return (str(Path(gvcode.__file__).parent / "fonts" / "arial.ttf"),)
     if name == "multicolor":
         from multicolorcaptcha import CaptchaGenerator
 
