@@ -202,35 +202,38 @@ def read_folder(path: str | Path, charset: Charset | None = None, min_len: int |
     folder = Path(path)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder; check the path")
-    rows, other = [], []
+    rows, other, manifests = [], [], []
     for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or p.suffix.lower() in IGNORED_SUFFIXES or p.is_dir():
+        if p.name.startswith(".") or p.is_dir():
+            continue
+        if p.suffix.lower() in IGNORED_SUFFIXES:
+            if p.suffix.lower() in MANIFEST_SUFFIXES:
+                manifests.append(p)
             continue
         (rows if p.suffix.lower() in IMAGE_SUFFIXES else other).append((str(p), label_from_name(p)))
     if not rows and not other:
-        raise DataError(f"{folder}: no images (png, jpg, jpeg, gif, bmp, webp, tif) in this folder")
-    _check_no_other_labels(folder, rows)
+        kinds = ", ".join(sorted(s.lstrip(".") for s in IMAGE_SUFFIXES))
+        raise DataError(f"{folder}: no images ({kinds}) in this folder")
+    _check_no_other_labels(folder, rows, manifests)
     _check_not_running_numbers(folder, [label for _, label in rows])
     pre_skipped = [(p, f"not an image file (extension {Path(p).suffix or 'none'})") for p, _ in other]
     return _validate(rows, pre_skipped, charset, min_len, max_len, skip_bad)
 
 
-def _check_no_other_labels(folder: Path, rows: list[tuple[str, str]]) -> None:
-    """Stop where a manifest next to the images labels some of them otherwise than their file
-    names do (images named ``0001.png`` with their labels in ``labels.csv``): reading the
-    folder would train on the file names. A CSV that is no manifest of these images is left
-    alone, as is one that agrees with the names."""
+def _check_no_other_labels(folder: Path, rows: list[tuple[str, str]],
+                           manifests: list[Path]) -> None:
+    """Stop where one of the folder's ``manifests`` labels some of its images otherwise than
+    their file names do (images named ``0001.png`` with their labels in ``labels.csv``):
+    reading the folder would train on the file names. A CSV that is no manifest of these
+    images is left alone, as is one that agrees with the names."""
     by_name = {Path(p).name: label for p, label in rows}
-    for m in sorted(folder.iterdir()):
-        if m.suffix.lower() not in MANIFEST_SUFFIXES or not m.is_file():
-            continue
+    for m in manifests:
         try:
             listed = _manifest_rows(m)
         except (DataError, OSError, UnicodeDecodeError, csv.Error):
             continue
-        differ = [(Path(p).name, label) for p, label in listed
-                  if Path(p).parent == folder and Path(p).name in by_name
-                  and by_name[Path(p).name] != label]
+        differ = [(q.name, label) for q, label in ((Path(p), label) for p, label in listed)
+                  if q.parent == folder and by_name.get(q.name, label) != label]
         if differ:
             name, label = differ[0]
             raise DataError(
