@@ -524,6 +524,42 @@ def test_glyph_colours_draw_each_glyph_in_its_own_colour(tmp_path):
         SyntheticSpec(glyph_colours=((1, 2),))
 
 
+def test_bob_places_each_glyph_at_its_own_height():
+    """bob: the glyphs of the "captcha" drawer's text box move up or down by up to that share
+    of the height, their ink kept on the canvas; without it they share the line, and a style
+    without it renders what it did before (no extra random draws)."""
+    spec = SyntheticSpec(style="captcha", width=240, height=80, charset="acemnorsuvwxz",
+                         min_len=6, max_len=6, font_sizes=(30,), spaces=0.0, curves=0, dots=0,
+                         strikes=(0, 0), blur=(0, 0), grey=True, stretch=False, overlap=0.0,
+                         background=(255, 255), foreground=(0, 0), text_width=(0.9, 0.9),
+                         text_left=(0.05, 0.05), rotate=(0.0, 0.0))  # short letters alone
+
+    def ink_rows(s, i):  # per column run of ink (a glyph): its top ink row
+        ink = np.asarray(render(s, 0, i)[0]) < 128
+        cols, tops, run = ink.any(axis=0), [], []
+        for x, on in enumerate(list(cols) + [False]):
+            if on:
+                run.append(x)
+            elif run:
+                tops.append(int(np.argmax(ink[:, run].any(axis=1))))
+                run = []
+        return ink, tops
+
+    bobbed = dataclasses.replace(spec, bob=0.2)
+    assert render(dataclasses.replace(spec, bob=0.0), 0, 3)[0].tobytes() == \
+        render(spec, 0, 3)[0].tobytes()
+    spreads = []
+    for i in range(6):
+        _, flat = ink_rows(spec, i)
+        assert max(flat) - min(flat) <= 2, flat  # one line
+        ink, tops = ink_rows(bobbed, i)
+        spreads.append(max(tops) - min(tops))
+        assert ink[0].sum() + ink[-1].sum() < 10  # moved, never off the canvas
+    assert max(spreads) >= 12 and sum(spreads) / len(spreads) >= 6, spreads
+    with pytest.raises(DataError, match="bob"):
+        SyntheticSpec(bob=0.7)
+
+
 def test_universal_mixture_is_seeded_and_varied():
     """data.style=universal: each image is drawn by one of the mixture's specs, picked by its
     own seeded draw, so an image is a pure function of (seed, index); the members differ in

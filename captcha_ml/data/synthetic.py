@@ -78,6 +78,9 @@ class SyntheticSpec:
     # shapes (lowercase letters short; `captcha-ml fit` chooses by measuring the sample)
     hooks: tuple[int, int] = (0, 0)  # short dark strokes at the start of the text ("real" drawer)
     overlap: float = 0.25  # neighbours may overlap by up to this share of the mean glyph width
+    bob: float = 0.0  # "captcha" drawer's text box (``text_width``): each glyph moved up or down
+    # by up to this share of the canvas height (its ink kept inside), as generators that place
+    # every glyph at its own height draw; 0: glyphs share the line
     pitch: tuple[float, float] = (0.0, 0.0)  # "real" drawer: glyphs centred on a fixed pitch of
     # this share of the font size, so wide glyphs ("m", "w") overlap their neighbours as in
     # captcha_images_v2; (0, 0): placed by their own widths, as the captcha library does
@@ -126,6 +129,9 @@ class SyntheticSpec:
         if not self.charset or not 1 <= self.min_len <= self.max_len:
             raise DataError(f"synthetic spec needs a charset and 1 <= min_len <= max_len "
                             f"(got {self.charset!r}, {self.min_len}, {self.max_len})")
+        if not 0 <= self.bob <= 0.5:
+            raise DataError(f"synthetic spec: bob is a share of the canvas height in [0, 0.5] "
+                            f"(got {self.bob})")
         if not (0 <= self.overlap < 1 and 0 <= self.repeat < 1 and 0 <= self.spaces <= 1):
             raise DataError(f"synthetic spec: overlap and repeat must be in [0, 1), spaces in "
                             f"[0, 1] (got {self.overlap}, {self.repeat}, {self.spaces})")
@@ -401,7 +407,10 @@ class SpecCaptcha(ImageCaptcha):
         s = self.spec
         box = max(8, int(rng.uniform(*s.text_width) * s.width))
         glyphs, steps = self._glyph_row(chars, fg)
-        text = self._paste_row(glyphs, steps, bg)
+        # Drawn only where set, so a style without it renders what it rendered before.
+        drops = [round(rng.uniform(-s.bob, s.bob) * self._height) for _ in glyphs] \
+            if s.bob > 0 else None
+        text = self._paste_row(glyphs, steps, bg, drops=drops)
         ink = _ink_mask(text, bg).getbbox()
         inked = [g.getbbox() is not None for g in glyphs]  # spaces are blank glyphs
         if ink and ink[2] - ink[0] < box and sum(inked) > 1:
@@ -410,12 +419,12 @@ class SpecCaptcha(ImageCaptcha):
             for has_ink, step in zip(inked, steps):
                 spread.append(step + round(added))
                 added += extra if has_ink else 0.0
-            text, steps = self._paste_row(glyphs, spread, bg), spread
+            text, steps = self._paste_row(glyphs, spread, bg, drops=drops), spread
             ink = _ink_mask(text, bg).getbbox()
         tint = None
         if s.glyph_colours:  # one more draw per glyph, only for styles that have them
             colours = [_jittered(rng.choice(s.glyph_colours), rng) for _ in glyphs]
-            tint = self._paste_row(glyphs, steps, bg, colours)
+            tint = self._paste_row(glyphs, steps, bg, colours, drops)
         left = max(0, min(int(rng.uniform(*s.text_left) * s.width), s.width - box))
 
         def place(row: Image.Image) -> Image.Image:  # the ink's columns into the box
@@ -445,15 +454,23 @@ class SpecCaptcha(ImageCaptcha):
         return glyphs, steps
 
     def _paste_row(self, glyphs: list[Image.Image], starts: list[int], bg: tuple,
-                   colours: list[tuple[int, ...]] | None = None) -> Image.Image:
-        """The glyphs pasted at their starts on a background as wide as they need; with
-        ``colours``, each glyph's ink filled with its colour instead."""
+                   colours: list[tuple[int, ...]] | None = None,
+                   drops: list[int] | None = None) -> Image.Image:
+        """The glyphs pasted at their starts on a background as wide as they need, centred on
+        the line or, with ``drops``, moved down (up where negative) by them as far as their ink
+        stays on the canvas; with ``colours``, each glyph's ink filled with its colour
+        instead."""
         width = max(s + g.width for g, s in zip(glyphs, starts)) + 1
         image = Image.new("RGB", (max(width, self._width), self._height), bg)
         for i, (g, x) in enumerate(zip(glyphs, starts)):
             mask = g.convert("L").point(self.lookup_table)  # the library's ink mask
             fill = g if colours is None else Image.new("RGB", g.size, colours[i])
-            image.paste(fill, (x, (self._height - g.height) // 2), mask)
+            y = (self._height - g.height) // 2
+            ink = mask.getbbox() if drops and drops[i] else None
+            if ink:  # the ink's rows [y + top, y + bottom) kept in [0, height)
+                lo, hi = -ink[1], self._height - ink[3]
+                y = min(max(y + drops[i], lo), hi) if lo <= hi else y
+            image.paste(fill, (x, y), mask)
         return image
 
 
