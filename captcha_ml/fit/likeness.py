@@ -59,12 +59,17 @@ TUNED: dict[str, tuple[Any, ...]] = {
     # 0.511 against 0.638 (session 47, one pretrained model, the same finetuning steps).
     # Drawn on every style instead, they cost ink_small 1.6 points (session 48, docs/fit.md).
     "fragments": ((0, 0), (5, 15), (15, 30)),
-    "rotate": ((-20.0, 20.0), (-10.0, 10.0), (-30.0, 30.0)),
+    "rotate": ((-20.0, 20.0), (-10.0, 10.0), (-30.0, 30.0), (-60.0, 60.0)),
     "font_warp": ((0.0, 0.0), (0.05, 0.3)),  # see applies
     # The library's noise dots are 3-pixel blobs, derived from the sample's isolated ink
     # pixels; where those are single pixels or line ends (ink's), no dots look nearer.
     "dots": (0,),
     "overlap": (0.25, 0.1, 0.4),
+    # Glyphs each at their own height (gvcode turns each about a point off its centre); see
+    # applies.
+    "bob": (0.0, 0.1, 0.2),
+    # Straight lines across the text, beyond the count the sample's thin strokes gave.
+    "strikes": ((2, 5),),
 }
 MARGIN = 0.05  # a value is kept where the distance falls by this share
 # Rounds over TUNED; a round that keeps nothing ends the search. One round chooses each
@@ -91,10 +96,13 @@ FEATURE_STAGE = 5  # index in CaptchaNet.features of the stage compared (layer2)
 
 def applies(name: str, spec: SyntheticSpec) -> bool:
     """Whether a TUNED setting changes how ``spec`` draws: ``font_warp`` warps glyphs at their
-    font proportions (stretched glyphs get the library's own warp, ``warp``, instead), and
-    ``overlap`` spaces glyphs placed by their widths (a ``pitch`` places them itself)."""
+    font proportions (stretched glyphs get the library's own warp, ``warp``, instead),
+    ``bob`` moves the glyphs of the "captcha" drawer's text box, and ``overlap`` spaces glyphs
+    placed by their widths (a ``pitch`` places them itself)."""
     if name == "font_warp":
         return not spec.stretch
+    if name == "bob":
+        return spec.style == "captcha" and spec.text_width[1] > 0
     return not (name == "overlap" and spec.pitch[1] > 0)
 
 
