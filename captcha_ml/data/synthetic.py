@@ -358,7 +358,8 @@ class SpecCaptcha(ImageCaptcha):
         im = _squeeze_slant(im, self.spec, rand)
         im = _font_warp(im, self.spec.font_warp, rand)
         lo, hi = self.character_rotate
-        im = _turnable(im).rotate(lo + rand.randbits(32) / 2**32 * (hi - lo), Image.BILINEAR)
+        angle = lo + rand.randbits(32) / 2**32 * (hi - lo)
+        im = _turnable(im, angle).rotate(angle, Image.BILINEAR)
         box = im.getbbox() or (0, 0, im.width, im.height)
         return im.crop((box[0], 0, box[2], im.height))
 
@@ -474,15 +475,18 @@ class SpecCaptcha(ImageCaptcha):
         return image
 
 
-def _turnable(im: Image.Image) -> Image.Image:
-    """The glyph's canvas padded alike on opposite sides to its diagonal, so turning it about
-    its centre cuts nothing: on the glyph's own canvas (a few pixels wider than its advance) a
-    turn of 30 degrees cut the ends off an l or a 1, 60 left stubs. Padding by whole pixels
-    alike moves the centre with the glyph, so a glyph the turn did not cut comes out the same
-    pixels, at the same height on the line (it is pasted centred)."""
+def _turnable(im: Image.Image, angle: float) -> Image.Image:
+    """The glyph's canvas padded alike on opposite sides to the box it fills turned by
+    ``angle`` degrees, so turning it about its centre cuts nothing: on the glyph's own canvas
+    (a few pixels wider than its advance) a turn of 30 degrees cut a descender's end, 60 left
+    stubs. Padding by whole pixels alike moves the centre with the glyph, so a glyph the turn
+    did not cut comes out the same pixels, at the same height on the line (pasted centred)."""
     w, h = im.size
-    side = math.ceil(math.hypot(w, h))
-    pad_x, pad_y = (side - w + 1) // 2, (side - h + 1) // 2
+    cos, sin = abs(math.cos(math.radians(angle))), abs(math.sin(math.radians(angle)))
+    pad_x = max(0, math.ceil((w * cos + h * sin - w) / 2))
+    pad_y = max(0, math.ceil((w * sin + h * cos - h) / 2))
+    if not pad_x and not pad_y:
+        return im
     canvas = Image.new(im.mode, (w + 2 * pad_x, h + 2 * pad_y))
     canvas.paste(im, (pad_x, pad_y))
     return canvas
