@@ -325,9 +325,9 @@ def fit(
                                      "(repeatable): they draw half the synthetic glyphs or "
                                      "more, fit's mix the rest, instead of --font-match."),
     likeness: bool = typer.Option(True, help="Tune the synthetic style's curve width, specks, "
-                                  "fragments, rotation, glyph warp, noise dots and spacing to "
-                                  "look most like the sample to the universal model "
-                                  "(--no-likeness: fit's broad defaults)."),
+                                  "fragments, rotation, glyph warp, noise dots, spacing, glyph "
+                                  "heights and strike lines to look most like the sample to "
+                                  "the universal model (--no-likeness: fit's broad defaults)."),
     glyphs: bool = typer.Option(True, help="Compose finetuning's synthetic half of the train "
                                 "images' own glyphs, cut where the pretrained model places "
                                 "each symbol (--no-glyphs: render it from the style)."),

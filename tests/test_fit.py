@@ -716,6 +716,24 @@ def test_likeness_tunes_the_noise_towards_the_sample(tmp_path):
     assert same == start and found is None and "not tuned" in line
 
 
+def test_likeness_finds_glyphs_at_their_own_heights(tmp_path):
+    """A generator that places each glyph at its own height (bob) is told from one drawing
+    them on a line: tuning from a flat line takes the sample's bob; a spec without the
+    captcha drawer's text box (which bob moves glyphs in) is not tried with it."""
+    truth = SyntheticSpec(style="captcha", width=200, height=80, charset=DIGITS, min_len=5,
+                          max_len=5, palette=((250, 250, 250, 30, 30, 120),), curves=0, dots=0,
+                          strikes=(0, 0), stretch=False, font_sizes=(32, 36), spaces=0.0,
+                          text_width=(0.8, 0.9), text_left=(0.05, 0.1), bob=0.2, grey=False)
+    insp = _styled(tmp_path, "bobbed", truth)
+    model, tries = fit.configs.UNIVERSAL_WEIGHTS, {"bob": (0.0, 0.2)}
+    tuned, found, line = fit.tune_style(insp, replace(truth, bob=0.0), model, images=60,
+                                        tuned=tries)
+    assert tuned.bob == 0.2 and "bob 0.2" in line, found.summary()
+    boxless = replace(truth, bob=0.0, text_width=(0.0, 0.0), text_left=(0.0, 0.0))
+    _, found, _ = fit.tune_style(insp, boxless, model, images=8, tuned=tries)
+    assert found.tried == []
+
+
 def test_likeness_search_takes_back_a_choice_a_later_setting_made_needless():
     """The coordinate search runs rounds until one keeps nothing: a setting chosen to stand in
     for one tried after it (thick curves for the clutter fragments draw, say) goes back once

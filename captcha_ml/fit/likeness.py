@@ -3,9 +3,9 @@ renders and the sample look to the universal model.
 
 `style.derive_style` measures what pixels tell directly (colours, text line, glyph size and
 shape) and draws the rest broadly, for generality: one curve of width 1-4, 0-30 specks, glyphs
-rotated up to 20 degrees, spaced to overlap by up to a quarter of a glyph and, at font
-proportions, not warped; noise dots are counted from isolated ink pixels and drawn as the
-library's 3-pixel blobs; no fragments. A sample whose generator draws a thick curve through
+rotated up to 20 degrees, spaced to overlap by up to a quarter of a glyph on one line and, at
+font proportions, not warped; noise dots are counted from isolated ink pixels and drawn as the
+library's 3-pixel blobs, strike lines from the share of one-pixel-thin ink; no fragments. A sample whose generator draws a thick curve through
 the text, cuts its strokes with many specks, sprinkles single faint pixels or clutters the text
 with solid shapes (kaptcha), then gets a synthetic half that looks less like it than it
 could, and how alike the two look is what the synthetic images are worth: wheezy's fit read
