@@ -467,12 +467,15 @@ def test_glyph_shapes_follow_the_sample(tmp_path, stretch):
     """A lowercase sample drawn stretched to the line (the captcha library) or at font
     proportions (most other generators): fit draws its synthetic glyphs the same way, and
     says so; a digits sample of the "real" drawer (no text box, no lowercase: nothing tells
-    the two apart) is left stretched, unmeasured."""
+    the two apart) is left stretched, unmeasured. Turned by up to 5 degrees: turned by 12,
+    its descenders uncut since session 49, the sample at font proportions measures as near
+    stretched renders as renders at font proportions (0.14 either way), and there the
+    likeness step decides."""
     truth = SyntheticSpec(style="captcha", width=160, height=60, charset="abdeghknpqsxy",
                           min_len=5, max_len=5, fonts=(synthetic.font_path("DejaVuSans.ttf"),),
                           font_sizes=(36,), palette=((235, 230, 200, 60, 90, 170),),
                           text_width=(0.6, 0.7), text_left=(0.1, 0.15), stretch=stretch,
-                          curves=0, dots=0, strikes=(0, 0), grey=False)
+                          rotate=(-5.0, 5.0), curves=0, dots=0, strikes=(0, 0), grey=False)
     insp = _styled(tmp_path, f"s{stretch}", truth)
     spec, notes = fit.derive_style(insp)
     word = "stretched to the line" if stretch else "at their font proportions"
@@ -698,7 +701,7 @@ def test_likeness_tunes_the_noise_towards_the_sample(tmp_path):
     _, found, _ = fit.tune_style(insp, replace(start, stretch=True), model, images=8, tuned=warps)
     assert found.tried == []
     _, found, _ = fit.tune_style(insp, replace(start, stretch=False), model, images=8, tuned=warps)
-    assert [k for k, _, _ in found.tried] == ["font_warp"]
+    assert {k for k, _, _ in found.tried} == {"font_warp"}  # kept, it is tried again
     # Settings with one value (not a range) are tuned alike: the generator draws no noise dots,
     # so a start with the library's dots drops them; its summary shows the value as it is.
     _, found, line = fit.tune_style(insp, replace(truth, dots=40), model, images=60,
